@@ -1,0 +1,68 @@
+"""Builds the FastAPI application around a ``ControlPlane``.
+
+Every error leaves as problem JSON ``{"error": <code>, "message": <one line>}``. Validation errors
+never echo the request body back (it may hold a password).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..control.context import ControlPlane
+from ..control.unlock import unlock
+from ..errors import SdmError
+from . import routes_admin, routes_user
+
+log = logging.getLogger("sdm.api")
+
+
+def problem(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": code, "message": message})
+
+
+def create_app(cp: ControlPlane) -> FastAPI:
+    app = FastAPI(title="sdm gateway control API", version=__version__)
+    app.state.cp = cp
+    app.include_router(routes_user.router)
+    app.include_router(routes_admin.router)
+
+    @app.post("/v1/unlock", tags=["proxy"])
+    async def unlock_endpoint(request: Request) -> dict:
+        # Runs in a worker thread: unlock does blocking DB and (possibly) KMS calls.
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        return await run_in_threadpool(unlock, cp, body)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict:
+        return {"status": "ok", "version": __version__}
+
+    @app.exception_handler(SdmError)
+    async def _sdm_error(_: Request, exc: SdmError) -> JSONResponse:
+        return problem(exc.http_status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Name the fields, never their values.
+        fields = sorted({".".join(str(p) for p in err.get("loc", ())[1:]) or "body" for err in exc.errors()})
+        return problem(422, "invalid", f"invalid request: check {', '.join(fields)}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error in the control API: %s", type(exc).__name__)
+        return problem(500, "internal", "internal error; see the gateway log")
+
+    return app

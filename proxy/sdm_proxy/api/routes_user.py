@@ -1,0 +1,48 @@
+"""What any authenticated user may do: sessions, whoami, usable datasources, own activity."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from ..control import sessions
+from ..control.access import usable_credentials, usable_view
+from ..control.context import Actor
+from ..validation import parse_duration
+from .auth import current_actor
+from .schemas import SessionCreate
+
+router = APIRouter(prefix="/v1", tags=["user"])
+
+
+@router.post("/sessions", status_code=201)
+def create_session(body: SessionCreate, request: Request, actor: Actor = Depends(current_actor)) -> dict:
+    client = body.client or (request.client.host if request.client else None)
+    return sessions.create_session(request.app.state.cp, actor, parse_duration(body.ttl), client)
+
+
+@router.get("/sessions")
+def list_sessions(request: Request, all: bool = False, actor: Actor = Depends(current_actor)) -> list[dict]:
+    return sessions.list_sessions(request.app.state.cp, actor, include_ended=all)
+
+
+@router.delete("/sessions/{session_id}")
+def revoke_session(session_id: str, request: Request, actor: Actor = Depends(current_actor)) -> dict:
+    return sessions.revoke_session(request.app.state.cp, actor, session_id)
+
+
+@router.get("/me")
+def whoami(request: Request, actor: Actor = Depends(current_actor)) -> dict:
+    return {"user": actor.name, "admin": actor.is_admin, "session_id": actor.session_id}
+
+
+@router.get("/datasources")
+def my_datasources(request: Request, actor: Actor = Depends(current_actor)) -> list[dict]:
+    cp = request.app.state.cp
+    with cp.db.transaction() as s:
+        return [usable_view(c, d) for c, d in usable_credentials(s, actor.user_id, actor.name, cp.now())]
+
+
+@router.get("/activity")
+def my_activity(request: Request, n: int = 50, actor: Actor = Depends(current_actor)) -> list[dict]:
+    n = max(1, min(n, 1000))
+    return [e.to_dict() for e in request.app.state.cp.audit.tail(n, user=actor.name)]

@@ -1,0 +1,73 @@
+"""Entry point of the ``sdm`` command.
+
+Exit codes: 0 success, 1 refused (not found, denied, conflict, state or vault errors), 2 usage.
+Every deliberate error is one line on stderr: ``sdm: error: <message>``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .. import __version__
+from ..control.bootstrap import init_home
+from ..errors import SdmError
+from .admin_cmds import GROUPS
+from .audit_cmds import audit
+from .common import home_from
+from .gateway_cmd import gateway
+from .session_cmds import session
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", envvar="SDM_HOME", default=None, help="State directory (default ~/.sdm).")
+@click.version_option(__version__, prog_name="sdm")
+@click.pass_context
+def cli(ctx, home):
+    """sdm: a credential-injecting data-access gateway."""
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = home
+
+
+@cli.command()
+@click.option("--database-url", default=None, help="State database (default SQLite in $SDM_HOME).")
+@click.option("--kms-key-id", default=None, help="Wrap data keys with this AWS KMS key instead of a local key.")
+@click.option("--admin-name", default="admin", show_default=True, help="Name of the first admin user.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def init(ctx, database_url, kms_key_id, admin_name, as_json):
+    """Create state, keys, a CA and the first admin (its API key is saved in $SDM_HOME/admin.key)."""
+    result = init_home(home_from(ctx), database_url=database_url, kms_key_id=kms_key_id,
+                       admin_name=admin_name)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"initialised {result['home']} (state {result['database_url']}, "
+                   f"keys: {result['key_provider']}); admin {result['admin']}'s API key is in "
+                   f"{result['admin_key_file']}")
+
+
+for _group in (*GROUPS, session, audit, gateway):
+    cli.add_command(_group)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="sdm", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("sdm: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SdmError as exc:
+        click.echo(f"sdm: error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

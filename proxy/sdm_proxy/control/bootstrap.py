@@ -1,0 +1,63 @@
+"""``sdm init``: create $SDM_HOME with keys, a CA, the state schema and the first admin."""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from ..audit.events import admin_event
+from ..errors import Conflict, UsageError
+from ..home import SdmHome, write_private
+from ..tls import create_gateway_tls
+from ..vault.providers import create_key_provider_config
+from .context import ControlPlane
+from .db import make_engine, upgrade
+from .models import User
+from .tokens import SessionSigner
+from .users import create_user, issue_api_key
+
+
+def init_home(home: SdmHome, *, database_url: str | None = None, kms_key_id: str | None = None,
+              admin_name: str = "admin") -> dict:
+    if home.exists():
+        raise Conflict(f"{home.root} is already initialised (remove it or set SDM_HOME elsewhere)")
+    if database_url is not None and not database_url.startswith(("sqlite:", "postgresql")):
+        raise UsageError("--database-url must be a sqlite:/// or postgresql+psycopg:// URL")
+    home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(home.root, 0o700)
+    url = database_url or home.default_database_url
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    config = {
+        "database_url": url,
+        "key_provider": create_key_provider_config(home, kms_key_id=kms_key_id),
+    }
+    SessionSigner.load_or_create(home.session_signing_key_path)
+    create_gateway_tls(home.tls_dir)
+    home.save_config(config)
+
+    cp = ControlPlane.open(home)
+    try:
+        with cp.db.transaction() as s:
+            if s.scalar(select(User.id).where(User.name == admin_name)) is not None:
+                raise Conflict(f"the state database already has a user {admin_name!r}; "
+                               "point --database-url at a fresh database")
+            admin = create_user(s, admin_name, is_admin=True)
+            plain = issue_api_key(s, admin)
+            cp.record(s, admin_event(admin_name, "init", target=str(home.root),
+                                     key_provider=config["key_provider"]["type"]))
+        write_private(home.admin_key_path, (plain + "\n").encode())
+    finally:
+        cp.close()
+    return {"home": str(home.root), "admin": admin_name, "database_url": _redact_url(url),
+            "key_provider": config["key_provider"]["type"], "admin_key_file": str(home.admin_key_path)}
+
+
+def _redact_url(url: str) -> str:
+    """Hide a password in a state-database URL before showing it."""
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,158 @@
+"""Datasources and their credentials (sealed secrets or secret-store references)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DBSession
+
+from ..audit.events import admin_event
+from ..errors import Conflict, NotFound, UsageError
+from ..validation import DATASOURCE_TYPES, TLS_MODES, check_choice, check_name, check_port
+from ..vault.envelope import EncryptionContext, seal
+from ..vault.secret import SecretValue
+from ..vault.secret_refs import validate_secret_ref
+from .context import Actor, ControlPlane
+from .models import Credential, Datasource
+
+MAX_SECRET_BYTES = 4096
+
+
+def get_datasource(s: DBSession, name: str) -> Datasource:
+    ds = s.scalar(select(Datasource).where(Datasource.name == name))
+    if ds is None:
+        raise NotFound(f"no datasource named {name!r} (see `sdm datasource list`)")
+    return ds
+
+
+def get_credential(s: DBSession, datasource: str, name: str) -> Credential:
+    ds = get_datasource(s, datasource)
+    cred = s.scalar(select(Credential).where(Credential.datasource_id == ds.id, Credential.name == name))
+    if cred is None:
+        raise NotFound(f"datasource {datasource!r} has no credential named {name!r} (see `sdm credential list`)")
+    return cred
+
+
+def encryption_context(cred: Credential) -> EncryptionContext:
+    return EncryptionContext(datasource=cred.datasource.name, credential=cred.name, version=cred.version)
+
+
+def datasource_view(ds: Datasource) -> dict:
+    return {
+        "name": ds.name, "type": ds.type, "host": ds.host, "port": ds.port, "database": ds.database,
+        "tls": ds.tls_mode, "ca_file": ds.ca_file, "credentials": sorted(c.name for c in ds.credentials),
+    }
+
+
+def credential_view(cred: Credential) -> dict:
+    # Only metadata: where the secret lives, never the envelope or the secret.
+    return {
+        "datasource": cred.datasource.name, "name": cred.name, "username": cred.db_username,
+        "version": cred.version, "storage": "secret-ref" if cred.secret_ref else "sealed",
+        "secret_ref": cred.secret_ref, "created_at": cred.created_at.isoformat(),
+        "rotated_at": cred.rotated_at.isoformat() if cred.rotated_at else None,
+    }
+
+
+def add_datasource(cp: ControlPlane, actor: Actor, name: str, *, type: str, host: str, port: int,
+                   database: str | None = None, tls: str = "disable", ca_file: str | None = None) -> dict:
+    actor.require_admin("adding a datasource")
+    check_name("datasource", name)
+    check_choice("datasource type", type, DATASOURCE_TYPES)
+    check_choice("TLS mode", tls, TLS_MODES)
+    check_port(port)
+    if not host or len(host) > 255:
+        raise UsageError("invalid host: give a hostname or address")
+    if tls == "verify-full" and not ca_file:
+        raise UsageError("--tls verify-full needs --ca-file with the database server's CA")
+    with cp.db.transaction() as s:
+        if s.scalar(select(Datasource.id).where(Datasource.name == name)) is not None:
+            raise Conflict(f"datasource {name!r} already exists")
+        ds = Datasource(name=name, type=type, host=host, port=port, database=database,
+                        tls_mode=tls, ca_file=ca_file)
+        s.add(ds)
+        s.flush()
+        cp.record(s, admin_event(actor.name, "datasource.add", target=name, type=type,
+                                 host=host, port=port, database=database, tls=tls))
+        return datasource_view(ds)
+
+
+def list_datasources(cp: ControlPlane, actor: Actor) -> list[dict]:
+    actor.require_admin("listing all datasources")
+    with cp.db.transaction() as s:
+        return [datasource_view(ds) for ds in s.scalars(select(Datasource).order_by(Datasource.name))]
+
+
+def remove_datasource(cp: ControlPlane, actor: Actor, name: str) -> dict:
+    actor.require_admin("removing a datasource")
+    with cp.db.transaction() as s:
+        ds = get_datasource(s, name)
+        s.delete(ds)
+        cp.record(s, admin_event(actor.name, "datasource.remove", target=name))
+    return {"removed": name}
+
+
+def _check_secret(secret: SecretValue) -> None:
+    if len(secret) == 0:
+        raise UsageError("empty password on stdin: pipe the password in, e.g. `... --password-stdin < file`")
+    if len(secret) > MAX_SECRET_BYTES:
+        raise UsageError(f"password longer than {MAX_SECRET_BYTES} bytes")
+
+
+def add_credential(cp: ControlPlane, actor: Actor, datasource: str, name: str, *, username: str,
+                   secret: SecretValue | None = None, secret_ref: str | None = None) -> dict:
+    actor.require_admin("adding a credential")
+    check_name("credential", name)
+    if (secret is None) == (secret_ref is None):
+        raise UsageError("give exactly one of --password-stdin or --secret-ref")
+    if not username or len(username) > 255:
+        raise UsageError("invalid --username: give the database login name")
+    if secret is not None:
+        _check_secret(secret)
+    else:
+        validate_secret_ref(secret_ref)
+    with cp.db.transaction() as s:
+        ds = get_datasource(s, datasource)
+        if s.scalar(select(Credential.id).where(Credential.datasource_id == ds.id, Credential.name == name)):
+            raise Conflict(f"datasource {datasource!r} already has a credential named {name!r}")
+        cred = Credential(datasource=ds, name=name, db_username=username, version=1, secret_ref=secret_ref)
+        if secret is not None:
+            cred.sealed = seal(cp.key_provider, secret, encryption_context(cred))
+        s.add(cred)
+        s.flush()
+        cp.record(s, admin_event(actor.name, "credential.add", datasource=datasource, credential=name,
+                                 username=username, storage=credential_view(cred)["storage"]))
+        return credential_view(cred)
+
+
+def rotate_credential(cp: ControlPlane, actor: Actor, datasource: str, name: str, *,
+                      secret: SecretValue) -> dict:
+    """Store a new secret as the next version; the old envelope is replaced (it no longer opens
+    for the new version's context anyway)."""
+    actor.require_admin("rotating a credential")
+    _check_secret(secret)
+    with cp.db.transaction() as s:
+        cred = get_credential(s, datasource, name)
+        cred.version += 1
+        cred.secret_ref = None
+        cred.sealed = seal(cp.key_provider, secret, encryption_context(cred))
+        cred.rotated_at = cp.now()
+        cp.record(s, admin_event(actor.name, "credential.rotate", datasource=datasource,
+                                 credential=name, version=cred.version))
+        return credential_view(cred)
+
+
+def list_credentials(cp: ControlPlane, actor: Actor, datasource: str | None = None) -> list[dict]:
+    actor.require_admin("listing credentials")
+    with cp.db.transaction() as s:
+        query = select(Credential).join(Datasource).order_by(Datasource.name, Credential.name)
+        if datasource is not None:
+            query = query.where(Datasource.id == get_datasource(s, datasource).id)
+        return [credential_view(c) for c in s.scalars(query)]
+
+
+def remove_credential(cp: ControlPlane, actor: Actor, datasource: str, name: str) -> dict:
+    actor.require_admin("removing a credential")
+    with cp.db.transaction() as s:
+        s.delete(get_credential(s, datasource, name))
+        cp.record(s, admin_event(actor.name, "credential.remove", datasource=datasource, credential=name))
+    return {"removed": f"{datasource}/{name}"}

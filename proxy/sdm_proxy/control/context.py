@@ -1,0 +1,72 @@
+"""The control plane's handle: state DB, audit log, key provider, session signer and clock.
+
+Services are plain functions that take a ``ControlPlane`` and an ``Actor``; the CLI, the HTTP API
+and the gateway build one ``ControlPlane`` from ``$SDM_HOME`` and share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+from sqlalchemy.orm import Session as DBSession
+
+from ..audit.events import Event
+from ..audit.log import AuditLog, CheckpointSigner
+from ..errors import AccessDenied
+from ..home import SdmHome
+from ..vault.providers import KeyProvider, load_key_provider
+from .db import StateDB
+from .models import utcnow
+from .tokens import SessionSigner
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The authenticated caller of a service function."""
+
+    user_id: int
+    name: str
+    is_admin: bool
+    session_id: str | None = None
+
+    def require_admin(self, action: str) -> None:
+        if not self.is_admin:
+            raise AccessDenied(f"{action} needs an admin; user {self.name} is not one")
+
+
+@dataclass
+class ControlPlane:
+    home: SdmHome
+    db: StateDB
+    audit: AuditLog
+    key_provider: KeyProvider
+    session_signer: SessionSigner
+    secret_store_options: dict = field(default_factory=dict)
+    now: Callable[[], datetime] = utcnow
+
+    @classmethod
+    def open(cls, home: SdmHome) -> "ControlPlane":
+        config = home.load_config()
+        db = StateDB(config["database_url"])
+        audit = AuditLog(
+            db,
+            jsonl_path=home.audit_jsonl_path,
+            signer=CheckpointSigner.load_or_create(home.audit_signing_key_path),
+        )
+        return cls(
+            home=home,
+            db=db,
+            audit=audit,
+            key_provider=load_key_provider(config["key_provider"], home),
+            session_signer=SessionSigner.load(home.session_signing_key_path),
+            secret_store_options=config.get("secret_stores", {}),
+        )
+
+    def record(self, db_session: DBSession, event: Event) -> None:
+        """Write an audit event inside the caller's transaction (so change and record commit together)."""
+        self.audit.append_in(db_session, [event])
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,54 @@
+"""Enrolled proxy instances: the public keys whose signatures may ask for an unlock."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+
+from ..audit.events import admin_event
+from ..errors import NotFound, UsageError
+from ..unlock.message import proxy_id_for
+from .context import Actor, ControlPlane
+from .models import ProxyInstance
+
+
+def enroll_proxy(cp: ControlPlane, actor: Actor, public_key: bytes) -> dict:
+    actor.require_admin("enrolling a proxy")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key)
+    except ValueError:
+        raise UsageError("not an Ed25519 public key (expected 32 raw bytes)") from None
+    proxy_id = proxy_id_for(public_key)
+    with cp.db.transaction() as s:
+        row = s.get(ProxyInstance, proxy_id)
+        if row is not None and row.revoked_at is None:
+            return proxy_view(row)
+        if row is not None:  # a revoked key stays revoked: enrol a new key instead
+            raise UsageError(f"proxy {proxy_id} was revoked; generate a new proxy key to enrol again")
+        row = ProxyInstance(id=proxy_id, public_key=public_key, enrolled_by=actor.name, enrolled_at=cp.now())
+        s.add(row)
+        cp.record(s, admin_event(actor.name, "proxy.enroll", target=proxy_id))
+        return proxy_view(row)
+
+
+def revoke_proxy(cp: ControlPlane, actor: Actor, proxy_id: str) -> dict:
+    actor.require_admin("revoking a proxy")
+    with cp.db.transaction() as s:
+        row = s.get(ProxyInstance, proxy_id)
+        if row is None:
+            raise NotFound(f"no proxy {proxy_id!r} (see `sdm proxy list`)")
+        if row.revoked_at is None:
+            row.revoked_at = cp.now()
+            cp.record(s, admin_event(actor.name, "proxy.revoke", target=proxy_id))
+        return proxy_view(row)
+
+
+def list_proxies(cp: ControlPlane, actor: Actor) -> list[dict]:
+    actor.require_admin("listing proxies")
+    with cp.db.transaction() as s:
+        return [proxy_view(p) for p in s.scalars(select(ProxyInstance).order_by(ProxyInstance.enrolled_at))]
+
+
+def proxy_view(p: ProxyInstance) -> dict:
+    return {"id": p.id, "enrolled_at": p.enrolled_at.isoformat(), "enrolled_by": p.enrolled_by,
+            "state": "revoked" if p.revoked_at else "active"}

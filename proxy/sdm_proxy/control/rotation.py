@@ -1,0 +1,85 @@
+"""``sdm credential rotate --generate``: a new random password, set on the database by the login
+itself, then sealed as the credential's next version. Nobody ever sees the new password.
+
+PostgreSQL gets a SCRAM-SHA-256 verifier computed here (as psql's ``\\password`` does), so the
+plain password never travels in SQL text or reaches the server's statement log.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+
+from ..audit.events import admin_event
+from ..errors import UpstreamError
+from ..vault.envelope import open_, seal
+from ..vault.secret import SecretValue
+from ..vault.secret_refs import resolve_secret_ref
+from .catalog import credential_view, encryption_context, get_credential
+from .context import Actor, ControlPlane
+
+SCRAM_ITERATIONS = 4096
+
+
+def scram_sha256_verifier(password: bytes, salt: bytes | None = None,
+                          iterations: int = SCRAM_ITERATIONS) -> str:
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password, salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def _set_password_postgres(ds, username: str, current: SecretValue, new: SecretValue) -> None:
+    import psycopg
+    from psycopg import sql
+    sslmode = {"disable": "disable", "require": "require", "verify-full": "verify-full"}[ds.tls_mode]
+    try:
+        with psycopg.connect(host=ds.host, port=ds.port, dbname=ds.database or "postgres", user=username,
+                             password=current.reveal().decode(), sslmode=sslmode,
+                             sslrootcert=ds.ca_file, connect_timeout=10, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(username), sql.Literal(scram_sha256_verifier(new.reveal()))))
+    except psycopg.Error as exc:
+        raise UpstreamError(f"could not set the new password on {ds.name}: {type(exc).__name__}: "
+                            f"{getattr(exc.diag, 'message_primary', None) or 'connection failed'}") from None
+
+
+def _set_password_mysql(ds, username: str, current: SecretValue, new: SecretValue) -> None:
+    import pymysql
+    ssl = {"ca": ds.ca_file} if ds.tls_mode == "verify-full" else ({} if ds.tls_mode == "require" else None)
+    try:
+        conn = pymysql.connect(host=ds.host, port=ds.port, user=username, password=current.reveal().decode(),
+                               database=ds.database, ssl=ssl, connect_timeout=10)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("ALTER USER CURRENT_USER() IDENTIFIED BY %s", (new.reveal().decode(),))
+        finally:
+            conn.close()
+    except pymysql.MySQLError as exc:
+        code = exc.args[0] if exc.args else "?"
+        raise UpstreamError(f"could not set the new password on {ds.name}: MySQL error {code}") from None
+
+
+def rotate_with_generated_password(cp: ControlPlane, actor: Actor, datasource: str, name: str) -> dict:
+    actor.require_admin("rotating a credential")
+    with cp.db.transaction() as s:
+        cred = get_credential(s, datasource, name)
+        current = (resolve_secret_ref(cred.secret_ref, **cp.secret_store_options) if cred.secret_ref
+                   else open_({cp.key_provider.name: cp.key_provider}, cred.sealed, encryption_context(cred)))
+        new = SecretValue(secrets.token_urlsafe(32).encode())
+        cred.version += 1
+        cred.secret_ref = None
+        cred.sealed = seal(cp.key_provider, new, encryption_context(cred))
+        cred.rotated_at = cp.now()
+        cp.record(s, admin_event(actor.name, "credential.rotate", datasource=datasource, credential=name,
+                                 version=cred.version, generated=True))
+        s.flush()
+        # Last step before commit: if the database refuses, nothing is stored and the old one stays.
+        setter = _set_password_postgres if cred.datasource.type == "postgres" else _set_password_mysql
+        setter(cred.datasource, cred.db_username, current, new)
+        return credential_view(cred)

@@ -1,0 +1,84 @@
+"""User sessions: short-lived, signed, revocable tokens that the kernel holds instead of passwords."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DBSession
+
+from ..audit.events import session_event
+from ..errors import AuthenticationFailed, NotFound, UsageError
+from .context import Actor, ControlPlane
+from .models import Session, User
+from .policy import SessionFacts, session_decision
+
+DEFAULT_SESSION_TTL = timedelta(hours=1)
+MAX_SESSION_TTL = timedelta(hours=24)
+
+
+def create_session(cp: ControlPlane, actor: Actor, ttl: timedelta = DEFAULT_SESSION_TTL,
+                   client: str | None = None) -> dict:
+    """Returns the token once; the state keeps only the session row."""
+    if ttl > MAX_SESSION_TTL:
+        raise UsageError(f"session TTL at most {int(MAX_SESSION_TTL.total_seconds() // 3600)}h")
+    now = cp.now()
+    with cp.db.transaction() as s:
+        session = Session(id=secrets.token_hex(12), user_id=actor.user_id, created_at=now,
+                          expires_at=now + ttl, client=(client or "")[:255] or None)
+        s.add(session)
+        s.flush()
+        cp.record(s, session_event("session.start", actor.name, session.id, addr=client))
+    token = cp.session_signer.issue(session.id, actor.name, session.expires_at)
+    return {"id": session.id, "user": actor.name, "expires_at": session.expires_at.isoformat(), "token": token}
+
+
+def session_facts(s: DBSession, session_id: str) -> SessionFacts:
+    row = s.execute(select(Session, User.name).join(User, User.id == Session.user_id)
+                    .where(Session.id == session_id)).first()
+    if row is None:
+        return SessionFacts(False, None, None, None)
+    session, user = row
+    return SessionFacts(True, user, session.expires_at, session.revoked_at)
+
+
+def authenticate_session(cp: ControlPlane, s: DBSession, token: str, now: datetime) -> Actor:
+    """Signature, expiry, then the row (revocation). Raises AuthenticationFailed with the reason."""
+    claims = cp.session_signer.verify(token, now)
+    decision = session_decision(session_facts(s, claims.session_id), claims.user, now)
+    if not decision.allowed:
+        raise AuthenticationFailed(decision.reason)
+    user = s.scalar(select(User).where(User.name == claims.user))
+    return Actor(user_id=user.id, name=user.name, is_admin=user.is_admin, session_id=claims.session_id)
+
+
+def session_view(session: Session, user: str, now: datetime) -> dict:
+    state = "revoked" if session.revoked_at else ("expired" if session.expires_at <= now else "active")
+    return {"id": session.id, "user": user, "created_at": session.created_at.isoformat(),
+            "expires_at": session.expires_at.isoformat(), "state": state}
+
+
+def list_sessions(cp: ControlPlane, actor: Actor, *, include_ended: bool = False) -> list[dict]:
+    """Admins see every session; other users their own."""
+    now = cp.now()
+    with cp.db.transaction() as s:
+        query = select(Session, User.name).join(User, User.id == Session.user_id).order_by(Session.created_at)
+        if not actor.is_admin:
+            query = query.where(Session.user_id == actor.user_id)
+        views = [session_view(sess, name, now) for sess, name in s.execute(query)]
+    return views if include_ended else [v for v in views if v["state"] == "active"]
+
+
+def revoke_session(cp: ControlPlane, actor: Actor, session_id: str) -> dict:
+    now = cp.now()
+    with cp.db.transaction() as s:
+        row = s.execute(select(Session, User.name).join(User, User.id == Session.user_id)
+                        .where(Session.id == session_id)).first()
+        if row is None or (row[0].user_id != actor.user_id and not actor.is_admin):
+            raise NotFound(f"no session {session_id!r} that you may revoke (see `sdm session list`)")
+        session, owner = row
+        if session.revoked_at is None:
+            session.revoked_at = now
+            cp.record(s, session_event("session.end", owner, session.id, reason=f"revoked by {actor.name}"))
+        return session_view(session, owner, now)

@@ -1,0 +1,152 @@
+"""The control-plane half of the dual key (DESIGN.md §2.2).
+
+A secret is opened only when all of these hold, checked in this order:
+1. the request is well formed and signed by an enrolled, unrevoked proxy key;
+2. its timestamp is inside the clock window and its nonce was never seen (no replay);
+3. the session token it carries is valid (signature, expiry, revocation);
+4. the session's user holds a lease or a live grant on the credential.
+A ``credential.unlock`` event is committed before the secret is opened; every refusal is an
+``access.denied`` event. The secret leaves sealed to the proxy's one-time X25519 key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as DBSession
+
+from ..audit.events import denied_event, unlock_event
+from ..errors import AccessDenied, ProxyRejected, SdmError
+from ..unlock.message import UnlockRequest, parse_signed_request, unlock_info
+from ..vault.envelope import open_
+from ..vault.secret import SecretValue
+from ..vault.secret_refs import resolve_secret_ref
+from ..vault.transport import seal_to_proxy
+from .access import decide, usable_credentials
+from .catalog import encryption_context, get_credential, get_datasource
+from .context import Actor, ControlPlane
+from .models import ProxyInstance, UsedNonce
+from .policy import UNLOCK_CLOCK_WINDOW, freshness_decision, proxy_decision
+from .sessions import authenticate_session
+
+
+@dataclass
+class _Attempt:
+    """What is known so far about a request, so a refusal can be audited with it."""
+
+    request: UnlockRequest | None = None
+    actor: Actor | None = None
+
+
+def unlock(cp: ControlPlane, body: object) -> dict:
+    attempt = _Attempt()
+    try:
+        return _unlock(cp, body, attempt)
+    except SdmError as exc:
+        _record_denial(cp, attempt, exc)
+        raise
+
+
+def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
+    request, signature = parse_signed_request(body)
+    attempt.request = request
+    now = cp.now()
+    # Proxy half, committed on its own so that a refused request still burns its nonce.
+    with cp.db.transaction() as s:
+        _check_proxy(s, request, signature)
+        decision = freshness_decision(request.issued_at(), now)
+        if not decision.allowed:
+            raise ProxyRejected(decision.reason)
+        _burn_nonce(s, request, now)
+    # Session half and the lease, then the audit record, then (only then) the secret.
+    with cp.db.transaction() as s:
+        actor = authenticate_session(cp, s, request.session_token, now)
+        attempt.actor = actor
+        cred, decision = _resolve_credential(cp, s, actor, request)
+        ds = cred.datasource
+        ctx = encryption_context(cred)
+        sealed, secret_ref = cred.sealed, cred.secret_ref
+        answer = {
+            "user": actor.name, "session_id": actor.session_id,
+            "datasource": {"name": ds.name, "type": ds.type, "host": ds.host, "port": ds.port,
+                           "database": ds.database, "tls": ds.tls_mode, "ca_file": ds.ca_file},
+            "credential": cred.name, "db_user": cred.db_username, "version": cred.version,
+            "via": decision.via,
+            "access_expires_at": decision.expires_at.isoformat() if decision.expires_at else None,
+        }
+        cp.record(s, unlock_event(
+            user=actor.name, session_id=actor.session_id, proxy_id=request.proxy_id,
+            datasource=ds.name, credential=cred.name, db_user=cred.db_username,
+            protocol=request.protocol, addr=request.client_addr, via=decision.via))
+    secret = _open_secret(cp, sealed, secret_ref, ctx)
+    answer["sealed_secret"] = seal_to_proxy(secret, request.ephemeral_key_bytes(), unlock_info(request))
+    return answer
+
+
+def _check_proxy(s: DBSession, request: UnlockRequest, signature: bytes) -> None:
+    proxy = s.get(ProxyInstance, request.proxy_id)
+    decision = proxy_decision(proxy is not None, proxy.revoked_at if proxy else None)
+    if not decision.allowed:
+        raise ProxyRejected(decision.reason)
+    try:
+        Ed25519PublicKey.from_public_bytes(proxy.public_key).verify(signature, request.signed_bytes())
+    except InvalidSignature:
+        raise ProxyRejected("unlock request signature does not match the enrolled proxy key") from None
+
+
+def _burn_nonce(s: DBSession, request: UnlockRequest, now) -> None:
+    s.execute(delete(UsedNonce).where(UsedNonce.expires_at < now))
+    if s.get(UsedNonce, request.nonce) is not None:
+        raise ProxyRejected("unlock request replayed (nonce already used)")
+    s.add(UsedNonce(nonce=request.nonce, proxy_id=request.proxy_id,
+                    expires_at=request.issued_at() + 2 * UNLOCK_CLOCK_WINDOW))
+    try:
+        s.flush()
+    except IntegrityError:  # a concurrent twin got there first
+        raise ProxyRejected("unlock request replayed (nonce already used)") from None
+
+
+def _resolve_credential(cp: ControlPlane, s: DBSession, actor: Actor, request: UnlockRequest):
+    """The named credential, or (when none is named) the caller's only one on the datasource."""
+    now = cp.now()
+    if request.credential is not None:
+        cred = get_credential(s, request.datasource, request.credential)
+        decision = decide(s, actor.user_id, actor.name, cred, now)
+        if not decision.allowed:
+            raise AccessDenied(decision.reason)
+        return cred, decision
+    get_datasource(s, request.datasource)
+    usable = usable_credentials(s, actor.user_id, actor.name, now, request.datasource)
+    if not usable:
+        raise AccessDenied(f"user {actor.name} has no lease or grant on datasource {request.datasource}")
+    if len(usable) > 1:
+        names = ", ".join(c.name for c, _ in usable)
+        raise AccessDenied(f"user {actor.name} holds several credentials on {request.datasource}; "
+                           f"name one as the user: {names}")
+    return usable[0]
+
+
+def _open_secret(cp: ControlPlane, sealed: str | None, secret_ref: str | None, ctx) -> SecretValue:
+    if secret_ref is not None:
+        return resolve_secret_ref(secret_ref, **cp.secret_store_options)
+    return open_({cp.key_provider.name: cp.key_provider}, sealed, ctx)
+
+
+def _record_denial(cp: ControlPlane, attempt: _Attempt, exc: SdmError) -> None:
+    req, actor = attempt.request, attempt.actor
+    try:
+        with cp.db.transaction() as s:
+            cp.record(s, denied_event(
+                reason=exc.message, user=actor.name if actor else None,
+                session_id=actor.session_id if actor else None,
+                proxy_id=req.proxy_id if req else None, datasource=req.datasource if req else None,
+                credential=req.credential if req else None, protocol=req.protocol if req else None,
+                addr=req.client_addr if req else None))
+    except SdmError:
+        pass  # the request is refused either way; the audit failure is the caller's next error
+
+

@@ -1,0 +1,86 @@
+"""Users and their API keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DBSession
+
+from ..audit.events import admin_event
+from ..errors import AuthenticationFailed, Conflict, NotFound
+from ..validation import check_name
+from .context import Actor, ControlPlane
+from .models import ApiKey, Role, RoleMember, User
+from .tokens import api_key_matches, api_key_prefix, new_api_key
+
+
+def get_user(s: DBSession, name: str) -> User:
+    user = s.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFound(f"no user named {name!r} (see `sdm user list`)")
+    return user
+
+
+def create_user(s: DBSession, name: str, *, is_admin: bool) -> User:
+    check_name("user", name)
+    if s.scalar(select(User.id).where(User.name == name)) is not None:
+        raise Conflict(f"user {name!r} already exists")
+    user = User(name=name, is_admin=is_admin)
+    s.add(user)
+    s.flush()
+    return user
+
+
+def add_user(cp: ControlPlane, actor: Actor, name: str, *, is_admin: bool = False) -> dict:
+    actor.require_admin("adding a user")
+    with cp.db.transaction() as s:
+        user = create_user(s, name, is_admin=is_admin)
+        cp.record(s, admin_event(actor.name, "user.add", target=name, is_admin=is_admin))
+        return user_view(s, user)
+
+
+def issue_api_key(s: DBSession, user: User) -> str:
+    """Store a new key's prefix and hash; return the plain key (shown once by the caller)."""
+    key = new_api_key()
+    s.add(ApiKey(user_id=user.id, prefix=key.prefix, key_hash=key.key_hash))
+    s.flush()
+    return key.plain
+
+
+def create_api_key(cp: ControlPlane, actor: Actor, name: str) -> str:
+    if name != actor.name:
+        actor.require_admin("creating another user's API key")
+    with cp.db.transaction() as s:
+        user = get_user(s, name)
+        plain = issue_api_key(s, user)
+        cp.record(s, admin_event(actor.name, "user.key", target=name, key_prefix=plain[5:13]))
+        return plain
+
+
+def authenticate_api_key(cp: ControlPlane, plain: str) -> Actor:
+    prefix = api_key_prefix(plain)
+    with cp.db.transaction() as s:
+        row = s.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+        if row is None or row.revoked_at is not None or not api_key_matches(plain, row.key_hash):
+            raise AuthenticationFailed("invalid or revoked API key")
+        return Actor(user_id=row.user.id, name=row.user.name, is_admin=row.user.is_admin)
+
+
+def user_view(s: DBSession, user: User) -> dict:
+    roles = s.scalars(
+        select(Role.name).join(RoleMember, RoleMember.role_id == Role.id)
+        .where(RoleMember.user_id == user.id).order_by(Role.name)
+    ).all()
+    keys = [k.prefix for k in user.api_keys if k.revoked_at is None]
+    return {
+        "name": user.name,
+        "admin": user.is_admin,
+        "roles": list(roles),
+        "api_keys": keys,
+        "created_at": user.created_at.isoformat(),
+    }
+
+
+def list_users(cp: ControlPlane, actor: Actor) -> list[dict]:
+    actor.require_admin("listing users")
+    with cp.db.transaction() as s:
+        return [user_view(s, u) for u in s.scalars(select(User).order_by(User.name))]

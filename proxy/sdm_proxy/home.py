@@ -1,0 +1,105 @@
+"""The layout of ``$SDM_HOME`` (default ``~/.sdm``): where state, keys and logs live.
+
+Everything secret is written with mode 0600 inside directories with mode 0700.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+
+CONFIG_NAME = "config.json"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("SDM_HOME") or Path.home() / ".sdm").expanduser()
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that only the owner can ever read it (no window at 0644)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class SdmHome:
+    root: Path
+
+    @classmethod
+    def from_env(cls, override: str | os.PathLike | None = None) -> "SdmHome":
+        return cls(Path(override).expanduser() if override else default_home())
+
+    # paths -----------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.keys_dir / "master.keys"
+
+    @property
+    def session_signing_key_path(self) -> Path:
+        return self.keys_dir / "session-signing.pem"
+
+    @property
+    def audit_signing_key_path(self) -> Path:
+        return self.keys_dir / "audit-signing.pem"
+
+    @property
+    def proxy_key_path(self) -> Path:
+        return self.keys_dir / "proxy.pem"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.root / "admin.key"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def audit_jsonl_path(self) -> Path:
+        return self.root / "audit.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "gateway.log"
+
+    @property
+    def default_database_url(self) -> str:
+        return f"sqlite:///{self.root / 'state.db'}"
+
+    # config ----------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def load_config(self) -> dict[str, Any]:
+        if not self.exists():
+            raise StateError(f"no sdm state in {self.root}: run `sdm init` first (or set SDM_HOME)")
+        try:
+            config = json.loads(self.config_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StateError(f"{self.config_path} is unreadable or corrupt: {exc}") from None
+        if not isinstance(config, dict) or "database_url" not in config:
+            raise StateError(f"{self.config_path} is corrupt: missing database_url")
+        return config
+
+    def save_config(self, config: dict[str, Any]) -> None:
+        write_private(self.config_path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())

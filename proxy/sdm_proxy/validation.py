@@ -1,0 +1,69 @@
+"""Parsing and validation of user-supplied values: names, durations, host:port pairs.
+
+Each function raises ``UsageError`` with a message that says what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from .errors import UsageError
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.@-]{0,62}$")
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = timedelta(days=365)
+
+DATASOURCE_TYPES = ("postgres", "mysql")
+TLS_MODES = ("disable", "require", "verify-full")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Names of users, roles, datasources and credentials: a letter, then letters, digits, _ . @ -."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise UsageError(
+            f"invalid {kind} name {value!r}: start with a letter; use letters, digits, _ . @ - (max 63)"
+        )
+    return value
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``2h``, ``1d``, ``1h30m``: a positive duration of at most a year."""
+    raw = (text or "").strip().lower()
+    pos, seconds = 0, 0
+    for match in _DURATION_PART.finditer(raw):
+        if match.start() != pos:
+            break
+        seconds += int(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if not raw or pos != len(raw):
+        raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 30m, 2h, 1d or 1h30m")
+    if seconds <= 0:
+        raise UsageError(f"invalid duration {text!r}: must be longer than zero")
+    if seconds > MAX_DURATION.total_seconds():
+        raise UsageError(f"invalid duration {text!r}: at most 365d")
+    return timedelta(seconds=seconds)
+
+
+def parse_host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``[v6]:PORT``."""
+    raw = (text or "").strip()
+    host, sep, port_text = raw.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise UsageError(f"invalid address {text!r}: expected HOST:PORT")
+    port = check_port(int(port_text))
+    host = host.strip("[]") or default_host
+    return host, port
+
+
+def check_port(port: int) -> int:
+    if not 0 < port < 65536:
+        raise UsageError(f"invalid port {port}: must be 1-65535")
+    return port
+
+
+def check_choice(kind: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UsageError(f"invalid {kind} {value!r}: choose one of {', '.join(choices)}")
+    return value
