@@ -7,13 +7,12 @@ import logging
 import click
 
 from ..errors import UsageError
-from ..gateway import DEFAULT_API, GatewayConfig, run
 from ..validation import parse_host_port
 from .common import control_plane
 
 
 @click.command()
-@click.option("--api", "api_addr", default=f"{DEFAULT_API[0]}:{DEFAULT_API[1]}", show_default=True,
+@click.option("--api", "api_addr", default="127.0.0.1:8471", show_default=True,
               help="HOST:PORT of the control API.")
 @click.option("--postgres", "pg_addr", default=None, help="HOST:PORT of the PostgreSQL listener.")
 @click.option("--mysql", "mysql_addr", default=None, help="HOST:PORT of the MySQL listener.")
@@ -25,6 +24,7 @@ def gateway(ctx, api_addr, pg_addr, mysql_addr, verbose):
         if value is not None:
             raise UsageError(f"{flag}: this sdm version has no wire listeners yet (control API only)")
     host, port = parse_host_port(api_addr)
+    from ..gateway import GatewayConfig, run  # FastAPI and uvicorn load only for this command
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with control_plane(ctx) as cp:

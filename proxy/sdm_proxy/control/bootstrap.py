@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -11,7 +12,9 @@ from ..audit.events import admin_event
 from ..errors import Conflict, UsageError
 from ..home import SdmHome, write_private
 from ..tls import create_gateway_tls
-from ..vault.providers import create_key_provider_config
+from ..validation import check_name
+from ..vault.envelope import EncryptionContext
+from ..vault.providers import create_master_key_file, load_key_provider
 from .context import ControlPlane
 from .db import make_engine, upgrade
 from .models import User
@@ -21,22 +24,29 @@ from .users import create_user, issue_api_key
 
 def init_home(home: SdmHome, *, database_url: str | None = None, kms_key_id: str | None = None,
               admin_name: str = "admin") -> dict:
+    """Create everything or nothing: on any failure the files made so far are removed again."""
     if home.exists():
         raise Conflict(f"{home.root} is already initialised (remove it or set SDM_HOME elsewhere)")
     if database_url is not None and not database_url.startswith(("sqlite:", "postgresql")):
         raise UsageError("--database-url must be a sqlite:/// or postgresql+psycopg:// URL")
+    check_name("user", admin_name)
+    created_root = not home.root.exists()
     home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home.root, 0o700)
-    url = database_url or home.default_database_url
+    try:
+        return _init(home, database_url or home.default_database_url, kms_key_id, admin_name)
+    except BaseException:
+        _undo(home, created_root)
+        raise
+
+
+def _init(home: SdmHome, url: str, kms_key_id: str | None, admin_name: str) -> dict:
+    config = {"database_url": url, "key_provider": _key_provider_config(home, kms_key_id)}
     engine = make_engine(url)
     try:
         upgrade(engine)
     finally:
         engine.dispose()
-    config = {
-        "database_url": url,
-        "key_provider": create_key_provider_config(home, kms_key_id=kms_key_id),
-    }
     SessionSigner.load_or_create(home.session_signing_key_path)
     create_gateway_tls(home.tls_dir)
     home.save_config(config)
@@ -56,6 +66,32 @@ def init_home(home: SdmHome, *, database_url: str | None = None, kms_key_id: str
         cp.close()
     return {"home": str(home.root), "admin": admin_name, "database_url": _redact_url(url),
             "key_provider": config["key_provider"]["type"], "admin_key_file": str(home.admin_key_path)}
+
+
+def _undo(home: SdmHome, created_root: bool) -> None:
+    if created_root:
+        shutil.rmtree(home.root, ignore_errors=True)
+        return
+    for path in (home.config_path, home.admin_key_path, home.audit_jsonl_path):
+        path.unlink(missing_ok=True)
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (home.root / name).unlink(missing_ok=True)
+    for directory in (home.keys_dir, home.tls_dir):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _key_provider_config(home: SdmHome, kms_key_id: str | None) -> dict:
+    """Local master key by default; with a KMS key, prove it works now rather than at first use."""
+    if kms_key_id is None:
+        create_master_key_file(home.master_key_path)
+        return {"type": "local"}
+    # Region and endpoint come from the usual AWS environment (AWS_REGION, AWS_ENDPOINT_URL_KMS).
+    config = {"type": "aws-kms", "key_id": kms_key_id}
+    provider = load_key_provider(config, home)
+    probe = EncryptionContext(datasource="sdm-init", credential="probe", version=1)
+    _, key_id, wrapped = provider.generate_data_key(probe)
+    provider.decrypt_data_key(key_id, wrapped, probe)
+    return config
 
 
 def _redact_url(url: str) -> str:

@@ -13,10 +13,11 @@ from typing import Callable
 from sqlalchemy.orm import Session as DBSession
 
 from ..audit.events import Event
-from ..audit.log import AuditLog, CheckpointSigner
+from ..audit.checkpoints import CheckpointSigner
+from ..audit.log import AuditLog
 from ..errors import AccessDenied
 from ..home import SdmHome
-from ..vault.providers import KeyProvider, load_key_provider
+from ..vault.providers import KeyProvider, load_key_provider, providers_for_open
 from .db import StateDB
 from .models import utcnow
 from .tokens import SessionSigner
@@ -41,7 +42,8 @@ class ControlPlane:
     home: SdmHome
     db: StateDB
     audit: AuditLog
-    key_provider: KeyProvider
+    key_provider: KeyProvider  # seals new secrets
+    open_providers: dict[str, KeyProvider]  # may open stored envelopes (includes key_provider)
     session_signer: SessionSigner
     secret_store_options: dict = field(default_factory=dict)
     now: Callable[[], datetime] = utcnow
@@ -60,6 +62,7 @@ class ControlPlane:
             db=db,
             audit=audit,
             key_provider=load_key_provider(config["key_provider"], home),
+            open_providers=providers_for_open(config["key_provider"], home),
             session_signer=SessionSigner.load(home.session_signing_key_path),
             secret_store_options=config.get("secret_stores", {}),
         )

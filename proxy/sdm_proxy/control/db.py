@@ -7,6 +7,8 @@ half-way. PostgreSQL is used as-is by URL.
 
 from __future__ import annotations
 
+import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,16 +18,28 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import StateError
+from ..errors import SdmError, StateError
+
+log = logging.getLogger("sdm.state")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
+def _create_private_sqlite_file(url: str) -> None:
+    """Create a missing SQLite file as 0600 before SQLite makes it 0644 (WAL files copy the mode)."""
+    database = make_url(url).database
+    if database and database != ":memory:" and not os.path.exists(database):
+        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        _create_private_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -88,6 +102,13 @@ class StateDB:
             try:
                 yield session
                 session.commit()
+                # Work that must follow a successful commit (e.g. mirroring audit events to the
+                # JSON-lines sink); its failure is logged, since the commit already happened.
+                for callback in session.info.pop("after_commit", []):
+                    try:
+                        callback()
+                    except SdmError as exc:
+                        log.warning("after commit: %s", exc.message)
             except OperationalError as exc:
                 session.rollback()
                 raise StateError(f"state database error: {exc.orig}") from None

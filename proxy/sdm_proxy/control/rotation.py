@@ -70,7 +70,7 @@ def rotate_with_generated_password(cp: ControlPlane, actor: Actor, datasource: s
     with cp.db.transaction() as s:
         cred = get_credential(s, datasource, name)
         current = (resolve_secret_ref(cred.secret_ref, **cp.secret_store_options) if cred.secret_ref
-                   else open_({cp.key_provider.name: cp.key_provider}, cred.sealed, encryption_context(cred)))
+                   else open_(cp.open_providers, cred.sealed, encryption_context(cred)))
         new = SecretValue(secrets.token_urlsafe(32).encode())
         cred.version += 1
         cred.secret_ref = None

@@ -29,7 +29,7 @@ def create_session(cp: ControlPlane, actor: Actor, ttl: timedelta = DEFAULT_SESS
                           expires_at=now + ttl, client=(client or "")[:255] or None)
         s.add(session)
         s.flush()
-        cp.record(s, session_event("session.start", actor.name, session.id, addr=client))
+        cp.record(s, session_event("start", user=actor.name, session_id=session.id, client={"addr": client}))
     token = cp.session_signer.issue(session.id, actor.name, session.expires_at)
     return {"id": session.id, "user": actor.name, "expires_at": session.expires_at.isoformat(), "token": token}
 
@@ -80,5 +80,6 @@ def revoke_session(cp: ControlPlane, actor: Actor, session_id: str) -> dict:
         session, owner = row
         if session.revoked_at is None:
             session.revoked_at = now
-            cp.record(s, session_event("session.end", owner, session.id, reason=f"revoked by {actor.name}"))
+            cp.record(s, session_event("end", user=owner, session_id=session.id,
+                                              details={"reason": "revoked", "by": actor.name}))
         return session_view(session, owner, now)

@@ -81,7 +81,7 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
         cp.record(s, unlock_event(
             user=actor.name, session_id=actor.session_id, proxy_id=request.proxy_id,
             datasource=ds.name, credential=cred.name, db_user=cred.db_username,
-            protocol=request.protocol, addr=request.client_addr, via=decision.via))
+            protocol=request.protocol, client={"addr": request.client_addr}))
     secret = _open_secret(cp, sealed, secret_ref, ctx)
     answer["sealed_secret"] = seal_to_proxy(secret, request.ephemeral_key_bytes(), unlock_info(request))
     return answer
@@ -133,7 +133,7 @@ def _resolve_credential(cp: ControlPlane, s: DBSession, actor: Actor, request: U
 def _open_secret(cp: ControlPlane, sealed: str | None, secret_ref: str | None, ctx) -> SecretValue:
     if secret_ref is not None:
         return resolve_secret_ref(secret_ref, **cp.secret_store_options)
-    return open_({cp.key_provider.name: cp.key_provider}, sealed, ctx)
+    return open_(cp.open_providers, sealed, ctx)
 
 
 def _record_denial(cp: ControlPlane, attempt: _Attempt, exc: SdmError) -> None:
@@ -145,7 +145,7 @@ def _record_denial(cp: ControlPlane, attempt: _Attempt, exc: SdmError) -> None:
                 session_id=actor.session_id if actor else None,
                 proxy_id=req.proxy_id if req else None, datasource=req.datasource if req else None,
                 credential=req.credential if req else None, protocol=req.protocol if req else None,
-                addr=req.client_addr if req else None))
+                client={"addr": req.client_addr} if req else None))
     except SdmError:
         pass  # the request is refused either way; the audit failure is the caller's next error
 

@@ -1,0 +1,383 @@
+"""The audit log writer and reader: append to the chain, fail closed, checkpoint, read back.
+
+Order of one append (``_write``), and why:
+
+1. take this process's lock, then the sink's ``flock`` (same order everywhere: no deadlock), so
+   sink lines land in seq order even with several writers;
+2. in ONE database transaction: lock the head row (``SELECT ... FOR UPDATE`` on PostgreSQL; on
+   SQLite the transaction already began with ``BEGIN IMMEDIATE``, which serialises writers), copy
+   into the sink anything it is missing, chain the new events, bulk-insert them (plus checkpoints
+   at multiples of ``checkpoint_every``) and move the head;
+3. commit: from here the database is the source of truth;
+4. append the new lines to the sink, flush and fsync.
+
+Any failure raises ``AuditUnavailable`` and the caller refuses the action (DESIGN §2.4). A failure in
+step 4 happens after the commit: the events are in the database but not yet in the file. We still
+refuse the action (the off-box copy is part of the promise), and the sink catches up from the
+database on the next successful append; ``export_jsonl`` can also rebuild it at any time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator, Sequence
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from ..control.db import StateDB
+from ..control.models import AuditCheckpoint, AuditEvent, AuditHead
+from ..errors import AuditUnavailable, SdmError, StateError
+from .chain import GENESIS, event_hash
+from .checkpoints import Checkpoint, CheckpointSigner
+from .events import Event, canonical_json, is_valid_type
+from .sink import JsonlSink, SinkError, event_line
+
+__all__ = ["AuditLog", "CheckpointSigner", "Checkpoint"]
+
+EVENTS = AuditEvent.__table__
+HEAD = AuditHead.__table__
+CHECKPOINTS = AuditCheckpoint.__table__
+HEAD_ID = 1
+READ_CHUNK = 2000  # rows per short read transaction (keeps the SQLite write lock brief)
+
+
+def refused(reason: str) -> AuditUnavailable:
+    return AuditUnavailable(f"audit log unavailable: {reason}; the action was refused")
+
+
+class _Refuse(Exception):
+    """Internal: a reason to refuse found inside the transaction (rolls it back)."""
+
+
+@dataclass
+class _Batch:
+    rows: list[dict] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # sink lines, in order
+    head: tuple[int, str] | None = None  # new head, if it moves
+
+
+class AuditLog:
+    """The hash-chained audit log in the state database, mirrored to an optional JSON-lines sink."""
+
+    def __init__(
+        self,
+        db: StateDB,
+        *,
+        jsonl_path: Path | None = None,
+        signer: CheckpointSigner | None = None,
+        checkpoint_every: int = 1000,
+    ):
+        if checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be at least 1")
+        self.db = db
+        self.sink = JsonlSink(jsonl_path) if jsonl_path is not None else None
+        self.signer = signer
+        self.checkpoint_every = checkpoint_every
+        self._lock = threading.Lock()
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    def append(self, event: Event) -> Event:
+        """Chain and store one event; returns it with ``seq``, ``prev_hash`` and ``hash`` filled."""
+        return self.append_many((event,))[0]
+
+    def append_many(self, events: Iterable[Event]) -> list[Event]:
+        """Chain and store several events in one transaction (all or none reach the database)."""
+        events = list(events)
+        if not events:
+            return events
+        for ev in events:
+            if not is_valid_type(ev.type) or len(ev.type) > 64:
+                raise refused(f"invalid audit event type {ev.type!r}")
+            if not isinstance(ev.id, str) or not isinstance(ev.ts, str):
+                raise refused("audit event without id or ts")
+        outcome = {"committed": False}
+        try:
+            self._write(lambda s, seq, prev: self._chain(events, seq, prev), outcome)
+        except AuditUnavailable:
+            if not outcome["committed"]:
+                for ev in events:  # nothing was stored: leave no misleading seq/hash behind
+                    ev.seq = ev.prev_hash = ev.hash = None
+            raise
+        return events
+
+    def append_in(self, s: Session, events: Iterable[Event]) -> list[Event]:
+        """Chain and insert events inside the caller's open transaction, so a change and its
+        record commit (or roll back) together. The JSON-lines sink is not written here: call
+        ``sync_sink()`` after the commit (``StateDB.transaction`` does it through ``after_commit``).
+        """
+        events = list(events)
+        for ev in events:
+            if not is_valid_type(ev.type) or len(ev.type) > 64:
+                raise refused(f"invalid audit event type {ev.type!r}")
+        try:
+            seq, prev = self._lock_head(s)
+            batch = self._chain(events, seq, prev)
+            s.execute(insert(EVENTS), batch.rows)
+            if batch.checkpoints:
+                s.execute(insert(CHECKPOINTS), [_cp_row(cp) for cp in batch.checkpoints])
+            s.execute(update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=batch.head[0], hash=batch.head[1]))
+        except _Refuse as exc:
+            raise refused(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise refused(_reason(exc)) from exc
+        if self.sink is not None:
+            s.info.setdefault("after_commit", []).append(self.sync_sink)
+        return events
+
+    def sync_sink(self) -> None:
+        """Bring the JSON-lines sink up to the database's head (no-op without a sink)."""
+        if self.sink is not None:
+            self._write(lambda s, seq, prev: None)
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Sign the current head now (idempotent); None while the log is empty."""
+        if self.signer is None:
+            raise StateError("no audit signing key configured: cannot write a checkpoint")
+        result: list[Checkpoint] = []
+
+        def build(s: Session, seq: int, prev: str) -> _Batch | None:
+            if seq == 0:
+                return None
+            row = s.execute(
+                select(CHECKPOINTS.c.seq, CHECKPOINTS.c.hash, CHECKPOINTS.c.ts, CHECKPOINTS.c.signature)
+                .where(CHECKPOINTS.c.seq == seq)
+            ).first()
+            if row is not None:
+                result.append(Checkpoint(*row))
+                return None
+            cp = self.signer.checkpoint(seq, prev)
+            result.append(cp)
+            return _Batch(checkpoints=[cp], lines=[cp.to_line()])
+
+        self._write(build)
+        return result[0] if result else None
+
+    def _chain(self, events: list[Event], seq: int, prev: str) -> _Batch:
+        # The hot loop: per event one dict, one json.dumps, one sha256. Keep it lean.
+        batch = _Batch()
+        rows, lines, cps = batch.rows, batch.lines, batch.checkpoints
+        signer, every = self.signer, self.checkpoint_every
+        for ev in events:
+            seq += 1
+            ev.prev_hash = prev
+            body = canonical_json(ev.body_dict())
+            h = event_hash(prev, body)
+            ev.hash, ev.seq = h, seq
+            rows.append(
+                {"seq": seq, "id": ev.id, "ts": ev.ts, "type": ev.type, "user": ev.user,
+                 "body": body, "prev_hash": prev, "hash": h}
+            )  # fmt: skip
+            lines.append(event_line(seq, body, h))
+            if signer is not None and seq % every == 0:
+                cp = signer.checkpoint(seq, h)
+                cps.append(cp)
+                lines.append(cp.to_line())
+            prev = h
+        batch.head = (seq, prev)
+        return batch
+
+    def _write(self, build: Callable[[Session, int, str], _Batch | None], outcome: dict | None = None) -> None:
+        """Run one append under the locks described at the top (``outcome["committed"]`` tells
+        a caller whose append failed whether its events nevertheless reached the database)."""
+        outcome = {} if outcome is None else outcome
+        try:
+            with self._lock, (self.sink.locked() if self.sink else nullcontext()) as sink:
+                sink_last = sink.last_seq() if sink is not None else None
+                with self.db.transaction() as s:
+                    seq, prev = self._lock_head(s)
+                    if sink is not None:
+                        if sink_last > seq:
+                            raise _Refuse(
+                                f"the JSON-lines sink {self.sink.path} is ahead of the database "
+                                f"(seq {sink_last} > head {seq}); it belongs to another state database "
+                                "or the database was restored: move it aside"
+                            )
+                        if sink_last < seq:
+                            self._backfill(s, sink, sink_last, seq)
+                    batch = build(s, seq, prev)
+                    if batch is not None:
+                        if batch.rows:
+                            s.execute(insert(EVENTS), batch.rows)
+                        if batch.checkpoints:
+                            s.execute(insert(CHECKPOINTS), [_cp_row(cp) for cp in batch.checkpoints])
+                        if batch.head is not None:
+                            s.execute(
+                                update(HEAD).where(HEAD.c.id == HEAD_ID)
+                                .values(seq=batch.head[0], hash=batch.head[1])
+                            )  # fmt: skip
+                outcome["committed"] = batch is not None
+                # Committed. The DB is the source of truth; a sink failure below still refuses the
+                # action, and the next append (or `export_jsonl`) brings the file up to date.
+                if sink is not None and batch is not None and batch.lines:
+                    try:
+                        sink.write_lines(batch.lines, batch.head[0] if batch.head else seq)
+                    except OSError as exc:
+                        raise refused(
+                            f"cannot write the JSON-lines sink {self.sink.path}: {exc.strerror or exc} "
+                            "(the event is in the state database; the sink catches up on the next write)"
+                        ) from exc
+        except AuditUnavailable:
+            raise
+        except _Refuse as exc:
+            raise refused(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything
+            raise refused(_reason(exc)) from exc
+
+    def _lock_head(self, s: Session) -> tuple[int, str]:
+        q = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID).with_for_update()
+        row = s.execute(q).first()
+        if row is None:
+            # First append ever: create the head, unless events exist (then the head was deleted).
+            if s.execute(select(EVENTS.c.seq).limit(1)).first() is not None:
+                raise _Refuse("the audit head row is missing although events exist (run `sdm audit verify`)")
+            _insert_head_if_missing(s)
+            row = s.execute(q).first()
+        return int(row[0]), row[1]
+
+    def _backfill(self, s: Session, sink, after: int, upto: int) -> None:
+        """Copy events (after, upto] and their checkpoints from the database into the sink."""
+        cps = {
+            r[0]: Checkpoint(*r)
+            for r in s.execute(
+                select(CHECKPOINTS.c.seq, CHECKPOINTS.c.hash, CHECKPOINTS.c.ts, CHECKPOINTS.c.signature)
+                .where(CHECKPOINTS.c.seq > after, CHECKPOINTS.c.seq <= upto)
+            )
+        }
+        last = after
+        while last < upto:
+            rows = s.execute(
+                select(EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash)
+                .where(EVENTS.c.seq > last, EVENTS.c.seq <= upto)
+                .order_by(EVENTS.c.seq)
+                .limit(READ_CHUNK)
+            ).all()
+            if not rows:
+                break
+            lines = []
+            for seq, body, h in rows:
+                lines.append(event_line(seq, body, h))
+                if seq in cps:
+                    lines.append(cps[seq].to_line())
+            last = rows[-1][0]
+            sink.write_lines(lines, last)
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the newest event; (0, GENESIS) for an empty log."""
+        with self.db.transaction() as s:
+            row = s.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID)).first()
+        return (int(row[0]), row[1]) if row else (0, GENESIS)
+
+    def tail(self, n: int = 20, user: str | None = None, types: Sequence[str] | None = None) -> list[Event]:
+        """The newest ``n`` events, oldest first. ``types`` entries ending in ``*`` match a prefix."""
+        q = select(EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash).order_by(EVENTS.c.seq.desc()).limit(n)
+        if user is not None:
+            q = q.where(EVENTS.c.user == user)
+        if types:
+            exact = [t for t in types if not t.endswith("*")]
+            prefixes = [t[:-1] for t in types if t.endswith("*")]
+            conds = [EVENTS.c.type.in_(exact)] if exact else []
+            conds += [EVENTS.c.type.startswith(p, autoescape=True) for p in prefixes]
+            q = q.where(or_(*conds))
+        try:
+            with self.db.transaction() as s:
+                rows = s.execute(q).all()
+        except (SQLAlchemyError, SdmError) as exc:
+            raise StateError(f"cannot read the audit log: {_reason(exc)}") from None
+        return [_event_from_row(*r) for r in reversed(rows)]
+
+    def iter_events(self) -> Iterator[Event]:
+        """Every event in seq order, read in short chunks (never one long read lock)."""
+        for seq, body, h in _iter_rows(self.db, (EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash)):
+            yield _event_from_row(seq, body, h)
+
+    def export_jsonl(self, stream: IO) -> int:
+        """Write the whole log in the sink's format (checkpoint lines included); returns #events.
+
+        ``stream`` may be text (``sys.stdout``) or binary. The output verifies with ``verify_jsonl``
+        and can replace a lost or damaged sink file.
+        """
+        binary = not isinstance(stream, io.TextIOBase)
+        with self.db.transaction() as s:
+            cps = {
+                r[0]: Checkpoint(*r)
+                for r in s.execute(
+                    select(CHECKPOINTS.c.seq, CHECKPOINTS.c.hash, CHECKPOINTS.c.ts, CHECKPOINTS.c.signature)
+                )
+            }
+        n = 0
+        for seq, body, h in _iter_rows(self.db, (EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash)):
+            text = event_line(seq, body, h) + "\n"
+            if seq in cps:
+                text += cps[seq].to_line() + "\n"
+            stream.write(text.encode("utf-8") if binary else text)
+            n += 1
+        stream.flush()
+        return n
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def _cp_row(cp: Checkpoint) -> dict:
+    return {"seq": cp.seq, "hash": cp.hash, "ts": cp.ts, "signature": cp.signature}
+
+
+def _iter_rows(db: StateDB, columns) -> Iterator[tuple]:
+    """Rows of audit_events in seq order, READ_CHUNK per short transaction (keyset pagination).
+
+    Appends only ever add rows after the head, so paging by seq sees a consistent prefix.
+    """
+    last = 0
+    while True:
+        with db.transaction() as s:
+            rows = s.execute(
+                select(*columns).where(EVENTS.c.seq > last).order_by(EVENTS.c.seq).limit(READ_CHUNK)
+            ).all()
+        yield from rows
+        if len(rows) < READ_CHUNK:
+            return
+        last = rows[-1][0]
+
+
+def _event_from_row(seq: int, body: str, hash_: str) -> Event:
+    ev = Event.from_dict(json.loads(body))
+    ev.seq, ev.hash = seq, hash_
+    return ev
+
+
+def _insert_head_if_missing(s: Session) -> None:
+    values = {"id": HEAD_ID, "seq": 0, "hash": GENESIS}
+    dialect = s.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        mod = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
+        s.execute(mod.insert(HEAD).values(**values).on_conflict_do_nothing(index_elements=["id"]))
+    else:  # a concurrent first append may then fail once (and is refused, fail closed)
+        try:
+            with s.begin_nested():
+                s.execute(insert(HEAD).values(**values))
+        except IntegrityError:
+            pass
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, payload-free reason: the driver's message, not the SQL and its parameters."""
+    if isinstance(exc, SdmError):
+        return exc.message
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"state database error: {exc.orig}"
+    if isinstance(exc, SinkError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}"

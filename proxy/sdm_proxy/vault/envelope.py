@@ -1,0 +1,207 @@
+"""Envelope encryption of one credential secret.
+
+Each secret gets its own fresh 256-bit data key; the secret is sealed with AES-256-GCM under that
+key, and the data key itself is wrapped by a key provider (local master key file or AWS KMS). The
+envelope stored in the ``credentials.sealed`` column holds only the wrapped key and ciphertext.
+
+The associated data of both AEAD layers is the encryption context ``{datasource, credential,
+version}``: an envelope copied to another row (or kept across a version bump) fails to open,
+instead of silently logging in to the wrong database with the wrong password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..errors import UsageError, VaultError
+from ._codec import b64d, b64e, wipe
+from .secret import SecretValue
+
+if TYPE_CHECKING:
+    from .providers.base import KeyProvider
+
+ENVELOPE_VERSION = 1
+DATA_KEY_BYTES = 32  # AES-256
+NONCE_BYTES = 12  # the 96-bit nonce GCM is designed for
+TAG_BYTES = 16
+MAX_ENVELOPE_CHARS = 64 * 1024  # a DB secret is small; refuse to parse megabytes of junk
+_FIELDS = frozenset({"v", "provider", "key_id", "wrapped_key", "nonce", "ciphertext"})
+_WHAT = "sealed secret envelope"
+
+
+class SealedSecretMismatch(VaultError):
+    """An AEAD check failed: the envelope was moved, edited, or sealed under another key."""
+
+
+@dataclass(frozen=True)
+class EncryptionContext:
+    """Which row a sealed secret belongs to; bound into every AEAD tag and into KMS calls."""
+
+    datasource: str
+    credential: str
+    version: int
+
+    def __post_init__(self) -> None:
+        for field in ("datasource", "credential"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value:
+                raise UsageError(f"encryption context needs a non-empty {field} name")
+        # bool is an int subclass; True as a version is always a bug.
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 1:
+            raise UsageError("encryption context needs a credential version >= 1")
+
+    def as_dict(self) -> dict[str, str]:
+        # KMS encryption context values must be strings, so the version is one here too.
+        return {"datasource": self.datasource, "credential": self.credential, "version": str(self.version)}
+
+    def aad(self) -> bytes:
+        # Canonical: sorted keys, no whitespace, ASCII-only, so every process builds the same bytes.
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
+            "ascii"
+        )
+
+    def describe(self) -> str:
+        return f"{self.datasource}/{self.credential}/v{self.version}"
+
+
+def mismatch_error(ctx: EncryptionContext) -> SealedSecretMismatch:
+    return SealedSecretMismatch(
+        f"sealed secret does not match its credential (datasource/credential/version) {ctx.describe()}: "
+        "it was moved from another credential, edited, or sealed under a key this gateway does not hold"
+    )
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The parsed, public part of an envelope (all ciphertext; safe to inspect, e.g. for rotation)."""
+
+    provider: str
+    key_id: str
+    wrapped_key: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+    def __repr__(self) -> str:  # ciphertext is not secret, but it is noise in logs
+        return f"Envelope(provider={self.provider!r}, key_id={self.key_id!r})"
+
+
+ProviderSet = Union["KeyProvider", Mapping[str, "KeyProvider"], Iterable["KeyProvider"]]
+
+
+def _owned_key(key: bytes | bytearray) -> bytearray:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != DATA_KEY_BYTES:
+        if isinstance(key, bytearray):
+            wipe(key)
+        raise VaultError("key provider returned a data key that is not 256 bits")
+    return key if isinstance(key, bytearray) else bytearray(key)
+
+
+def seal(provider: "KeyProvider", secret: SecretValue, ctx: EncryptionContext) -> str:
+    """Seal ``secret`` for the credential named by ``ctx``; returns the envelope JSON string."""
+    if not isinstance(secret, SecretValue):
+        raise TypeError("seal() takes a SecretValue, so the plain secret never travels as bare bytes/str")
+    if not isinstance(ctx, EncryptionContext):
+        raise TypeError("seal() takes an EncryptionContext")
+    plaintext_key, key_id, wrapped = provider.generate_data_key(ctx)
+    key = _owned_key(plaintext_key)
+    try:
+        nonce = os.urandom(NONCE_BYTES)
+        ciphertext = AESGCM(key).encrypt(nonce, secret.reveal(), ctx.aad())
+    finally:
+        wipe(key)
+    body = {
+        "v": ENVELOPE_VERSION,
+        "provider": provider.name,
+        "key_id": key_id,
+        "wrapped_key": b64e(wrapped),
+        "nonce": b64e(nonce),
+        "ciphertext": b64e(ciphertext),
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def parse_envelope(envelope: str) -> Envelope:
+    """Check the envelope's shape without opening it. Raises ``VaultError`` if it is malformed."""
+    if not isinstance(envelope, str):
+        raise VaultError(f"{_WHAT} must be a JSON string")
+    if len(envelope) > MAX_ENVELOPE_CHARS:
+        raise VaultError(f"{_WHAT} is malformed: too large")
+    try:
+        body: Any = json.loads(envelope)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise VaultError(f"{_WHAT} is malformed: not a JSON object")
+    missing = sorted(_FIELDS - body.keys())
+    extra = sorted(body.keys() - _FIELDS)
+    if missing or extra:
+        extra = [str(name)[:32] for name in extra[:5]]  # names come from the stored text: keep them short
+        raise VaultError(f"{_WHAT} is malformed: missing fields {missing}, unexpected fields {extra}")
+    if body["v"] != ENVELOPE_VERSION or isinstance(body["v"], bool):
+        raise VaultError(f"{_WHAT} has unsupported version {str(body['v'])[:16]!r} (this gateway reads v1)")
+    for field in ("provider", "key_id"):
+        if not isinstance(body[field], str) or not body[field]:
+            raise VaultError(f"{_WHAT} is malformed: field {field!r} must be a non-empty string")
+    nonce = b64d(body["nonce"], "nonce", _WHAT)
+    if len(nonce) != NONCE_BYTES:
+        raise VaultError(f"{_WHAT} is malformed: nonce must be {NONCE_BYTES} bytes")
+    ciphertext = b64d(body["ciphertext"], "ciphertext", _WHAT)
+    if len(ciphertext) < TAG_BYTES:
+        raise VaultError(f"{_WHAT} is malformed: ciphertext is shorter than its tag")
+    wrapped = b64d(body["wrapped_key"], "wrapped_key", _WHAT)
+    if not wrapped:
+        raise VaultError(f"{_WHAT} is malformed: wrapped_key is empty")
+    return Envelope(body["provider"], body["key_id"], wrapped, nonce, ciphertext)
+
+
+def _by_name(providers: ProviderSet) -> Mapping[str, "KeyProvider"]:
+    if isinstance(providers, Mapping):
+        return providers
+    if hasattr(providers, "decrypt_data_key"):  # a single provider
+        return {providers.name: providers}  # type: ignore[union-attr]
+    return {p.name: p for p in providers}  # type: ignore[union-attr]
+
+
+def open_(providers: ProviderSet, envelope: str, ctx: EncryptionContext) -> SecretValue:
+    """Open an envelope sealed for ``ctx``. ``providers``: one provider, a list, or a name → provider map."""
+    if not isinstance(ctx, EncryptionContext):
+        raise TypeError("open_() takes an EncryptionContext")
+    env = parse_envelope(envelope)
+    provider = _by_name(providers).get(env.provider)
+    if provider is None:
+        raise VaultError(
+            f"sealed secret for {ctx.describe()} was sealed by key provider {env.provider[:32]!r}, "
+            "which this gateway is not configured with (list it under \"previous\" in the key provider config)"
+        )
+    plaintext_key = provider.decrypt_data_key(env.key_id, env.wrapped_key, ctx)
+    key = _owned_key(plaintext_key)
+    failed = False
+    try:
+        try:
+            plaintext = AESGCM(key).decrypt(env.nonce, env.ciphertext, ctx.aad())
+        except InvalidTag:
+            failed = True
+    finally:
+        wipe(key)
+    if failed:  # raised here so no cryptography exception hangs off it as __context__
+        raise mismatch_error(ctx)
+    return SecretValue(plaintext)
+
+
+def reseal(
+    providers: ProviderSet,
+    new_provider: "KeyProvider",
+    envelope: str,
+    ctx: EncryptionContext,
+    new_ctx: EncryptionContext | None = None,
+) -> str:
+    """Open and seal again: moves a secret to a new master key / provider, or to a renamed row."""
+    secret = open_(providers, envelope, ctx)
+    return seal(new_provider, secret, new_ctx or ctx)
