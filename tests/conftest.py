@@ -1,4 +1,4 @@
-"""Suite-wide fixtures: private, password-enforcing PostgreSQL and MariaDB servers.
+"""Suite-wide fixtures: private, password-enforcing PostgreSQL and MariaDB servers, and moto.
 
 Each server is started once per test session, from the machine's binaries, on a free
 127.0.0.1 port, and removed at the end. The machine's own servers (5432/3306) are never used.
@@ -19,6 +19,7 @@ if _ROOT not in sys.path:
 from tests.support import mysql_server as _mysql  # noqa: E402
 from tests.support import postgres_cluster as _pg  # noqa: E402
 from tests.support.accounts import DatabaseServer  # noqa: E402
+from tests.support.moto_server import dummy_aws_environment, running_moto_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +40,11 @@ def mysql_server() -> DatabaseServer:
         pytest.skip("no MariaDB/MySQL server binary on this machine")
     with _mysql.running_server(*binaries) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """moto's STANDALONE server (a stand-in for AWS APIs over real HTTP) on a free 127.0.0.1 port."""
+    with dummy_aws_environment(tmp_path_factory.mktemp("aws")):
+        with running_moto_server() as server:
+            yield server

@@ -26,21 +26,13 @@ from sdm_proxy.vault.envelope import EncryptionContext, SealedSecretMismatch, op
 from sdm_proxy.vault.providers import AwsKmsKeyProvider, load_key_provider, providers_for_open  # noqa: E402
 from sdm_proxy.vault.secret import SecretValue  # noqa: E402
 from sdm_proxy.vault.secret_refs import resolve_secret_ref  # noqa: E402
-from tests.support.moto_server import dummy_aws_environment, running_moto_server  # noqa: E402
+from tests.support.moto_server import dummy_aws_environment  # noqa: E402
 
 pytestmark = pytest.mark.moto
 
 REGION = "us-east-1"
 PLAIN = b"kms-sealed-db-password"
 CTX = EncryptionContext("prod-db", "read-only", 1)
-
-
-@pytest.fixture(scope="session")
-def moto_server(tmp_path_factory):
-    """moto's standalone server in a subprocess on a free 127.0.0.1 port, for the whole session."""
-    with dummy_aws_environment(tmp_path_factory.mktemp("aws")):
-        with running_moto_server() as server:
-            yield server
 
 
 @pytest.fixture(autouse=True)

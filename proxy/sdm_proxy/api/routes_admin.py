@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import binascii
 
 from fastapi import APIRouter, Depends, Request
@@ -141,4 +142,4 @@ def audit_tail(request: Request, n: int = 50, actor: Actor = Depends(current_act
 def audit_verify(request: Request, actor: Actor = Depends(current_actor)) -> dict:
     actor.require_admin("verifying the audit log")
     cp = _cp(request)
-    return verify_db(cp.db, cp.audit.signer.public_key).to_dict()
+    return dataclasses.asdict(verify_db(cp.db, cp.audit.signer.public_key))

@@ -1,0 +1,142 @@
+"""The HTTP control API over real HTTP: auth, the caller's own views, admin operations, unlock,
+and problem-JSON errors that never echo a secret."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from sdm_proxy import errors
+from sdm_proxy.control.users import create_api_key
+from sdm_proxy.unlock.client import HttpUnlockClient
+from tests.support.api_server import ApiServer
+from tests.support.gateway_state import GatewayState
+
+RO_PASSWORD = "api-ro-secret-7"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    st = GatewayState.create(tmp_path_factory.mktemp("api") / "home")
+    st.add_datasource("prod", credentials={"read-only": ("app_ro", RO_PASSWORD)})
+    st.role_leasing("analysts", "prod", "read-only")
+    st.add_user("ann", roles_=("analysts",))
+    st.ann_key = create_api_key(st.cp, st.admin, "ann")
+    st.admin_key = st.home.admin_key_path.read_text().strip()
+    with ApiServer(st.cp) as server:
+        st.api = server
+        yield st
+    st.close()
+
+
+def call(env, method, path, key=None, **kw):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.request(method, env.api.url + path, headers=headers, timeout=10, **kw)
+
+
+def assert_problem(response, status, code, *needles):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and isinstance(body["message"], str)
+    for needle in needles:
+        assert needle in body["message"]
+
+
+def test_session_from_api_key_then_whoami_with_the_token(env):
+    created = call(env, "POST", "/v1/sessions", env.ann_key, json={"ttl": "30m"})
+    assert created.status_code == 201
+    token = created.json()["token"]
+    me = call(env, "GET", "/v1/me", token).json()
+    assert me["user"] == "ann" and me["admin"] is False and me["session_id"] == created.json()["id"]
+
+
+def test_missing_and_wrong_credentials_are_401(env):
+    assert_problem(call(env, "GET", "/v1/me"), 401, "unauthenticated", "Authorization")
+    assert_problem(call(env, "GET", "/v1/me", "sdmk_deadbeef_nope"), 401, "unauthenticated")
+    assert_problem(call(env, "GET", "/v1/me", "sdms.garbage.x"), 401, "unauthenticated")
+
+
+def test_my_datasources_and_my_activity(env):
+    mine = call(env, "GET", "/v1/datasources", env.ann_key).json()
+    assert mine == [{"datasource": "prod", "type": "postgres", "credential": "read-only", "db_user": "app_ro",
+                     "via": "role:analysts", "expires_at": None}]
+    call(env, "POST", "/v1/sessions", env.ann_key, json={})
+    activity = call(env, "GET", "/v1/activity?n=5", env.ann_key).json()
+    assert activity and all(e["user"] == "ann" for e in activity)
+
+
+def test_non_admin_is_forbidden_from_admin_routes(env):
+    for path in ("/v1/admin/users", "/v1/admin/datasources", "/v1/admin/audit", "/v1/admin/credentials"):
+        assert_problem(call(env, "GET", path, env.ann_key), 403, "denied", "admin")
+
+
+def test_admin_crud_and_conflicts(env):
+    r = call(env, "POST", "/v1/admin/datasources", env.admin_key,
+             json={"name": "warehouse", "type": "mysql", "host": "10.0.0.5", "port": 3306})
+    assert r.status_code == 201 and r.json()["type"] == "mysql"
+    assert_problem(call(env, "POST", "/v1/admin/datasources", env.admin_key,
+                        json={"name": "warehouse", "type": "mysql", "host": "h", "port": 3306}),
+                   409, "conflict", "already exists")
+    assert_problem(call(env, "POST", "/v1/admin/roles/nope/members", env.admin_key, json={"user": "ann"}),
+                   404, "not_found", "no role named 'nope'")
+    assert_problem(call(env, "POST", "/v1/admin/grants", env.admin_key,
+                        json={"user": "ann", "datasource": "prod", "credential": "read-only", "for": "forever"}),
+                   422, "invalid", "duration")
+    names = [d["name"] for d in call(env, "GET", "/v1/admin/datasources", env.admin_key).json()]
+    assert names == ["prod", "warehouse"]
+    verify = call(env, "GET", "/v1/admin/audit/verify", env.admin_key).json()
+    assert verify["ok"] is True
+
+
+def test_credential_passwords_go_in_but_never_come_back(env):
+    secret = "never-echo-me-42"
+    ok = call(env, "POST", "/v1/admin/credentials", env.admin_key,
+              json={"datasource": "prod", "name": "etl", "username": "etl", "password": secret})
+    assert ok.status_code == 201 and secret not in ok.text
+    bad = call(env, "POST", "/v1/admin/credentials", env.admin_key,
+               json={"datasource": "prod", "name": "etl2", "username": "etl", "password": secret, "oops": 1})
+    assert_problem(bad, 422, "invalid")
+    assert secret not in bad.text
+    wrong_type = call(env, "POST", "/v1/admin/credentials", env.admin_key,
+                      json={"datasource": "prod", "name": "etl3", "username": "etl", "password": {"x": secret}})
+    assert wrong_type.status_code == 422 and secret not in wrong_type.text
+    listed = call(env, "GET", "/v1/admin/credentials", env.admin_key)
+    assert secret not in listed.text and RO_PASSWORD not in listed.text
+
+
+def test_unlock_over_http_with_the_proxy_client(env):
+    proxy = env.enrolled_proxy()
+    token = call(env, "POST", "/v1/sessions", env.ann_key, json={}).json()["token"]
+
+    async def go():
+        client = HttpUnlockClient(proxy, env.api.url)
+        try:
+            got = await client.unlock(token, "prod", "read-only", protocol="postgres")
+            with pytest.raises(errors.AccessDenied, match="no lease or grant on prod/etl"):
+                await client.unlock(token, "prod", "etl")
+            with pytest.raises(errors.AuthenticationFailed):
+                await client.unlock("sdms.bad.token", "prod", "read-only")
+            return got
+        finally:
+            await client.aclose()
+
+    got = asyncio.run(go())
+    assert got.db_user == "app_ro" and got.secret.reveal() == RO_PASSWORD.encode()
+
+
+def test_unlock_endpoint_rejects_garbage_with_problem_json(env):
+    assert_problem(call(env, "POST", "/v1/unlock", content=b"\xff\x00not json"), 403, "proxy_rejected", "malformed")
+    assert_problem(call(env, "POST", "/v1/unlock", json={"request": {}, "signature": "x"}), 403, "proxy_rejected")
+
+
+def test_openapi_document_lists_the_routes(env):
+    paths = call(env, "GET", "/openapi.json").json()["paths"]
+    for path in ("/v1/sessions", "/v1/me", "/v1/datasources", "/v1/activity", "/v1/unlock",
+                 "/v1/admin/users", "/v1/admin/grants", "/v1/admin/audit/verify"):
+        assert path in paths
+
+
+def test_unknown_route_is_problem_json(env):
+    assert_problem(call(env, "GET", "/v1/nope"), 404, "http_error")
