@@ -56,8 +56,11 @@ def _set_password_mysql(ds, username: str, current: SecretValue, new: SecretValu
         conn = pymysql.connect(host=ds.host, port=ds.port, user=username, password=current.reveal().decode(),
                                database=ds.database, ssl=ssl, connect_timeout=10)
         try:
+            # Changing one's own password needs no privilege in either dialect, with these forms.
+            statement = ("SET PASSWORD = PASSWORD(%s)" if "MariaDB" in conn.get_server_info()
+                         else "ALTER USER USER() IDENTIFIED BY %s")
             with conn.cursor() as cur:
-                cur.execute("ALTER USER CURRENT_USER() IDENTIFIED BY %s", (new.reveal().decode(),))
+                cur.execute(statement, (new.reveal().decode(),))
         finally:
             conn.close()
     except pymysql.MySQLError as exc:
