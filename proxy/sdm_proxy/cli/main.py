@@ -49,6 +49,21 @@ def init(ctx, database_url, kms_key_id, admin_name, as_json):
                    f"{result['admin_key_file']}")
 
 
+@cli.command()
+@click.pass_context
+def migrate(ctx):
+    """Upgrade the state database to this sdm version's schema (safe to run twice)."""
+    from ..control.db import make_engine, upgrade
+
+    home = home_from(ctx)
+    engine = make_engine(home.load_config()["database_url"])
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    click.echo("state database is at the newest schema")
+
+
 for _group in (*GROUPS, session, audit, gateway):
     cli.add_command(_group)
 
