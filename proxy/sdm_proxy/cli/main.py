@@ -68,6 +68,23 @@ for _group in (*GROUPS, session, audit, gateway):
     cli.add_command(_group)
 
 
+def _add_plugin_commands() -> None:
+    """Commands other distributions register under the ``sdm.commands`` entry-point group (the
+    notebook side adds ``sdm demo`` this way, keeping the one join of both sides in one place)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="sdm.commands"):
+        if ep.name not in cli.commands:
+            try:
+                cli.add_command(ep.load(), ep.name)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break `sdm`
+                click.echo(f"sdm: warning: command {ep.name!r} from {ep.value} failed to load: "
+                           f"{type(exc).__name__}", err=True)
+
+
+_add_plugin_commands()
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="sdm", standalone_mode=False)
