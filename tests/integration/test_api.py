@@ -10,7 +10,7 @@ import pytest
 
 from sdm_proxy import errors
 from sdm_proxy.control.users import create_api_key
-from sdm_proxy.unlock.client import HttpUnlockClient
+from sdm_proxy.unlock.client import HttpUnlockClient, ProxyIdentity
 from tests.support.api_server import ApiServer
 from tests.support.gateway_state import GatewayState
 
@@ -124,6 +124,28 @@ def test_unlock_over_http_with_the_proxy_client(env):
 
     got = asyncio.run(go())
     assert got.db_user == "app_ro" and got.secret.reveal() == RO_PASSWORD.encode()
+
+
+def test_live_access_check_over_http_needs_an_enrolled_proxy(env):
+    proxy, stranger = env.enrolled_proxy(), ProxyIdentity.generate()
+    created = call(env, "POST", "/v1/sessions", env.ann_key, json={}).json()
+
+    async def go():
+        client, rogue = HttpUnlockClient(proxy, env.api.url), HttpUnlockClient(stranger, env.api.url)
+        try:
+            got = await client.unlock(created["token"], "prod", "read-only")
+            assert await client.still_allowed(got) is None
+            with pytest.raises(errors.ProxyRejected, match="not enrolled"):
+                await rogue.still_allowed(got)
+            call(env, "DELETE", f"/v1/sessions/{created['id']}", env.ann_key)
+            assert await client.still_allowed(got) == "session revoked"
+        finally:
+            await client.aclose()
+            await rogue.aclose()
+
+    asyncio.run(go())
+    assert_problem(call(env, "POST", "/v1/proxy/check", json={"request": {}, "signature": ""}),
+                   403, "proxy_rejected", "malformed")
 
 
 def test_unlock_endpoint_rejects_garbage_with_problem_json(env):

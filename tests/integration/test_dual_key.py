@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from sdm_proxy.control import grants, proxies, sessions
 from sdm_proxy.control.models import Credential
+from sdm_proxy.control.live_access import live_access_reason
 from sdm_proxy.control.unlock import unlock
 from sdm_proxy.errors import AccessDenied, AuthenticationFailed, NotFound, ProxyRejected, SdmError, VaultError
 from sdm_proxy.unlock.client import InProcessUnlockClient, ProxyIdentity
@@ -201,3 +202,18 @@ def test_denial_events_never_carry_the_token(state):
     for event in state.events():
         assert token not in repr(event)
     assert token not in repr(replace(UnlockRequest(**body["request"])))
+
+
+def test_live_access_check_follows_revocation_and_grant_expiry(state):
+    state.grant("ann", "prod", "superuser", timedelta(minutes=10))
+    created = sessions.create_session(state.cp, state.ann)
+    client = InProcessUnlockClient(state.proxy, lambda b: unlock(state.cp, b),
+                                   lambda **kw: live_access_reason(state.cp, **kw))
+    got = asyncio.run(client.unlock(created["token"], "prod", "superuser"))
+    assert asyncio.run(client.still_allowed(got)) is None
+    later = datetime.now(timezone.utc) + timedelta(minutes=11)
+    state.cp.now = lambda: later
+    assert "grant expired" in asyncio.run(client.still_allowed(got))
+    state.cp.now = lambda: datetime.now(timezone.utc)
+    sessions.revoke_session(state.cp, state.admin, created["id"])
+    assert asyncio.run(client.still_allowed(got)) == "session revoked"

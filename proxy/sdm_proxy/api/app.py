@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..control.context import ControlPlane
+from ..control.live_access import check_from_proxy
 from ..control.unlock import unlock
 from ..errors import SdmError
 from . import routes_admin, routes_user
@@ -41,6 +42,14 @@ def create_app(cp: ControlPlane) -> FastAPI:
         except ValueError:
             body = None
         return await run_in_threadpool(unlock, cp, body)
+
+    @app.post("/v1/proxy/check", tags=["proxy"])
+    async def proxy_check_endpoint(request: Request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        return await run_in_threadpool(check_from_proxy, cp, body)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:

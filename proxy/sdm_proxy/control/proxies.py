@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
+from sqlalchemy.orm import Session as DBSession
 
 from ..audit.events import admin_event
-from ..errors import NotFound, UsageError
+from ..errors import NotFound, ProxyRejected, UsageError
 from ..unlock.message import proxy_id_for
 from .context import Actor, ControlPlane
 from .models import ProxyInstance
+from .policy import proxy_decision
 
 
 def enroll_proxy(cp: ControlPlane, actor: Actor, public_key: bytes) -> dict:
@@ -52,3 +55,15 @@ def list_proxies(cp: ControlPlane, actor: Actor) -> list[dict]:
 def proxy_view(p: ProxyInstance) -> dict:
     return {"id": p.id, "enrolled_at": p.enrolled_at.isoformat(), "enrolled_by": p.enrolled_by,
             "state": "revoked" if p.revoked_at else "active"}
+
+
+def verify_proxy_signature(s: DBSession, proxy_id: str, signature: bytes, signed_bytes: bytes) -> None:
+    """The proxy half of every proxy-to-control-plane call: enrolled, not revoked, signature valid."""
+    proxy = s.get(ProxyInstance, proxy_id)
+    decision = proxy_decision(proxy is not None, proxy.revoked_at if proxy else None)
+    if not decision.allowed:
+        raise ProxyRejected(decision.reason)
+    try:
+        Ed25519PublicKey.from_public_bytes(proxy.public_key).verify(signature, signed_bytes)
+    except InvalidSignature:
+        raise ProxyRejected("request signature does not match the enrolled proxy key") from None

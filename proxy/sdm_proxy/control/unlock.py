@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DBSession
@@ -29,8 +27,9 @@ from ..vault.transport import seal_to_proxy
 from .access import decide, usable_credentials
 from .catalog import encryption_context, get_credential, get_datasource
 from .context import Actor, ControlPlane
-from .models import ProxyInstance, UsedNonce
-from .policy import UNLOCK_CLOCK_WINDOW, freshness_decision, proxy_decision
+from .models import UsedNonce
+from .policy import UNLOCK_CLOCK_WINDOW, freshness_decision
+from .proxies import verify_proxy_signature
 from .sessions import authenticate_session
 
 
@@ -57,7 +56,7 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
     now = cp.now()
     # Proxy half, committed on its own so that a refused request still burns its nonce.
     with cp.db.transaction() as s:
-        _check_proxy(s, request, signature)
+        verify_proxy_signature(s, request.proxy_id, signature, request.signed_bytes())
         decision = freshness_decision(request.issued_at(), now)
         if not decision.allowed:
             raise ProxyRejected(decision.reason)
@@ -85,17 +84,6 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
     secret = _open_secret(cp, sealed, secret_ref, ctx)
     answer["sealed_secret"] = seal_to_proxy(secret, request.ephemeral_key_bytes(), unlock_info(request))
     return answer
-
-
-def _check_proxy(s: DBSession, request: UnlockRequest, signature: bytes) -> None:
-    proxy = s.get(ProxyInstance, request.proxy_id)
-    decision = proxy_decision(proxy is not None, proxy.revoked_at if proxy else None)
-    if not decision.allowed:
-        raise ProxyRejected(decision.reason)
-    try:
-        Ed25519PublicKey.from_public_bytes(proxy.public_key).verify(signature, request.signed_bytes())
-    except InvalidSignature:
-        raise ProxyRejected("unlock request signature does not match the enrolled proxy key") from None
 
 
 def _burn_nonce(s: DBSession, request: UnlockRequest, now) -> None:

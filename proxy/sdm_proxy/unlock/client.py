@@ -9,6 +9,7 @@ listeners use it for the upstream login and then drop it.
 from __future__ import annotations
 
 import asyncio
+import base64
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from .. import errors
 from ..home import write_private
 from ..vault.secret import SecretValue
 from ..vault.transport import open_from_gateway
-from .message import UnlockRequest, proxy_id_for, sign_request, unlock_info
+from .message import UnlockRequest, canonical, proxy_id_for, sign_request, unlock_info
 
 
 class ProxyIdentity:
@@ -57,6 +58,9 @@ class ProxyIdentity:
     def sign(self, request: UnlockRequest) -> dict:
         return sign_request(request, self._private)
 
+    def sign_bytes(self, data: bytes) -> str:
+        return base64.b64encode(self._private.sign(data)).decode()
+
     def __repr__(self) -> str:
         return f"ProxyIdentity({self.proxy_id})"
 
@@ -88,6 +92,9 @@ class UnlockedCredential:
 class UnlockClient(Protocol):
     async def unlock(self, session_token: str, datasource: str, credential: str | None, *,
                      protocol: str | None = None, client_addr: str | None = None) -> UnlockedCredential: ...
+
+    async def still_allowed(self, unlocked: UnlockedCredential) -> str | None:
+        """None while the connection may stay open; otherwise the reason to close it."""
 
 
 class _SigningUnlockClient:
@@ -123,12 +130,21 @@ class _SigningUnlockClient:
 class InProcessUnlockClient(_SigningUnlockClient):
     """For a gateway that hosts the control plane itself: same signed request, no HTTP hop."""
 
-    def __init__(self, identity: ProxyIdentity, unlock_fn: Callable[[dict], dict]):
+    def __init__(self, identity: ProxyIdentity, unlock_fn: Callable[[dict], dict],
+                 check_fn: Callable[..., str | None] | None = None):
         super().__init__(identity)
         self._unlock_fn = unlock_fn
+        self._check_fn = check_fn
 
     async def _send(self, signed: dict) -> dict:
         return await asyncio.to_thread(self._unlock_fn, signed)
+
+    async def still_allowed(self, unlocked: UnlockedCredential) -> str | None:
+        if self._check_fn is None:
+            return None
+        return await asyncio.to_thread(
+            self._check_fn, session_id=unlocked.session_id, user=unlocked.user,
+            datasource=unlocked.datasource.name, credential=unlocked.credential)
 
 
 _ERRORS_BY_CODE = {cls.code: cls for cls in (
@@ -146,8 +162,11 @@ class HttpUnlockClient(_SigningUnlockClient):
         self._http = httpx.AsyncClient(base_url=api_url.rstrip("/"), timeout=timeout, verify=verify)
 
     async def _send(self, signed: dict) -> dict:
+        return await self._send_to("/v1/unlock", signed)
+
+    async def _send_to(self, path: str, signed: dict) -> dict:
         try:
-            response = await self._http.post("/v1/unlock", json=signed)
+            response = await self._http.post(path, json=signed)
         except httpx.HTTPError as exc:
             raise errors.UpstreamError(f"control plane unreachable: {type(exc).__name__}") from None
         if response.status_code == 200:
@@ -158,6 +177,15 @@ class HttpUnlockClient(_SigningUnlockClient):
             raise cls(str(problem.get("message", "unlock refused")))
         except ValueError:
             raise errors.SdmError(f"unlock refused (HTTP {response.status_code})") from None
+
+    async def still_allowed(self, unlocked: UnlockedCredential) -> str | None:
+        request = {"session_id": unlocked.session_id, "user": unlocked.user,
+                   "datasource": unlocked.datasource.name, "credential": unlocked.credential,
+                   "proxy_id": self.identity.proxy_id,
+                   "timestamp": datetime.now(timezone.utc).isoformat()}
+        answer = await self._send_to("/v1/proxy/check", {
+            "request": request, "signature": self.identity.sign_bytes(canonical(request))})
+        return answer.get("reason")
 
     async def aclose(self) -> None:
         await self._http.aclose()
