@@ -18,6 +18,7 @@ from .admin_cmds import GROUPS
 from .audit_cmds import audit
 from .common import home_from
 from .gateway_cmd import gateway
+from .key_cmds import master_key
 from .session_cmds import session
 
 
@@ -64,7 +65,7 @@ def migrate(ctx):
     click.echo("state database is at the newest schema")
 
 
-for _group in (*GROUPS, session, audit, gateway):
+for _group in (*GROUPS, session, audit, gateway, master_key):
     cli.add_command(_group)
 
 

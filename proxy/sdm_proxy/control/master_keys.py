@@ -1,0 +1,48 @@
+"""Rotating the local master key: add a new key that wraps from now on, and optionally re-wrap
+every sealed credential with it so the old key can be retired."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from ..audit.events import admin_event
+from ..errors import UsageError
+from ..vault.envelope import parse_envelope, reseal
+from ..vault.providers import LocalKeyProvider, add_master_key
+from .catalog import encryption_context
+from .context import Actor, ControlPlane
+from .models import Credential
+
+
+def _local_provider(cp: ControlPlane) -> LocalKeyProvider:
+    if not isinstance(cp.key_provider, LocalKeyProvider):
+        raise UsageError(f"the key provider is {cp.key_provider.name}; rotate its keys there (e.g. KMS key rotation)")
+    return cp.key_provider
+
+
+def list_master_keys(cp: ControlPlane, actor: Actor) -> list[dict]:
+    actor.require_admin("listing master keys")
+    provider = _local_provider(cp)
+    usage: dict[str, int] = {}
+    with cp.db.transaction() as s:
+        for sealed in s.scalars(select(Credential.sealed).where(Credential.sealed.is_not(None))):
+            key_id = parse_envelope(sealed).key_id
+            usage[key_id] = usage.get(key_id, 0) + 1
+    ids = provider.key_ids
+    return [{"id": k, "wraps_new_secrets": i == 0, "sealed_credentials": usage.get(k, 0)}
+            for i, k in enumerate(ids)]
+
+
+def rotate_master_key(cp: ControlPlane, actor: Actor, *, reseal_all: bool) -> dict:
+    actor.require_admin("rotating the master key")
+    provider = _local_provider(cp)
+    with cp.db.transaction() as s:
+        new_id = add_master_key(provider.path)
+        resealed = 0
+        if reseal_all:
+            for cred in s.scalars(select(Credential).where(Credential.sealed.is_not(None))):
+                ctx = encryption_context(cred)
+                cred.sealed = reseal(cp.open_providers, provider, cred.sealed, ctx)
+                resealed += 1
+        cp.record(s, admin_event(actor.name, "master_key.rotate", key_id=new_id, resealed=resealed))
+    return {"new_key_id": new_id, "resealed": resealed}
