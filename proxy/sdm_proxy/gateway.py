@@ -36,8 +36,7 @@ def enrol_local_proxy(cp: ControlPlane) -> ProxyIdentity:
     return identity
 
 
-async def serve(cp: ControlPlane, config: GatewayConfig) -> None:
-    identity = enrol_local_proxy(cp)
+async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
     log.info("proxy %s enrolled", identity.proxy_id)
     server = uvicorn.Server(uvicorn.Config(
         create_app(cp), host=config.api_host, port=config.api_port, log_level="warning",
@@ -46,5 +45,5 @@ async def serve(cp: ControlPlane, config: GatewayConfig) -> None:
     await server.serve()
 
 
-def run(cp: ControlPlane, config: GatewayConfig) -> None:
-    asyncio.run(serve(cp, config))
+def run(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
+    asyncio.run(serve(cp, config, identity))

@@ -72,6 +72,6 @@ def create_app(cp: ControlPlane) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error in the control API: %s", type(exc).__name__)
-        return problem(500, "internal", "internal error; see the gateway log")
+        return problem(500, "internal", "internal error; see the gateway's output")
 
     return app

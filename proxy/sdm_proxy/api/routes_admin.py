@@ -35,6 +35,16 @@ def add_user(body: UserCreate, request: Request, actor: Actor = Depends(current_
     return users.add_user(_cp(request), actor, body.name, is_admin=body.admin)
 
 
+@router.delete("/users/{name}")
+def remove_user(name: str, request: Request, actor: Actor = Depends(current_actor)) -> dict:
+    return users.remove_user(_cp(request), actor, name)
+
+
+@router.delete("/keys/{prefix}")
+def revoke_key(prefix: str, request: Request, actor: Actor = Depends(current_actor)) -> dict:
+    return users.revoke_api_key(_cp(request), actor, prefix)
+
+
 @router.post("/users/{name}/keys", status_code=201)
 def create_key(name: str, request: Request, actor: Actor = Depends(current_actor)) -> dict:
     return {"user": name, "api_key": users.create_api_key(_cp(request), actor, name)}
@@ -58,6 +68,22 @@ def assign_role(role: str, body: RoleAssign, request: Request, actor: Actor = De
 @router.post("/roles/{role}/leases", status_code=201)
 def lease(role: str, body: LeaseCreate, request: Request, actor: Actor = Depends(current_actor)) -> dict:
     return roles.lease(_cp(request), actor, role, body.datasource, body.credential)
+
+
+@router.delete("/roles/{role}")
+def delete_role(role: str, request: Request, actor: Actor = Depends(current_actor)) -> dict:
+    return roles.delete_role(_cp(request), actor, role)
+
+
+@router.delete("/roles/{role}/members/{user}")
+def unassign_role(role: str, user: str, request: Request, actor: Actor = Depends(current_actor)) -> dict:
+    return roles.unassign_role(_cp(request), actor, role, user)
+
+
+@router.delete("/roles/{role}/leases/{datasource}/{credential}")
+def unlease(role: str, datasource: str, credential: str, request: Request,
+            actor: Actor = Depends(current_actor)) -> dict:
+    return roles.unlease(_cp(request), actor, role, datasource, credential)
 
 
 @router.get("/datasources")
@@ -94,6 +120,12 @@ def rotate_credential(datasource: str, name: str, body: CredentialRotate, reques
                       actor: Actor = Depends(current_actor)) -> dict:
     return catalog.rotate_credential(_cp(request), actor, datasource, name,
                                      secret=SecretValue(body.password.encode()))
+
+
+@router.delete("/credentials/{datasource}/{name}")
+def remove_credential(datasource: str, name: str, request: Request,
+                      actor: Actor = Depends(current_actor)) -> dict:
+    return catalog.remove_credential(_cp(request), actor, datasource, name)
 
 
 @router.get("/grants")

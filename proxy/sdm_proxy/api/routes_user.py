@@ -16,8 +16,9 @@ router = APIRouter(prefix="/v1", tags=["user"])
 
 @router.post("/sessions", status_code=201)
 def create_session(body: SessionCreate, request: Request, actor: Actor = Depends(current_actor)) -> dict:
-    client = body.client or (request.client.host if request.client else None)
-    return sessions.create_session(request.app.state.cp, actor, parse_duration(body.ttl), client)
+    addr = request.client.host if request.client else None
+    return sessions.create_session(request.app.state.cp, actor, parse_duration(body.ttl), addr,
+                                   label=body.client)
 
 
 @router.get("/sessions")

@@ -134,9 +134,19 @@ class AuditLog:
         return events
 
     def sync_sink(self) -> None:
-        """Bring the JSON-lines sink up to the database's head (no-op without a sink)."""
-        if self.sink is not None:
+        """Bring the JSON-lines sink up to the database's head (no-op without a sink).
+
+        Runs after a change and its audit events were committed together, so a failure here
+        cannot refuse the change any more; it says that the sink lags and will catch up."""
+        if self.sink is None:
+            return
+        try:
             self._write(lambda s, seq, prev: None)
+        except AuditUnavailable as exc:
+            raise StateError(
+                f"the JSON-lines audit sink {self.sink.path} lags the state database (the events "
+                f"are committed there and the sink catches up on the next write): {exc.__cause__ or exc}"
+            ) from None
 
     def checkpoint(self) -> Checkpoint | None:
         """Sign the current head now (idempotent); None while the log is empty."""

@@ -164,6 +164,39 @@ def role_assign(ctx, role_name, user):
     click.echo(f"user {user} now has role {role_name}")
 
 
+@role.command("delete")
+@click.argument("role_name")
+@click.pass_context
+def role_delete(ctx, role_name):
+    """Delete ROLE_NAME with its memberships and leases."""
+    with as_caller(ctx) as (cp, actor):
+        roles.delete_role(cp, actor, role_name)
+    click.echo(f"deleted role {role_name}")
+
+
+@role.command("unassign")
+@click.argument("role_name")
+@click.argument("user")
+@click.pass_context
+def role_unassign(ctx, role_name, user):
+    """Remove USER from ROLE_NAME."""
+    with as_caller(ctx) as (cp, actor):
+        roles.unassign_role(cp, actor, role_name, user)
+    click.echo(f"user {user} no longer has role {role_name}")
+
+
+@role.command("unlease")
+@click.argument("role_name")
+@click.argument("datasource")
+@click.argument("credential_name")
+@click.pass_context
+def role_unlease(ctx, role_name, datasource, credential_name):
+    """Stop ROLE_NAME leasing DATASOURCE CREDENTIAL_NAME."""
+    with as_caller(ctx) as (cp, actor):
+        roles.unlease(cp, actor, role_name, datasource, credential_name)
+    click.echo(f"role {role_name} no longer leases {datasource}/{credential_name}")
+
+
 @role.command("list")
 @json_option
 @click.pass_context
@@ -198,6 +231,26 @@ def user_key(ctx, name):
     """Print a new API key for NAME. It is shown once and cannot be recovered."""
     with as_caller(ctx) as (cp, actor):
         click.echo(users.create_api_key(cp, actor, name))
+
+
+@user.command("remove")
+@click.argument("name")
+@click.pass_context
+def user_remove(ctx, name):
+    """Remove user NAME with their keys, sessions, grants and role memberships."""
+    with as_caller(ctx) as (cp, actor):
+        users.remove_user(cp, actor, name)
+    click.echo(f"removed user {name}")
+
+
+@user.command("revoke-key")
+@click.argument("prefix")
+@click.pass_context
+def user_revoke_key(ctx, prefix):
+    """Revoke an API key by its prefix (the API_KEYS column of `sdm user list`)."""
+    with as_caller(ctx) as (cp, actor):
+        out = users.revoke_api_key(cp, actor, prefix)
+    click.echo(f"revoked API key {prefix} of {out['user']}")
 
 
 @user.command("list")

@@ -24,9 +24,10 @@ def gateway(ctx, api_addr, pg_addr, mysql_addr, verbose):
         if value is not None:
             raise UsageError(f"{flag}: this sdm version has no wire listeners yet (control API only)")
     host, port = parse_host_port(api_addr)
-    from ..gateway import GatewayConfig, run  # FastAPI and uvicorn load only for this command
+    from ..gateway import GatewayConfig, enrol_local_proxy, run  # FastAPI/uvicorn load only here
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with control_plane(ctx) as cp:
-        click.echo(f"sdm gateway: control API on http://{host}:{port}", err=True)
-        run(cp, GatewayConfig(api_host=host, api_port=port))
+        identity = enrol_local_proxy(cp)
+        click.echo(f"sdm gateway: proxy {identity.proxy_id}; control API on http://{host}:{port}", err=True)
+        run(cp, GatewayConfig(api_host=host, api_port=port), identity)

@@ -24,7 +24,7 @@ def session_create(ctx, ttl, as_json):
     """Create a session for the caller (SDM_API_KEY or the saved admin key) and print its token."""
     lifetime = parse_duration(ttl)
     with as_caller(ctx) as (cp, actor):
-        result = sessions.create_session(cp, actor, lifetime, client="sdm-cli")
+        result = sessions.create_session(cp, actor, lifetime)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

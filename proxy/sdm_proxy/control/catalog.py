@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
@@ -64,6 +66,8 @@ def add_datasource(cp: ControlPlane, actor: Actor, name: str, *, type: str, host
         raise UsageError("invalid host: give a hostname or address")
     if tls == "verify-full" and not ca_file:
         raise UsageError("--tls verify-full needs --ca-file with the database server's CA")
+    if ca_file and not os.path.isfile(ca_file):
+        raise UsageError(f"CA file {ca_file} does not exist")
     with cp.db.transaction() as s:
         if s.scalar(select(Datasource.id).where(Datasource.name == name)) is not None:
             raise Conflict(f"datasource {name!r} already exists")
@@ -71,7 +75,7 @@ def add_datasource(cp: ControlPlane, actor: Actor, name: str, *, type: str, host
                         tls_mode=tls, ca_file=ca_file)
         s.add(ds)
         s.flush()
-        cp.record(s, admin_event(actor.name, "datasource.add", target=name, type=type,
+        cp.record(s, admin_event(actor.name, "datasource.add", datasource=name, type=type,
                                  host=host, port=port, database=database, tls=tls))
         return datasource_view(ds)
 
@@ -87,7 +91,7 @@ def remove_datasource(cp: ControlPlane, actor: Actor, name: str) -> dict:
     with cp.db.transaction() as s:
         ds = get_datasource(s, name)
         s.delete(ds)
-        cp.record(s, admin_event(actor.name, "datasource.remove", target=name))
+        cp.record(s, admin_event(actor.name, "datasource.remove", datasource=name))
     return {"removed": name}
 
 
@@ -103,7 +107,7 @@ def add_credential(cp: ControlPlane, actor: Actor, datasource: str, name: str, *
     actor.require_admin("adding a credential")
     check_name("credential", name)
     if (secret is None) == (secret_ref is None):
-        raise UsageError("give exactly one of --password-stdin or --secret-ref")
+        raise UsageError("give exactly one of a password (--password-stdin) or a secret reference (--secret-ref)")
     if not username or len(username) > 255:
         raise UsageError("invalid --username: give the database login name")
     if secret is not None:
@@ -132,13 +136,20 @@ def rotate_credential(cp: ControlPlane, actor: Actor, datasource: str, name: str
     _check_secret(secret)
     with cp.db.transaction() as s:
         cred = get_credential(s, datasource, name)
+        refuse_rotating_a_reference(cred)
         cred.version += 1
-        cred.secret_ref = None
         cred.sealed = seal(cp.key_provider, secret, encryption_context(cred))
         cred.rotated_at = cp.now()
         cp.record(s, admin_event(actor.name, "credential.rotate", datasource=datasource,
                                  credential=name, version=cred.version))
         return credential_view(cred)
+
+
+def refuse_rotating_a_reference(cred: Credential) -> None:
+    """The secret lives in an outside store; changing it here would leave that store wrong."""
+    if cred.secret_ref is not None:
+        raise UsageError(f"{cred.datasource.name}/{cred.name} reads its secret from {cred.secret_ref}: "
+                         "rotate it in that store (the gateway reads the new value at the next login)")
 
 
 def list_credentials(cp: ControlPlane, actor: Actor, datasource: str | None = None) -> list[dict]:

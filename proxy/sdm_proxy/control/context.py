@@ -15,12 +15,24 @@ from sqlalchemy.orm import Session as DBSession
 from ..audit.events import Event
 from ..audit.checkpoints import CheckpointSigner
 from ..audit.log import AuditLog
-from ..errors import AccessDenied
+from ..errors import AccessDenied, StateError
 from ..home import SdmHome
 from ..vault.providers import KeyProvider, load_key_provider, providers_for_open
 from .db import StateDB
 from .models import utcnow
 from .tokens import SessionSigner
+
+
+SECRET_STORE_OPTIONS = ("region", "aws_endpoint_url")
+
+
+def _secret_store_options(config: dict) -> dict:
+    options = config.get("secret_stores") or {}
+    unknown = sorted(set(options) - set(SECRET_STORE_OPTIONS)) if isinstance(options, dict) else ["?"]
+    if unknown:
+        raise StateError(f"config.json: secret_stores takes only {', '.join(SECRET_STORE_OPTIONS)} "
+                         f"(found {', '.join(map(str, unknown))})")
+    return dict(options)
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,7 @@ class ControlPlane:
             key_provider=load_key_provider(config["key_provider"], home),
             open_providers=providers_for_open(config["key_provider"], home),
             session_signer=SessionSigner.load(home.session_signing_key_path),
-            secret_store_options=config.get("secret_stores", {}),
+            secret_store_options=_secret_store_options(config),
         )
 
     def record(self, db_session: DBSession, event: Event) -> None:

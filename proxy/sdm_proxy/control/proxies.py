@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 from ..audit.events import admin_event
-from ..errors import NotFound, ProxyRejected, UsageError
+from ..errors import AccessDenied, NotFound, ProxyRejected, UsageError
 from ..unlock.message import proxy_id_for
 from .context import Actor, ControlPlane
 from .models import ProxyInstance
@@ -27,7 +27,8 @@ def enroll_proxy(cp: ControlPlane, actor: Actor, public_key: bytes) -> dict:
         if row is not None and row.revoked_at is None:
             return proxy_view(row)
         if row is not None:  # a revoked key stays revoked: enrol a new key instead
-            raise UsageError(f"proxy {proxy_id} was revoked; generate a new proxy key to enrol again")
+            raise AccessDenied(f"proxy {proxy_id} was revoked; give it a new key to enrol again "
+                               "(for `sdm gateway`: delete $SDM_HOME/keys/proxy.pem)")
         row = ProxyInstance(id=proxy_id, public_key=public_key, enrolled_by=actor.name, enrolled_at=cp.now())
         s.add(row)
         cp.record(s, admin_event(actor.name, "proxy.enroll", target=proxy_id))

@@ -59,6 +59,40 @@ def lease(cp: ControlPlane, actor: Actor, role_name: str, datasource: str, crede
     return {"role": role_name, "datasource": datasource, "credential": credential}
 
 
+def delete_role(cp: ControlPlane, actor: Actor, name: str) -> dict:
+    actor.require_admin("deleting a role")
+    with cp.db.transaction() as s:
+        s.delete(get_role(s, name))
+        cp.record(s, admin_event(actor.name, "role.delete", target=name))
+    return {"deleted": name}
+
+
+def unassign_role(cp: ControlPlane, actor: Actor, role_name: str, user_name: str) -> dict:
+    actor.require_admin("removing a role member")
+    with cp.db.transaction() as s:
+        role, user = get_role(s, role_name), get_user(s, user_name)
+        member = s.scalar(select(RoleMember).where(RoleMember.role_id == role.id, RoleMember.user_id == user.id))
+        if member is None:
+            raise NotFound(f"user {user_name!r} does not have role {role_name!r}")
+        s.delete(member)
+        cp.record(s, admin_event(actor.name, "role.unassign", target=role_name, user=user_name))
+    return {"role": role_name, "user": user_name}
+
+
+def unlease(cp: ControlPlane, actor: Actor, role_name: str, datasource: str, credential: str) -> dict:
+    actor.require_admin("ending a lease")
+    with cp.db.transaction() as s:
+        role = get_role(s, role_name)
+        cred = get_credential(s, datasource, credential)
+        row = s.scalar(select(Lease).where(Lease.role_id == role.id, Lease.credential_id == cred.id))
+        if row is None:
+            raise NotFound(f"role {role_name!r} does not lease {datasource}/{credential}")
+        s.delete(row)
+        cp.record(s, admin_event(actor.name, "role.unlease", target=role_name,
+                                 datasource=datasource, credential=credential))
+    return {"role": role_name, "datasource": datasource, "credential": credential}
+
+
 def list_roles(cp: ControlPlane, actor: Actor) -> list[dict]:
     actor.require_admin("listing roles")
     with cp.db.transaction() as s:

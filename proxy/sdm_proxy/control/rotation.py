@@ -17,8 +17,7 @@ from ..audit.events import admin_event
 from ..errors import UpstreamError
 from ..vault.envelope import open_, seal
 from ..vault.secret import SecretValue
-from ..vault.secret_refs import resolve_secret_ref
-from .catalog import credential_view, encryption_context, get_credential
+from .catalog import credential_view, encryption_context, get_credential, refuse_rotating_a_reference
 from .context import Actor, ControlPlane
 
 SCRAM_ITERATIONS = 4096
@@ -72,11 +71,10 @@ def rotate_with_generated_password(cp: ControlPlane, actor: Actor, datasource: s
     actor.require_admin("rotating a credential")
     with cp.db.transaction() as s:
         cred = get_credential(s, datasource, name)
-        current = (resolve_secret_ref(cred.secret_ref, **cp.secret_store_options) if cred.secret_ref
-                   else open_(cp.open_providers, cred.sealed, encryption_context(cred)))
+        refuse_rotating_a_reference(cred)
+        current = open_(cp.open_providers, cred.sealed, encryption_context(cred))
         new = SecretValue(secrets.token_urlsafe(32).encode())
         cred.version += 1
-        cred.secret_ref = None
         cred.sealed = seal(cp.key_provider, new, encryption_context(cred))
         cred.rotated_at = cp.now()
         cp.record(s, admin_event(actor.name, "credential.rotate", datasource=datasource, credential=name,

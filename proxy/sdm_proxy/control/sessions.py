@@ -19,17 +19,18 @@ MAX_SESSION_TTL = timedelta(hours=24)
 
 
 def create_session(cp: ControlPlane, actor: Actor, ttl: timedelta = DEFAULT_SESSION_TTL,
-                   client: str | None = None) -> dict:
+                   addr: str | None = None, *, label: str | None = None) -> dict:
     """Returns the token once; the state keeps only the session row."""
     if ttl > MAX_SESSION_TTL:
         raise UsageError(f"session TTL at most {int(MAX_SESSION_TTL.total_seconds() // 3600)}h")
     now = cp.now()
     with cp.db.transaction() as s:
         session = Session(id=secrets.token_hex(12), user_id=actor.user_id, created_at=now,
-                          expires_at=now + ttl, client=(client or "")[:255] or None)
+                          expires_at=now + ttl, client=(label or "")[:255] or None)
         s.add(session)
         s.flush()
-        cp.record(s, session_event("start", user=actor.name, session_id=session.id, client={"addr": client}))
+        cp.record(s, session_event("start", user=actor.name, session_id=session.id, client={"addr": addr},
+                                details={"label": label} if label else None))
     token = cp.session_signer.issue(session.id, actor.name, session.expires_at)
     return {"id": session.id, "user": actor.name, "expires_at": session.expires_at.isoformat(), "token": token}
 

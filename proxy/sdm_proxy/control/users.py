@@ -56,6 +56,30 @@ def create_api_key(cp: ControlPlane, actor: Actor, name: str) -> str:
         return plain
 
 
+def remove_user(cp: ControlPlane, actor: Actor, name: str) -> dict:
+    """Delete a user with their keys, sessions, grants and memberships (audit events stay)."""
+    actor.require_admin("removing a user")
+    if name == actor.name:
+        raise Conflict("you cannot remove yourself; ask another admin")
+    with cp.db.transaction() as s:
+        user = get_user(s, name)
+        s.delete(user)
+        cp.record(s, admin_event(actor.name, "user.remove", target=name))
+    return {"removed": name}
+
+
+def revoke_api_key(cp: ControlPlane, actor: Actor, prefix: str) -> dict:
+    """Revoke a key by its public prefix (as `sdm user list` shows it); own keys or, for admins, any."""
+    with cp.db.transaction() as s:
+        row = s.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+        if row is None or (row.user_id != actor.user_id and not actor.is_admin):
+            raise NotFound(f"no API key with prefix {prefix!r} that you may revoke (see `sdm user list`)")
+        if row.revoked_at is None:
+            row.revoked_at = cp.now()
+            cp.record(s, admin_event(actor.name, "user.key_revoke", target=row.user.name, key_prefix=prefix))
+        return {"revoked": prefix, "user": row.user.name}
+
+
 def authenticate_api_key(cp: ControlPlane, plain: str) -> Actor:
     prefix = api_key_prefix(plain)
     with cp.db.transaction() as s:

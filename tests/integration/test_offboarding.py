@@ -1,0 +1,85 @@
+"""Taking access away: removing users, revoking keys, ending memberships and leases, and the
+guard rails around references and revoked proxies."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdm_proxy.control import catalog, proxies, roles, users
+from sdm_proxy.control.live_access import live_access_reason
+from sdm_proxy.control.rotation import rotate_with_generated_password
+from sdm_proxy.control.sessions import create_session
+from sdm_proxy.control.unlock import unlock
+from sdm_proxy.errors import AccessDenied, AuthenticationFailed, Conflict, NotFound, UsageError
+from sdm_proxy.vault.secret import SecretValue
+from tests.support.gateway_state import GatewayState, signed
+
+
+@pytest.fixture
+def state(tmp_path):
+    st = GatewayState.create(tmp_path / "home")
+    st.add_datasource("prod", credentials={"read-only": ("app_ro", "pw")})
+    st.role_leasing("analysts", "prod", "read-only")
+    st.ann = st.add_user("ann", roles_=("analysts",))
+    yield st
+    st.close()
+
+
+def live(st, created) -> str | None:
+    return live_access_reason(st.cp, session_id=created["id"], user="ann", datasource="prod",
+                              credential="read-only")
+
+
+def test_removing_a_user_ends_their_sessions_and_keys(state):
+    created = create_session(state.cp, state.ann)
+    key = users.create_api_key(state.cp, state.admin, "ann")
+    assert live(state, created) is None
+    users.remove_user(state.cp, state.admin, "ann")
+    assert live(state, created) == "session not found"
+    with pytest.raises(AuthenticationFailed):
+        users.authenticate_api_key(state.cp, key)
+    with pytest.raises(Conflict, match="yourself"):
+        users.remove_user(state.cp, state.admin, "admin")
+    assert state.events("admin.user.remove")[-1]["details"]["target"] == "ann"
+
+
+def test_revoking_an_api_key_by_prefix(state):
+    key = users.create_api_key(state.cp, state.admin, "ann")
+    prefix = key[5:13]
+    users.revoke_api_key(state.cp, state.ann, prefix)  # a user may revoke their own key
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        users.authenticate_api_key(state.cp, key)
+    with pytest.raises(NotFound):
+        users.revoke_api_key(state.cp, state.ann, state.home.admin_key_path.read_text()[5:13])
+
+
+def test_unassign_and_unlease_take_effect_on_live_connections(state):
+    created = create_session(state.cp, state.ann)
+    roles.unlease(state.cp, state.admin, "analysts", "prod", "read-only")
+    assert "no lease or grant on prod/read-only" in live(state, created)
+    roles.lease(state.cp, state.admin, "analysts", "prod", "read-only")
+    roles.unassign_role(state.cp, state.admin, "analysts", "ann")
+    assert "no lease or grant" in live(state, created)
+    with pytest.raises(NotFound):
+        roles.unassign_role(state.cp, state.admin, "analysts", "ann")
+    roles.delete_role(state.cp, state.admin, "analysts")
+    assert roles.list_roles(state.cp, state.admin) == []
+
+
+def test_credentials_held_in_an_outside_store_are_not_rotated_here(state, tmp_path):
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-file\n")
+    catalog.add_credential(state.cp, state.admin, "prod", "ext", username="x", secret_ref=f"file:{secret_file}")
+    with pytest.raises(UsageError, match="rotate it in that store"):
+        catalog.rotate_credential(state.cp, state.admin, "prod", "ext", secret=SecretValue(b"new"))
+    with pytest.raises(UsageError, match="rotate it in that store"):
+        rotate_with_generated_password(state.cp, state.admin, "prod", "ext")
+
+
+def test_a_revoked_proxy_key_cannot_enrol_again(state):
+    proxy = state.enrolled_proxy()
+    proxies.revoke_proxy(state.cp, state.admin, proxy.proxy_id)
+    with pytest.raises(AccessDenied, match="new key"):
+        proxies.enroll_proxy(state.cp, state.admin, proxy.public_key_bytes)
+    with pytest.raises(AccessDenied):
+        unlock(state.cp, signed(proxy, state.session_token(state.ann))[0])
