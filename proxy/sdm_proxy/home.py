@@ -82,9 +82,18 @@ class SdmHome:
     def log_path(self) -> Path:
         return self.root / "gateway.log"
 
+    DEFAULT_DATABASE_URL = "sqlite:///state.db"  # relative: resolved against the home on load
+
     @property
     def default_database_url(self) -> str:
-        return f"sqlite:///{self.root / 'state.db'}"
+        return self.resolve_database_url(self.DEFAULT_DATABASE_URL)
+
+    def resolve_database_url(self, url: str) -> str:
+        """A relative SQLite path is inside the home, so a copied or moved home uses its own state."""
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url[len(prefix):].startswith("/") and url[len(prefix):]:
+            return prefix + str(self.root / url[len(prefix):])
+        return url
 
     # config ----------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -97,8 +106,9 @@ class SdmHome:
             config = json.loads(self.config_path.read_text())
         except (OSError, ValueError) as exc:
             raise StateError(f"{self.config_path} is unreadable or corrupt: {exc}") from None
-        if not isinstance(config, dict) or "database_url" not in config:
+        if not isinstance(config, dict) or not isinstance(config.get("database_url"), str):
             raise StateError(f"{self.config_path} is corrupt: missing database_url")
+        config["database_url"] = self.resolve_database_url(config["database_url"])
         return config
 
     def save_config(self, config: dict[str, Any]) -> None:

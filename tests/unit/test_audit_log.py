@@ -41,7 +41,7 @@ def q(user="alice", text="SELECT 1", **kw) -> Event:
 @pytest.fixture
 def db(tmp_path):
     url = f"sqlite:///{tmp_path}/state.db"
-    upgrade(make_engine(url))
+    upgrade(make_engine(url, create=True))
     db = StateDB(url)
     yield db
     db.dispose()
@@ -283,7 +283,7 @@ def test_sink_enabled_later_is_backfilled_from_the_database(db, signer, tmp_path
 
 def test_sink_ahead_of_the_database_is_refused(db, signer, tmp_path):
     other_url = f"sqlite:///{tmp_path}/other.db"
-    upgrade(make_engine(other_url))
+    upgrade(make_engine(other_url, create=True))
     other = StateDB(other_url)
     path = tmp_path / "audit.jsonl"
     AuditLog(other, jsonl_path=path).append_many(q() for _ in range(5))

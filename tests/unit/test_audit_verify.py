@@ -54,7 +54,7 @@ def make_events(n: int) -> list:
 @pytest.fixture
 def env(tmp_path):
     url = f"sqlite:///{tmp_path}/state.db"
-    upgrade(make_engine(url))
+    upgrade(make_engine(url, create=True))
     db = StateDB(url)
     signer = CheckpointSigner.load_or_create(tmp_path / "keys" / "audit-signing.pem")
     log = AuditLog(db, jsonl_path=tmp_path / "audit.jsonl", signer=signer, checkpoint_every=EVERY)
@@ -119,7 +119,7 @@ def test_valid_chain_verifies_in_db_and_jsonl(env):
 
 def test_empty_log_verifies(tmp_path):
     url = f"sqlite:///{tmp_path}/state.db"
-    upgrade(make_engine(url))
+    upgrade(make_engine(url, create=True))
     db = StateDB(url)
     report = verify_db(db, None)
     assert report.ok and report.events == 0

@@ -62,6 +62,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         # Name the fields, never their values.
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            return problem(422, "invalid", "invalid request: the body is not valid JSON")
         fields = sorted({".".join(str(p) for p in err.get("loc", ())[1:]) or "body" for err in exc.errors()})
         return problem(422, "invalid", f"invalid request: check {', '.join(fields)}")
 

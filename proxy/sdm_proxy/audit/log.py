@@ -143,9 +143,10 @@ class AuditLog:
         try:
             self._write(lambda s, seq, prev: None)
         except AuditUnavailable as exc:
+            reason = exc.message.removeprefix("audit log unavailable: ").removesuffix("; the action was refused")
             raise StateError(
-                f"the JSON-lines audit sink {self.sink.path} lags the state database (the events "
-                f"are committed there and the sink catches up on the next write): {exc.__cause__ or exc}"
+                f"the JSON-lines audit sink lags the state database (the change and its events are "
+                f"committed there; the sink catches up on the next write): {reason}"
             ) from None
 
     def checkpoint(self) -> Checkpoint | None:

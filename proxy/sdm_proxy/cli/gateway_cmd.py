@@ -25,8 +25,8 @@ def gateway(ctx, api_addr, pg_addr, mysql_addr, verbose):
             raise UsageError(f"{flag}: this sdm version has no wire listeners yet (control API only)")
     host, port = parse_host_port(api_addr)
     from ..gateway import GatewayConfig, enrol_local_proxy, run  # FastAPI/uvicorn load only here
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     with control_plane(ctx) as cp:
         identity = enrol_local_proxy(cp)
         click.echo(f"sdm gateway: proxy {identity.proxy_id}; control API on http://{host}:{port}", err=True)

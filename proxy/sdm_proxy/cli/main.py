@@ -7,12 +7,12 @@ Every deliberate error is one line on stderr: ``sdm: error: <message>``.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import click
 
 from .. import __version__
-from ..control.bootstrap import init_home
 from ..errors import SdmError
 from .admin_cmds import GROUPS
 from .audit_cmds import audit
@@ -22,7 +22,34 @@ from .key_cmds import master_key
 from .session_cmds import session
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _plugin_entry_points() -> dict:
+    """Commands other distributions register under the ``sdm.commands`` entry-point group (the
+    notebook side adds ``sdm demo`` this way, keeping the one join of both sides in one place)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group="sdm.commands")}
+
+
+class _SdmGroup(click.Group):
+    """Loads a plugin command only when it is the one being run (or help lists it)."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(_plugin_entry_points()))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        ep = _plugin_entry_points().get(name)
+        if ep is None:
+            return None
+        try:
+            return ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break other commands
+            raise click.ClickException(f"command {name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}")
+
+
+@click.group(cls=_SdmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", envvar="SDM_HOME", default=None, help="State directory (default ~/.sdm).")
 @click.version_option(__version__, prog_name="sdm")
 @click.pass_context
@@ -40,6 +67,8 @@ def cli(ctx, home):
 @click.pass_context
 def init(ctx, database_url, kms_key_id, admin_name, as_json):
     """Create state, keys, a CA and the first admin (its API key is saved in $SDM_HOME/admin.key)."""
+    from ..control.bootstrap import init_home  # alembic and the CA code load only here
+
     result = init_home(home_from(ctx), database_url=database_url, kms_key_id=kms_key_id,
                        admin_name=admin_name)
     if as_json:
@@ -57,7 +86,7 @@ def migrate(ctx):
     from ..control.db import make_engine, upgrade
 
     home = home_from(ctx)
-    engine = make_engine(home.load_config()["database_url"])
+    engine = make_engine(home.load_config()["database_url"], create=True)
     try:
         upgrade(engine)
     finally:
@@ -69,24 +98,10 @@ for _group in (*GROUPS, session, audit, gateway, master_key):
     cli.add_command(_group)
 
 
-def _add_plugin_commands() -> None:
-    """Commands other distributions register under the ``sdm.commands`` entry-point group (the
-    notebook side adds ``sdm demo`` this way, keeping the one join of both sides in one place)."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="sdm.commands"):
-        if ep.name not in cli.commands:
-            try:
-                cli.add_command(ep.load(), ep.name)
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break `sdm`
-                click.echo(f"sdm: warning: command {ep.name!r} from {ep.value} failed to load: "
-                           f"{type(exc).__name__}", err=True)
-
-
-_add_plugin_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="sdm: %(levelname)s: %(message)s")
     try:
         cli.main(args=argv, prog_name="sdm", standalone_mode=False)
     except click.exceptions.Abort:

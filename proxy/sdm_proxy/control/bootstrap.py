@@ -34,15 +34,17 @@ def init_home(home: SdmHome, *, database_url: str | None = None, kms_key_id: str
     home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home.root, 0o700)
     try:
-        return _init(home, database_url or home.default_database_url, kms_key_id, admin_name)
+        return _init(home, database_url, kms_key_id, admin_name)
     except BaseException:
         _undo(home, created_root)
         raise
 
 
-def _init(home: SdmHome, url: str, kms_key_id: str | None, admin_name: str) -> dict:
-    config = {"database_url": url, "key_provider": _key_provider_config(home, kms_key_id)}
-    engine = make_engine(url)
+def _init(home: SdmHome, database_url: str | None, kms_key_id: str | None, admin_name: str) -> dict:
+    config = {"database_url": database_url or home.DEFAULT_DATABASE_URL,
+              "key_provider": _key_provider_config(home, kms_key_id)}
+    url = home.resolve_database_url(config["database_url"])
+    engine = make_engine(url, create=True)
     try:
         upgrade(engine)
     finally:

@@ -13,11 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +23,8 @@ from ..errors import SdmError, StateError
 log = logging.getLogger("sdm.state")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# The newest Alembic revision. Checked against migrations/ by a test, so start-up need not load Alembic.
+SCHEMA_HEAD = "0001"
 
 
 def _create_private_sqlite_file(url: str) -> None:
@@ -37,9 +35,20 @@ def _create_private_sqlite_file(url: str) -> None:
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
-def make_engine(url: str) -> Engine:
+def _require_sqlite_file(url: str) -> None:
+    database = make_url(url).database
+    if database and database != ":memory:" and not os.path.exists(database):
+        raise StateError(f"state database {database} is missing: restore it from a backup "
+                         "(or run `sdm init` with a new SDM_HOME)")
+
+
+def make_engine(url: str, *, create: bool = False) -> Engine:
+    """``create``: make a missing SQLite file (only ``sdm init`` and ``sdm migrate`` do)."""
     if url.startswith("sqlite"):
-        _create_private_sqlite_file(url)
+        if create:
+            _create_private_sqlite_file(url)
+        else:
+            _require_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -59,7 +68,9 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine):
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["engine"] = engine
@@ -68,15 +79,18 @@ def alembic_config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision (used by ``sdm init`` and ``sdm migrate``)."""
+    from alembic import command
+
     command.upgrade(alembic_config(engine), "head")
 
 
 def check_schema(engine: Engine) -> None:
     """Refuse to run against a database that is not at the newest schema revision."""
-    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    head = SCHEMA_HEAD
     try:
         with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
+            has_table = engine.dialect.has_table(conn, "alembic_version")
+            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar() if has_table else None
     except (OperationalError, DatabaseError) as exc:
         raise StateError(f"state database is unreadable or corrupt: {exc.orig}") from None
     if current != head:
@@ -108,7 +122,7 @@ class StateDB:
                     try:
                         callback()
                     except SdmError as exc:
-                        log.warning("after commit: %s", exc.message)
+                        log.warning("%s", exc.message)
             except OperationalError as exc:
                 session.rollback()
                 raise StateError(f"state database error: {exc.orig}") from None

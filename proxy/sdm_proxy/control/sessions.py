@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
-from ..audit.events import session_event
+from ..audit.events import admin_event, session_event
 from ..errors import AuthenticationFailed, NotFound, UsageError
 from .context import Actor, ControlPlane
 from .models import Session, User
@@ -82,5 +82,7 @@ def revoke_session(cp: ControlPlane, actor: Actor, session_id: str) -> dict:
         if session.revoked_at is None:
             session.revoked_at = now
             cp.record(s, session_event("end", user=owner, session_id=session.id,
-                                              details={"reason": "revoked", "by": actor.name}))
+                                       details={"reason": "revoked", "by": actor.name}))
+            if owner != actor.name:
+                cp.record(s, admin_event(actor.name, "session.revoke", user=owner, session_id=session.id))
         return session_view(session, owner, now)

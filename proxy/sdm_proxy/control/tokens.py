@@ -64,6 +64,8 @@ def hash_api_key(plain: str) -> str:
 
 def api_key_prefix(plain: str) -> str:
     """The lookup prefix of a key, or AuthenticationFailed when it is not shaped like one."""
+    if isinstance(plain, str) and plain.startswith(SESSION_TOKEN_PREFIX):
+        raise AuthenticationFailed("invalid API key: that is a session token; use an API key (sdmk_…)")
     if not isinstance(plain, str) or len(plain) > 128 or not plain.startswith(API_KEY_PREFIX):
         raise AuthenticationFailed("invalid API key")
     prefix, sep, _ = plain[len(API_KEY_PREFIX):].partition("_")

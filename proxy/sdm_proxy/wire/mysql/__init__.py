@@ -1,0 +1,13 @@
+"""MySQL/MariaDB wire protocol: the gateway's front (server) side and upstream (client) side.
+
+Layers, as for PostgreSQL (DESIGN §8, h11/asyncpg style):
+
+* ``packets``  -- framing: 3-byte length + sequence id, 16 MiB splitting, length-encoded values.
+* ``messages`` -- the handshake/auth/OK/ERR packets the gateway builds or parses.
+* ``auth``     -- upstream authentication plugins and the table-driven upstream login.
+* ``commands`` -- client command classification and the response scanner the relay uses.
+* ``kill``     -- ``KILL [QUERY|CONNECTION] <id>`` recognition (gateway ids -> upstream threads).
+* ``machine``  -- the front connection's phases as a table-driven, sans-I/O state machine.
+
+Everything here is pure (no sockets, no asyncio); the glue is a thin layer on top.
+"""

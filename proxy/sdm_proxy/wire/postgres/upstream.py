@@ -1,0 +1,214 @@
+"""The gateway's own connection to the real database: reach it, secure it, log in with the secret.
+
+Steps, each failing as ``UpstreamLoginError`` (08006) with a reason and never the secret:
+TCP or Unix socket -> TLS per the datasource's mode (``disable``, ``require`` = encrypted without
+verification, ``verify-full`` = CA file + host name) -> StartupMessage as the credential's DB user ->
+SCRAM/md5/cleartext -> collect ParameterStatus/BackendKeyData until ReadyForQuery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ssl
+import struct
+from dataclasses import dataclass, field
+
+from ...unlock.client import DatasourceInfo, UnlockedCredential
+from . import framing
+from .auth import UpstreamAuthenticator
+from .errors import ServerProtocolError, UpstreamLoginError
+from .scram import ScramKeyCache
+
+CONNECT_TIMEOUT = 10.0
+STREAM_LIMIT = 1 << 18  # StreamReader buffer: transport pauses above 2x this (backpressure)
+MAX_STARTUP_REPLY = 1 << 20  # any single message during the upstream login
+
+# Startup parameters that are the gateway's to set, or that would change the protocol.
+_NOT_FORWARDED = frozenset({"user", "database", "replication"})
+
+
+def forwarded_params(client_params: dict[str, str]) -> dict[str, str]:
+    """The client's startup parameters worth passing on (application_name, options, DateStyle...)."""
+    return {k: v for k, v in client_params.items() if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
+
+
+@functools.lru_cache(maxsize=64)
+def upstream_tls_context(mode: str, ca_file: str | None) -> ssl.SSLContext:
+    if mode == "verify-full":
+        if not ca_file:
+            raise UpstreamLoginError("datasource TLS mode verify-full needs a CA file")
+        try:
+            ctx = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamLoginError(f"cannot load the datasource CA file {ca_file}: {exc}") from None
+        ctx.check_hostname = True
+        return ctx
+    # "require": encryption without authentication of the server, as libpq's sslmode=require.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@dataclass(frozen=True)
+class CancelTarget:
+    """Where and how to send a CancelRequest for one upstream backend."""
+
+    host: str
+    port: int
+    tls: str
+    ca_file: str | None
+    pid: int
+    secret: int
+
+    def __repr__(self) -> str:
+        return f"CancelTarget({self.host}:{self.port}, pid={self.pid})"
+
+
+@dataclass
+class UpstreamConnection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    parameters: list[tuple[str, str]] = field(default_factory=list)
+    notices: list[bytes] = field(default_factory=list)  # raw NoticeResponse messages to pass on
+    backend_pid: int = 0
+    backend_secret: int = 0
+    txn_status: bytes = b"I"
+    auth_method: str | None = None
+    cancel_target: CancelTarget | None = None
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - closing a dead transport
+            pass
+
+
+async def _open(ds: DatasourceInfo, *, what: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    where = f"{ds.host}:{ds.port}"
+    try:
+        if ds.host.startswith("/"):
+            path = f"{ds.host.rstrip('/')}/.s.PGSQL.{ds.port}"
+            reader, writer = await asyncio.open_unix_connection(path, limit=STREAM_LIMIT)
+        else:
+            reader, writer = await asyncio.open_connection(ds.host, ds.port, limit=STREAM_LIMIT)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UpstreamLoginError(f"cannot reach datasource {ds.name} at {where} ({what}): {reason}") from None
+    if ds.tls != "disable" and not ds.host.startswith("/"):
+        await _start_tls(reader, writer, ds)
+    return reader, writer
+
+
+async def _start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ds: DatasourceInfo) -> None:
+    writer.write(framing.ssl_request())
+    await writer.drain()
+    try:
+        answer = await reader.readexactly(1)
+    except asyncio.IncompleteReadError:
+        raise UpstreamLoginError(f"datasource {ds.name} closed the connection during TLS negotiation") from None
+    if answer == b"N":
+        raise UpstreamLoginError(f"datasource {ds.name} does not accept TLS, but its TLS mode is {ds.tls}")
+    if answer != b"S":
+        raise ServerProtocolError(f"datasource {ds.name} answered the SSLRequest with {answer!r}")
+    if getattr(reader, "_buffer", b""):
+        # Bytes that arrived before the handshake would be read as if they were encrypted
+        # (CVE-2021-23222): refuse.
+        raise ServerProtocolError(f"datasource {ds.name} sent unencrypted data after accepting TLS")
+    ctx = upstream_tls_context(ds.tls, ds.ca_file)
+    try:
+        await writer.start_tls(ctx, server_hostname=ds.host if ds.tls == "verify-full" else None)
+    except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+        raise UpstreamLoginError(f"TLS handshake with datasource {ds.name} failed: {reason}") from None
+
+
+async def _read_message(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    header = await reader.readexactly(5)
+    mtype, length = struct.unpack("!BI", header)
+    if length < 4 or length > MAX_STARTUP_REPLY:
+        raise ServerProtocolError(f"upstream sent a message of invalid length {length} during login")
+    return mtype, await reader.readexactly(length - 4)
+
+
+async def connect_upstream(cred: UnlockedCredential, client_params: dict[str, str], *,
+                           scram_cache: ScramKeyCache | None, timeout: float = CONNECT_TIMEOUT
+                           ) -> UpstreamConnection:
+    """Open, secure and log in; returns a connection positioned right after ReadyForQuery."""
+    ds = cred.datasource
+    try:
+        async with asyncio.timeout(timeout):
+            return await _connect(cred, client_params, scram_cache)
+    except TimeoutError:
+        raise UpstreamLoginError(
+            f"datasource {ds.name} at {ds.host}:{ds.port} did not complete the login within {timeout:g}s") from None
+
+
+async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scram_cache) -> UpstreamConnection:
+    ds = cred.datasource
+    reader, writer = await _open(ds, what="login")
+    conn = UpstreamConnection(reader, writer)
+    try:
+        params = {"user": cred.db_user}
+        if ds.database:
+            params["database"] = ds.database
+        params.update(forwarded_params(client_params))
+        writer.write(framing.startup_message(params))
+        auth = UpstreamAuthenticator(
+            user=cred.db_user, secret_fn=cred.secret.reveal, cache=scram_cache,
+            cache_scope=(ds.name, ds.host, ds.port, cred.credential, cred.version, cred.db_user))
+        while True:
+            await writer.drain()
+            try:
+                mtype, payload = await _read_message(reader)
+            except asyncio.IncompleteReadError:
+                raise UpstreamLoginError(f"datasource {ds.name} closed the connection during the login") from None
+            if mtype == 82:  # 'R'
+                reply = auth.step(payload)
+                if reply:
+                    writer.write(reply)
+            elif mtype == 69:  # 'E'
+                fields = framing.parse_error_fields(payload)
+                if fields.get("C", "").startswith("28"):
+                    auth.forget_cached_keys()
+                raise UpstreamLoginError(
+                    f"datasource {ds.name} refused the login as {cred.db_user}: "
+                    f"{fields.get('M', 'unknown error')} (SQLSTATE {fields.get('C', '?')})")
+            elif not auth.ok:
+                raise ServerProtocolError(f"datasource {ds.name} sent {chr(mtype)!r} before authentication ended")
+            elif mtype == 83:  # 'S'
+                name, off = framing.read_cstring(payload)
+                value, _ = framing.read_cstring(payload, off)
+                conn.parameters.append((name, value))
+            elif mtype == 75:  # 'K'
+                if len(payload) < 8:
+                    raise ServerProtocolError("upstream sent a malformed BackendKeyData")
+                conn.backend_pid, conn.backend_secret = struct.unpack_from("!ii", payload)
+            elif mtype == 78:  # 'N'
+                conn.notices.append(struct.pack("!BI", mtype, len(payload) + 4) + payload)
+            elif mtype == 90:  # 'Z'
+                conn.txn_status = payload[:1] or b"I"
+                break
+            else:
+                raise ServerProtocolError(f"datasource {ds.name} sent unexpected {chr(mtype)!r} during the login")
+        conn.auth_method = auth.method
+        conn.cancel_target = CancelTarget(ds.host, ds.port, ds.tls, ds.ca_file, conn.backend_pid, conn.backend_secret)
+        return conn
+    except BaseException:
+        conn.close()
+        raise
+
+
+async def send_cancel(target: CancelTarget, *, timeout: float = 5.0) -> None:
+    """Send a CancelRequest to the upstream backend and wait for the server to hang up."""
+    ds = DatasourceInfo(name="upstream", type="postgres", host=target.host, port=target.port,
+                        database=None, tls=target.tls, ca_file=target.ca_file)
+    async with asyncio.timeout(timeout):
+        reader, writer = await _open(ds, what="cancel")
+        try:
+            writer.write(framing.cancel_request(target.pid, target.secret))
+            await writer.drain()
+            await reader.read()  # the server closes once the request is processed
+        finally:
+            writer.close()
