@@ -1,31 +1,55 @@
-"""Runs the control API (and, as they land, the wire listeners) in one asyncio event loop.
+"""Runs the control API and the wire listeners in one asyncio event loop.
 
 At start the gateway enrols its own proxy key (``$SDM_HOME/keys/proxy.pem``) so its listeners can
-ask for unlocks; SIGTERM/SIGINT stop accepting and let running requests finish.
+ask for unlocks, and writes ``$SDM_HOME/gateway.json`` with its addresses (``sdm connect`` reads it).
+SIGTERM/SIGINT stop the API, let open database sessions finish for a grace period, close the rest,
+and sign an audit checkpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import signal
 from dataclasses import dataclass
+from functools import partial
 
 import uvicorn
 
 from .api.app import create_app
 from .control.context import Actor, ControlPlane
+from .control.live_access import live_access_reason
 from .control.proxies import enroll_proxy
-from .unlock.client import ProxyIdentity
+from .control.unlock import unlock
+from .errors import SdmError
+from .home import write_private
+from .unlock.client import InProcessUnlockClient, ProxyIdentity
+from .wire.audit_writer import AuditWriter
 
 log = logging.getLogger("sdm.gateway")
 
 DEFAULT_API = ("127.0.0.1", 8471)
+DEFAULT_POSTGRES = ("127.0.0.1", 15432)
+DRAIN_SECONDS = 30.0
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after it stops, which would kill us before the listeners drain;
+    the gateway handles the signals itself (see ``serve``)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     api_host: str = DEFAULT_API[0]
     api_port: int = DEFAULT_API[1]
+    postgres: tuple[str, int] | None = DEFAULT_POSTGRES
+    drain_seconds: float = DRAIN_SECONDS
 
 
 def enrol_local_proxy(cp: ControlPlane) -> ProxyIdentity:
@@ -36,13 +60,46 @@ def enrol_local_proxy(cp: ControlPlane) -> ProxyIdentity:
     return identity
 
 
+def in_process_unlock_client(cp: ControlPlane, identity: ProxyIdentity) -> InProcessUnlockClient:
+    """The dual key without an HTTP hop: the same signed request, checked by the same code."""
+    return InProcessUnlockClient(identity, partial(unlock, cp), partial(live_access_reason, cp))
+
+
 async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
-    log.info("proxy %s enrolled", identity.proxy_id)
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(cp), host=config.api_host, port=config.api_port, log_level="warning",
-        access_log=False, lifespan="off"))
-    log.info("control API on http://%s:%d", config.api_host, config.api_port)
-    await server.serve()
+    from .wire.postgres.server import start_postgres_listener
+    from .wire.postgres.tls import gateway_tls_context
+
+    unlock_client = in_process_unlock_client(cp, identity)
+    audit = AuditWriter(cp.audit)  # one group-committing writer shared by every listener
+    listeners, addresses = [], {"api": f"http://{config.api_host}:{config.api_port}"}
+    try:
+        if config.postgres is not None:
+            pg = await start_postgres_listener(
+                *config.postgres, unlock_client=unlock_client, audit_log=audit,
+                tls_context=gateway_tls_context(cp.home.tls_dir),
+                policy_check=unlock_client.still_allowed, proxy_id=identity.proxy_id)
+            listeners.append(pg)
+            addresses["postgres"] = f"{config.postgres[0]}:{pg.port}"
+        app = create_app(cp)
+        app.state.listeners = {k: v for k, v in addresses.items() if k != "api"}
+        server = _ApiServer(uvicorn.Config(
+            app, host=config.api_host, port=config.api_port, log_level="warning",
+            access_log=False, lifespan="off"))
+        write_private(cp.home.gateway_info_path, json.dumps(addresses).encode())
+        log.info("gateway up: %s", addresses)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.handle_exit, sig, None)
+        await server.serve()
+    finally:
+        cp.home.gateway_info_path.unlink(missing_ok=True)
+        for listener in listeners:
+            await listener.drain(timeout=config.drain_seconds)
+        await audit.aclose()
+        try:
+            cp.audit.checkpoint()
+        except SdmError as exc:
+            log.warning("could not sign the closing audit checkpoint: %s", exc.message)
 
 
 def run(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:

@@ -79,8 +79,9 @@ class SdmHome:
         return self.root / "audit.jsonl"
 
     @property
-    def log_path(self) -> Path:
-        return self.root / "gateway.log"
+    def gateway_info_path(self) -> Path:
+        """Written by a running ``sdm gateway``: its API and listener addresses."""
+        return self.root / "gateway.json"
 
     DEFAULT_DATABASE_URL = "sqlite:///state.db"  # relative: resolved against the home on load
 

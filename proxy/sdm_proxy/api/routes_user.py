@@ -36,6 +36,12 @@ def whoami(request: Request, actor: Actor = Depends(current_actor)) -> dict:
     return {"user": actor.name, "admin": actor.is_admin, "session_id": actor.session_id}
 
 
+@router.get("/gateway")
+def gateway_info(request: Request, actor: Actor = Depends(current_actor)) -> dict:
+    """Where this gateway's wire listeners are (clients log in there with a session token)."""
+    return {"listeners": dict(getattr(request.app.state, "listeners", None) or {})}
+
+
 @router.get("/datasources")
 def my_datasources(request: Request, actor: Actor = Depends(current_actor)) -> list[dict]:
     cp = request.app.state.cp

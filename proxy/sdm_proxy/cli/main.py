@@ -17,6 +17,7 @@ from ..errors import SdmError
 from .admin_cmds import GROUPS
 from .audit_cmds import audit
 from .common import home_from
+from .connect_cmd import connect
 from .gateway_cmd import gateway
 from .key_cmds import master_key
 from .session_cmds import session
@@ -94,7 +95,7 @@ def migrate(ctx):
     click.echo("state database is at the newest schema")
 
 
-for _group in (*GROUPS, session, audit, gateway, master_key):
+for _group in (*GROUPS, session, audit, gateway, master_key, connect):
     cli.add_command(_group)
 
 

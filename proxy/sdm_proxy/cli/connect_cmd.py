@@ -1,0 +1,74 @@
+"""``sdm connect``: connection settings for psql, DBeaver or a script, with a fresh session token.
+
+The token stands in for a password; the database's own password is never shown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import quote
+
+import click
+
+from ..control import sessions
+from ..control.access import usable_credentials
+from ..errors import AccessDenied, NotFound, StateError
+from ..validation import parse_duration, parse_host_port
+from .common import as_caller
+
+SCHEMES = {"postgres": "postgresql", "mysql": "mysql"}
+
+
+def _listener_address(home, kind: str) -> tuple[str, int]:
+    env = os.environ.get(f"SDM_GATEWAY_{kind.upper()}")
+    if env:
+        return parse_host_port(env)
+    try:
+        addresses = json.loads(home.gateway_info_path.read_text())
+    except (OSError, ValueError):
+        raise StateError(f"no running gateway found ({home.gateway_info_path} is missing): start "
+                         f"`sdm gateway`, or set SDM_GATEWAY_{kind.upper()}=HOST:PORT") from None
+    if kind not in addresses:
+        raise StateError(f"the running gateway has no {kind} listener")
+    return parse_host_port(addresses[kind])
+
+
+@click.command()
+@click.argument("datasource")
+@click.option("--as", "credential", default=None, help="The credential to log in as (default: your only one).")
+@click.option("--format", "fmt", type=click.Choice(["url", "env", "json"]), default="url", show_default=True)
+@click.option("--ttl", default="1h", show_default=True, help="Lifetime of the session token in it.")
+@click.pass_context
+def connect(ctx, datasource, credential, fmt, ttl):
+    """Print how to connect to DATASOURCE through the gateway (a session token is the password)."""
+    lifetime = parse_duration(ttl)
+    with as_caller(ctx) as (cp, actor):
+        with cp.db.transaction() as s:
+            usable = usable_credentials(s, actor.user_id, actor.name, cp.now(), datasource)
+        if not usable:
+            raise AccessDenied(f"user {actor.name} has no lease or grant on datasource {datasource}")
+        names = [c.name for c, _ in usable]
+        if credential is None and len(names) > 1:
+            raise AccessDenied(f"you hold several credentials on {datasource}; pick one with --as: {', '.join(names)}")
+        if credential is not None and credential not in names:
+            raise NotFound(f"you hold no credential {credential!r} on {datasource} (yours: {', '.join(names)})")
+        cred = next(c for c, _ in usable if c.name == (credential or names[0]))
+        kind = cred.datasource.type
+        host, port = _listener_address(cp.home, kind)
+        token = sessions.create_session(cp, actor, lifetime)["token"]
+    user = cred.name
+    settings = {"host": host, "port": port, "database": datasource, "user": user, "password": token}
+    if fmt == "json":
+        click.echo(json.dumps(settings, indent=2))
+    elif fmt == "env":
+        if kind == "postgres":
+            for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("database", "PGDATABASE"),
+                             ("user", "PGUSER"), ("password", "PGPASSWORD")):
+                click.echo(f"export {var}={settings[key]}")
+        else:
+            for key in ("host", "port", "database", "user", "password"):
+                click.echo(f"export SDM_MYSQL_{key.upper()}={settings[key]}")
+    else:
+        click.echo(f"{SCHEMES[kind]}://{quote(user, safe='')}:{quote(token, safe='')}@{host}:{port}/"
+                   f"{quote(datasource, safe='')}")

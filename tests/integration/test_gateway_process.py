@@ -1,0 +1,85 @@
+"""`sdm gateway` as a real process: the control API and the PostgreSQL listener together, `sdm
+connect` handing a working URL to psycopg and psql, and a clean, audited stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support.api_server import free_port
+from tests.support.cli import SDM_BIN, cli_env, ok, sdm
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def running_gateway(pg_cluster, tmp_path):
+    home = tmp_path / "home"
+    ok(home, "init")
+    ok(home, "datasource", "add", "pg", "--type", "postgres", "--host", pg_cluster.host,
+       "--port", str(pg_cluster.port), "--database", pg_cluster.database)
+    for name, key in (("read-only", "read-only"), ("superuser", "superuser")):
+        login = pg_cluster.logins[key]
+        ok(home, "credential", "add", "pg", name, "--username", login.username, "--password-stdin",
+           stdin=login.password)
+    ok(home, "role", "create", "analysts")
+    ok(home, "role", "lease", "analysts", "pg", "read-only")
+    ok(home, "user", "add", "ann")
+    ok(home, "role", "assign", "analysts", "ann")
+    ann_key = ok(home, "user", "key", "ann").stdout.strip()
+    api, pg = free_port(), free_port()
+    proc = subprocess.Popen([str(SDM_BIN), "gateway", "--api", f"127.0.0.1:{api}", "--postgres", f"127.0.0.1:{pg}"],
+                            env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (home / "gateway.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
+        time.sleep(0.1)
+    yield home, ann_key, api, pg, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_connect_url_works_with_psycopg_and_psql(running_gateway, pg_cluster):
+    home, ann_key, api, pg, proc = running_gateway
+    info = json.loads((home / "gateway.json").read_text())
+    assert info["postgres"] == f"127.0.0.1:{pg}"
+    listeners = httpx.get(f"http://127.0.0.1:{api}/v1/gateway",
+                          headers={"Authorization": f"Bearer {ann_key}"}).json()["listeners"]
+    assert listeners == {"postgres": f"127.0.0.1:{pg}"}
+    url = ok(home, "connect", "pg", api_key=ann_key).stdout.strip()
+    assert url.startswith("postgresql://read-only:sdms.") and pg_cluster.logins["read-only"].password not in url
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == pg_cluster.logins["read-only"].username
+    env_lines = ok(home, "connect", "pg", "--format", "env", api_key=ann_key).stdout
+    env = dict(line.removeprefix("export ").split("=", 1) for line in env_lines.splitlines())
+    psql = subprocess.run(["psql", "-XAtc", "SELECT count(*) FROM orders"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert psql.returncode == 0 and int(psql.stdout.strip()) > 0, psql.stderr
+
+
+def test_connect_refuses_credentials_the_caller_lacks(running_gateway):
+    home, ann_key, *_ = running_gateway
+    res = sdm(home, "connect", "pg", "--as", "superuser", api_key=ann_key)
+    assert res.rc == 1 and "you hold no credential 'superuser' on pg" in res.stderr
+
+
+def test_sigterm_stops_cleanly_and_signs_a_checkpoint(running_gateway):
+    home, ann_key, api, pg, proc = running_gateway
+    url = ok(home, "connect", "pg", api_key=ann_key).stdout.strip()
+    with psycopg.connect(url) as conn:
+        conn.execute("SELECT 1")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert b"Traceback" not in err, err
+    assert not (home / "gateway.json").exists()
+    verify = ok(home, "audit", "verify").stdout
+    assert "OK" in verify and " 0 signed checkpoints" not in verify, verify
