@@ -5,9 +5,11 @@ Layers, as for PostgreSQL (DESIGN §8, h11/asyncpg style):
 * ``packets``  -- framing: 3-byte length + sequence id, 16 MiB splitting, length-encoded values.
 * ``messages`` -- the handshake/auth/OK/ERR packets the gateway builds or parses.
 * ``auth``     -- upstream authentication plugins and the table-driven upstream login.
-* ``commands`` -- client command classification and the response scanner the relay uses.
+* ``commands`` -- client command classification and the prepared-statement id -> SQL map.
+* ``responses`` -- the response scanner: follows a command's answer without decoding rows.
 * ``kill``     -- ``KILL [QUERY|CONNECTION] <id>`` recognition (gateway ids -> upstream threads).
 * ``machine``  -- the front connection's phases as a table-driven, sans-I/O state machine.
+* ``tlsbio``   -- server-side TLS over MemoryBIO (clients pipeline their ClientHello).
 
 Everything here is pure (no sockets, no asyncio); the glue is a thin layer on top.
 """

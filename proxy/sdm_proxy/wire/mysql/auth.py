@@ -12,9 +12,9 @@ secret exists (DESIGN §2.1). It never appears in an exception message or a repr
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -191,7 +191,6 @@ class UpstreamAuth:
     def _ok(self, reply: OkPacket, secret_fn: SecretFn) -> None:
         self.ok = reply
         self.state = AuthState.DONE
-        return None
 
     def _err(self, reply: ErrPacket, secret_fn: SecretFn) -> None:
         raise UpstreamLoginError(f"upstream refused the gateway's login: ({reply.code}) {reply.message}",
@@ -205,7 +204,6 @@ class UpstreamAuth:
 
     def _fast_ok(self, reply: AuthMoreData, secret_fn: SecretFn) -> None:
         self.state = AuthState.SHA2_FAST_OK
-        return None
 
     def _full_auth(self, reply: AuthMoreData, secret_fn: SecretFn) -> bytes:
         return self._full_or_key_request(SHA2_PUBLIC_KEY_REQUEST, secret_fn)

@@ -1,15 +1,10 @@
-"""Client commands and the server responses that follow them. Pure.
+"""Client commands: classification and the prepared-statement map. Pure.
 
 ``classify`` turns one reassembled command payload into a typed ``Command`` that says what to audit
 (the SQL and its sqlcommenter tags), who answers it (the upstream, or the gateway itself for
 COM_QUIT / COM_CHANGE_USER / COM_RESET_CONNECTION / COM_PROCESS_KILL) and which response shape to
-expect. Commands the gateway does not relay are refused with 1047 like an unknown command.
-
-``ResponseScanner`` follows one command's response to its end on the raw byte stream from the
-upstream: it reads packet headers (and the first byte of each row, to spot the terminator), parses
-only the few small packets that matter (OK, ERR, EOF, column count, PREPARE_OK), and reports how many
-bytes of each chunk belong to the response, so the glue forwards whole chunks untouched and never
-decodes a row in Python.
+expect (``ResponseKind``, followed by ``responses.ResponseScanner``). Commands the gateway does not
+relay are refused with 1047 like an unknown command.
 
 ``StatementMap`` keeps COM_STMT_PREPARE's statement id -> SQL per connection, so COM_STMT_EXECUTE is
 audited with its text.
@@ -18,7 +13,7 @@ audited with its text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
+from enum import IntEnum
 
 from ..sqlcomment import parse_tags
 from .errors import (
@@ -29,23 +24,16 @@ from .errors import (
     SQLSTATE_SYNTAX_OR_ACCESS,
     ClientProtocolError,
     CommandRefused,
-    ServerProtocolError,
 )
-from .messages import (
-    ERR_HEADER,
-    EOF_HEADER,
-    LOCAL_INFILE_HEADER,
-    OK_HEADER,
-    ChangeUser,
-    Cap,
-    ErrPacket,
-    Status,
-    parse_change_user,
-    parse_eof,
-    parse_err,
-    parse_ok,
-)
-from .packets import HEADER_SIZE, MAX_FRAME, MAX_SERVER_CONTROL_PACKET, PayloadReader
+from .messages import ChangeUser, parse_change_user
+from .packets import PayloadReader
+from .responses import ResponseKind, ResponseScanner
+
+__all__ = [
+    "LAST_PREPARED_STATEMENT", "ChangeUserCommand", "Com", "Command", "FieldList", "GatewayCommand", "InitDb",
+    "ProcessKill", "Query", "ResponseKind", "ResponseScanner", "SetOption", "Simple", "StatementMap",
+    "StmtExecute", "StmtFetch", "StmtOnId", "StmtPrepare", "classify",
+]
 
 
 class Com(IntEnum):
@@ -81,17 +69,6 @@ class Com(IntEnum):
     DAEMON = 0x1D
     BINLOG_DUMP_GTID = 0x1E
     RESET_CONNECTION = 0x1F
-
-
-class ResponseKind(str, Enum):
-    NONE = "none"  # no answer at all (STMT_CLOSE, STMT_SEND_LONG_DATA)
-    SIMPLE = "simple"  # one OK / ERR / EOF packet
-    RESULT = "result"  # text protocol: OK | ERR | LOCAL INFILE | result set(s)
-    BINARY_RESULT = "binary_result"  # COM_STMT_EXECUTE: OK | ERR | binary result set(s), maybe a cursor
-    PREPARE = "prepare"  # PREPARE_OK + parameter and column definitions, or ERR
-    FIELD_LIST = "field_list"  # column definitions until EOF, or ERR
-    FETCH = "fetch"  # binary rows until EOF, or ERR
-    STATISTICS = "statistics"  # one string packet
 
 
 MYSQL_OPTION_MULTI_STATEMENTS_ON = 0
@@ -329,7 +306,7 @@ class StatementMap:
         self._sql.clear()
         self.last_id = None
 
-    def record(self, command: Command, scanner: "ResponseScanner | None") -> None:
+    def record(self, command: Command, scanner: ResponseScanner | None) -> None:
         """Update from a finished command (PREPARE's answer, or a CLOSE that has none)."""
         if isinstance(command, StmtPrepare) and scanner is not None:
             if scanner.prepared is not None:
@@ -338,391 +315,3 @@ class StatementMap:
                 self.prepare_failed()
         elif isinstance(command, StmtOnId) and command.code == Com.STMT_CLOSE:
             self.closed(command.statement_id)
-
-
-# ---- the response scanner ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PrepareOk:
-    statement_id: int
-    columns: int
-    params: int
-    warnings: int
-
-
-class _P(str, Enum):
-    """Where in the response the scanner is."""
-
-    FIRST = "first"  # first packet of a (next) result
-    COLUMNS = "columns"  # column definitions (counted, not read)
-    COLUMNS_EOF = "columns_eof"  # the EOF after column definitions (without DEPRECATE_EOF)
-    ROWS = "rows"
-    PREP_PARAMS = "prep_params"
-    PREP_PARAMS_EOF = "prep_params_eof"
-    PREP_COLUMNS = "prep_columns"
-    PREP_COLUMNS_EOF = "prep_columns_eof"
-    FIELDS = "fields"  # COM_FIELD_LIST: definitions until EOF
-    SIMPLE = "simple"
-    STATISTICS = "statistics"
-    INFILE = "infile"  # LOCAL INFILE: the client is sending the file
-    DONE = "done"
-
-
-_FIRST_BY_KIND = {
-    ResponseKind.SIMPLE: _P.SIMPLE, ResponseKind.RESULT: _P.FIRST, ResponseKind.BINARY_RESULT: _P.FIRST,
-    ResponseKind.PREPARE: _P.FIRST, ResponseKind.FIELD_LIST: _P.FIELDS, ResponseKind.FETCH: _P.ROWS,
-    ResponseKind.STATISTICS: _P.STATISTICS,
-}
-
-# Phases where a packet is read whole (small control packets), versus counted and skipped.
-_COLLECTED = {_P.FIRST, _P.COLUMNS_EOF, _P.PREP_PARAMS_EOF, _P.PREP_COLUMNS_EOF, _P.SIMPLE, _P.STATISTICS}
-_COUNTED = {_P.COLUMNS, _P.PREP_PARAMS, _P.PREP_COLUMNS}
-_ROWLIKE = {_P.ROWS, _P.FIELDS}  # skipped unless the first byte says terminator / ERR
-
-
-class ResponseScanner:
-    """Follows one command's response on the raw upstream byte stream.
-
-    ``feed(chunk)`` returns how many leading bytes of ``chunk`` belong to the response (all of them
-    until the response ends); the glue forwards exactly those. ``done`` says the response is over;
-    ``wants_client_data`` that the server asked for a LOCAL INFILE (then ``feed_client`` the client's
-    packets until it returns with ``wants_client_data`` False).
-    """
-
-    def __init__(self, kind: ResponseKind, *, capabilities: int, seq: int = 1):
-        if kind is ResponseKind.NONE:
-            raise ValueError("no response to scan")
-        self.kind = kind
-        self.deprecate_eof = bool(capabilities & Cap.DEPRECATE_EOF)
-        self.local_infile_allowed = bool(capabilities & Cap.LOCAL_FILES)
-        self.binary = kind in (ResponseKind.BINARY_RESULT, ResponseKind.FETCH)
-        # A 0xFE-led packet in row position is a terminator below this length (see _row_is_end).
-        self._end_limit = MAX_FRAME if self.deprecate_eof else 9
-        self._phase = _FIRST_BY_KIND[kind]
-        self._seq = seq & 0xFF
-        self._hdr = bytearray()
-        self._skip = 0  # body bytes of the current packet still to pass through unread
-        self._collect: bytearray | None = None
-        self._collect_len = 0
-        self._await_first: int | None = None  # row-like packet length waiting for its first byte
-        self._cont = False  # the current logical packet continues in the next frame
-        self._count = 0  # definitions left to count in a _COUNTED phase
-        self._prep_columns = 0
-        # Results, for the audit event.
-        self.rows = 0
-        self.affected_rows = 0
-        self.last_insert_id = 0
-        self.warnings = 0
-        self.status = 0
-        self.result_sets = 0
-        self.error: ErrPacket | None = None
-        self.prepared: PrepareOk | None = None
-        self.info: bytes = b""  # STATISTICS text, or an OK's info
-        self.local_infile: bytes | None = None  # the file name the server asked for
-
-    # -- public state ---------------------------------------------------------------------------
-
-    @property
-    def done(self) -> bool:
-        return self._phase is _P.DONE and not self._skip
-
-    @property
-    def wants_client_data(self) -> bool:
-        return self._phase is _P.INFILE
-
-    @property
-    def next_seq(self) -> int:
-        return self._seq
-
-    @property
-    def phase(self) -> str:
-        return self._phase.value
-
-    # -- server bytes ---------------------------------------------------------------------------
-
-    def feed(self, data: bytes | bytearray | memoryview) -> int:
-        mv = data if isinstance(data, memoryview) else memoryview(data)
-        n = len(mv)
-        pos = 0
-        while pos < n:
-            if self._skip:  # first: the last definition's body is still owed after the phase moved on
-                take = min(self._skip, n - pos)
-                self._skip -= take
-                pos += take
-                continue
-            phase = self._phase
-            if phase is _P.DONE or phase is _P.INFILE:
-                break
-            if self._collect is not None:
-                take = min(self._collect_len - len(self._collect), n - pos)
-                self._collect += mv[pos:pos + take]
-                pos += take
-                if len(self._collect) == self._collect_len:
-                    body, self._collect = bytes(self._collect), None
-                    self._on_packet(body)
-                continue
-            if self._await_first is not None:
-                length, self._await_first = self._await_first, None
-                self._row_like(length, mv[pos])
-                continue
-            if phase is _P.ROWS and not self._cont and not self._hdr:
-                pos = self._fast_rows(mv, pos, n)
-                if pos >= n or self._phase is not _P.ROWS or self._skip or self._await_first is not None \
-                        or self._collect is not None:
-                    continue
-            # A frame header, possibly split across chunks.
-            if self._hdr or n - pos < HEADER_SIZE:
-                take = min(HEADER_SIZE - len(self._hdr), n - pos)
-                self._hdr += mv[pos:pos + take]
-                pos += take
-                if len(self._hdr) < HEADER_SIZE:
-                    break
-                h = self._hdr
-                length, seq = h[0] | (h[1] << 8) | (h[2] << 16), h[3]
-                self._hdr = bytearray()
-            else:
-                length = mv[pos] | (mv[pos + 1] << 8) | (mv[pos + 2] << 16)
-                seq = mv[pos + 3]
-                pos += HEADER_SIZE
-            self._check_seq(seq)
-            self._start_frame(length, mv[pos] if pos < n else None)
-        return pos
-
-    def _fast_rows(self, mv: memoryview, pos: int, n: int) -> int:
-        """The hot loop: whole rows in this chunk, header + first byte, nothing decoded."""
-        seq = self._seq
-        end_limit = self._end_limit
-        rows = 0
-        while pos + HEADER_SIZE < n:
-            length = mv[pos] | (mv[pos + 1] << 8) | (mv[pos + 2] << 16)
-            if mv[pos + 3] != seq or length == MAX_FRAME or length == 0:
-                break  # let the general path report / handle it
-            first = mv[pos + 4]
-            if first == ERR_HEADER or (first == EOF_HEADER and length < end_limit):
-                break
-            seq = (seq + 1) & 0xFF
-            rows += 1
-            end = pos + HEADER_SIZE + length
-            if end > n:
-                self._skip = end - n
-                pos = n
-                break
-            pos = end
-        self._seq = seq
-        self.rows += rows
-        return pos
-
-    def _check_seq(self, seq: int) -> None:
-        if seq != self._seq:
-            raise ServerProtocolError(f"upstream sent packets out of order (sequence id {seq}, "
-                                      f"expected {self._seq})")
-        self._seq = (seq + 1) & 0xFF
-
-    def _start_frame(self, length: int, first: int | None) -> None:
-        if self._cont:  # a continuation frame of a big packet: pass it through
-            self._cont = length == MAX_FRAME
-            self._skip = length
-            if not self._cont and self._phase in _COUNTED and self._count == 0:
-                self._after_definitions()
-            return
-        self._cont = length == MAX_FRAME
-        phase = self._phase
-        if phase in _ROWLIKE:
-            if length == 0:
-                raise ServerProtocolError("upstream sent an empty packet inside a result set")
-            if first is None:
-                self._await_first = length
-            else:
-                self._row_like(length, first)
-            return
-        if phase in _COUNTED:
-            self._skip = length
-            self._count -= 1
-            if self._count == 0 and not self._cont:
-                self._after_definitions()
-            return
-        # _COLLECTED: a small packet the scanner reads whole.
-        if length >= MAX_SERVER_CONTROL_PACKET or self._cont:
-            raise ServerProtocolError(f"upstream sent an oversized control packet ({phase.value})")
-        self._collect = bytearray()
-        self._collect_len = length
-        if length == 0:
-            self._collect = None
-            self._on_packet(b"")
-
-    def _row_like(self, length: int, first: int) -> None:
-        if first == ERR_HEADER or (first == EOF_HEADER and length < self._end_limit):
-            if length >= MAX_SERVER_CONTROL_PACKET or self._cont:
-                raise ServerProtocolError("upstream sent an oversized terminator packet")
-            self._collect = bytearray()
-            self._collect_len = length
-            return
-        self._skip = length
-        if self._phase is _P.ROWS:
-            self.rows += 1  # once per row: a split row's continuation frames never come here
-
-    # -- whole control packets -----------------------------------------------------------------
-
-    def _on_packet(self, body: bytes) -> None:
-        phase = self._phase
-        if not body:
-            raise ServerProtocolError(f"upstream sent an empty packet ({phase.value})")
-        head = body[0]
-        if head == ERR_HEADER:
-            self._finish_error(body)
-            return
-        if phase is _P.FIRST:
-            self._first(body, head)
-        elif phase in (_P.COLUMNS_EOF, _P.PREP_PARAMS_EOF, _P.PREP_COLUMNS_EOF):
-            if head != EOF_HEADER:
-                raise ServerProtocolError("upstream omitted the EOF after column definitions")
-            eof = parse_eof(body)
-            if phase is _P.COLUMNS_EOF:
-                self.status = eof.status
-                if eof.status & Status.CURSOR_EXISTS:
-                    self._end_result(eof.status, eof.warnings)  # cursor: rows come with COM_STMT_FETCH
-                else:
-                    self._phase = _P.ROWS
-            elif phase is _P.PREP_PARAMS_EOF:
-                self._prep_columns_or_done()
-            else:
-                self._phase = _P.DONE
-        elif phase in _ROWLIKE:  # a terminator
-            self._terminator(body)
-        elif phase is _P.SIMPLE:
-            if head == OK_HEADER:
-                self._ok(parse_ok(body))
-            elif head == EOF_HEADER:
-                self._terminator(body)
-                return
-            else:
-                raise ServerProtocolError(f"upstream sent an unexpected packet (0x{head:02x}) for a simple command")
-            self._phase = _P.DONE
-        elif phase is _P.STATISTICS:
-            self.info = body
-            self._phase = _P.DONE
-
-    def _first(self, body: bytes, head: int) -> None:
-        if self.kind is ResponseKind.PREPARE:
-            if head != OK_HEADER or len(body) < 12:
-                raise ServerProtocolError("upstream sent a malformed COM_STMT_PREPARE response")
-            r = PayloadReader(body, error=ServerProtocolError, what="PREPARE_OK", pos=1)
-            statement_id, columns, params = r.u32(), r.u16(), r.u16()
-            r.skip(1)
-            warnings = r.u16() if r.remaining >= 2 else 0
-            self.prepared = PrepareOk(statement_id, columns, params, warnings)
-            self.warnings = warnings
-            self._prep_columns = columns
-            if params:
-                self._phase, self._count = _P.PREP_PARAMS, params
-            else:
-                self._prep_columns_or_done()
-            return
-        if head == OK_HEADER:
-            self._ok(parse_ok(body))
-            self.result_sets += 1
-            self._next_result_or_done()
-            return
-        if head == LOCAL_INFILE_HEADER and self.kind is ResponseKind.RESULT:
-            if not self.local_infile_allowed:
-                raise ServerProtocolError("upstream asked for a LOCAL INFILE the client did not allow")
-            self.local_infile = body[1:]
-            self._phase = _P.INFILE
-            return
-        r = PayloadReader(body, error=ServerProtocolError, what="column count")
-        columns = r.lenenc_int()
-        if columns == 0 or not r.at_end:
-            raise ServerProtocolError("upstream sent a malformed result set header")
-        self._phase, self._count = _P.COLUMNS, columns
-
-    def _after_definitions(self) -> None:
-        phase = self._phase
-        if phase is _P.COLUMNS:
-            self._phase = _P.ROWS if self.deprecate_eof else _P.COLUMNS_EOF
-        elif phase is _P.PREP_PARAMS:
-            if self.deprecate_eof:
-                self._prep_columns_or_done()
-            else:
-                self._phase = _P.PREP_PARAMS_EOF
-        elif phase is _P.PREP_COLUMNS:
-            self._phase = _P.DONE if self.deprecate_eof else _P.PREP_COLUMNS_EOF
-
-    def _prep_columns_or_done(self) -> None:
-        if self._prep_columns:
-            self._phase, self._count = _P.PREP_COLUMNS, self._prep_columns
-        else:
-            self._phase = _P.DONE
-
-    def _terminator(self, body: bytes) -> None:
-        """The EOF (or DEPRECATE_EOF OK) that ends rows / field definitions / a simple command."""
-        if self.deprecate_eof and len(body) > 5:
-            ok = parse_ok(body)
-            status, warnings = ok.status, ok.warnings
-        else:
-            eof = parse_eof(body)
-            status, warnings = eof.status, eof.warnings
-        if self._phase is _P.FIELDS or self._phase is _P.SIMPLE:
-            self.status, self.warnings = status, warnings
-            self._phase = _P.DONE
-            return
-        self._end_result(status, warnings)
-
-    def _end_result(self, status: int, warnings: int) -> None:
-        self.status = status
-        self.warnings += warnings
-        self.result_sets += 1
-        if self.kind is ResponseKind.FETCH:
-            self._phase = _P.DONE
-            return
-        self._next_result_or_done()
-
-    def _next_result_or_done(self) -> None:
-        self._phase = _P.FIRST if self.status & Status.MORE_RESULTS_EXISTS else _P.DONE
-
-    def _ok(self, ok) -> None:
-        self.affected_rows += ok.affected_rows
-        self.last_insert_id = ok.last_insert_id or self.last_insert_id
-        self.status = ok.status
-        self.warnings += ok.warnings
-        self.info = ok.info
-
-    def _finish_error(self, body: bytes) -> None:
-        self.error = parse_err(body)
-        self._phase = _P.DONE
-
-    # -- LOCAL INFILE: the client's file -------------------------------------------------------------
-
-    def feed_client(self, data: bytes | bytearray | memoryview) -> int:
-        """Client bytes while ``wants_client_data``: file packets until an empty one. Returns bytes used."""
-        if self._phase is not _P.INFILE:
-            return 0
-        mv = data if isinstance(data, memoryview) else memoryview(data)
-        n = len(mv)
-        pos = 0
-        while pos < n and self._phase is _P.INFILE:
-            if self._skip:
-                take = min(self._skip, n - pos)
-                self._skip -= take
-                pos += take
-                continue
-            take = min(HEADER_SIZE - len(self._hdr), n - pos)
-            self._hdr += mv[pos:pos + take]
-            pos += take
-            if len(self._hdr) < HEADER_SIZE:
-                break
-            h, self._hdr = self._hdr, bytearray()
-            length, seq = h[0] | (h[1] << 8) | (h[2] << 16), h[3]
-            if seq != self._seq:
-                raise ClientProtocolError(f"got packets out of order from the client (sequence id {seq}, "
-                                          f"expected {self._seq})")
-            self._seq = (seq + 1) & 0xFF
-            if length == 0 and not self._cont:
-                self._phase = _P.FIRST  # the server now answers with OK or ERR
-            self._cont = length == MAX_FRAME
-            self._skip = length
-        return pos
-
-    def __repr__(self) -> str:
-        return (f"ResponseScanner(kind={self.kind.value}, phase={self._phase.value}, rows={self.rows}, "
-                f"affected={self.affected_rows}, error={self.error.code if self.error else None})")

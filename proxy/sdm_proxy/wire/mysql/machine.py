@@ -54,7 +54,14 @@ from .messages import (
     parse_clear_password,
     parse_client_hello,
 )
-from .packets import MAX_COMMAND_PACKET, MAX_HANDSHAKE_PACKET, Packet, PacketReader, frame_packets
+from .packets import (
+    MAX_COMMAND_PACKET,
+    MAX_HANDSHAKE_PACKET,
+    Packet,
+    PacketReader,
+    frame_packets,
+)
+
 
 class Phase(str, Enum):
     HANDSHAKE_SENT = "handshake_sent"

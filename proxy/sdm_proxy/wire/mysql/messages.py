@@ -349,15 +349,6 @@ def build_handshake_response(*, capabilities: int, username: str, auth_response:
     return bytes(out)
 
 
-def build_handshake_response_for_client(resp: HandshakeResponse) -> bytes:
-    """Re-encode a parsed response (used by tests for round trips; never forwarded upstream)."""
-    return build_handshake_response(capabilities=resp.capabilities, username=resp.username,
-                                    auth_response=resp.auth_response, database=resp.database,
-                                    auth_plugin=resp.auth_plugin,
-                                    attrs=resp.attrs if resp.capabilities & Cap.CONNECT_ATTRS else None,
-                                    charset=resp.charset, max_packet=resp.max_packet)
-
-
 # ---- auth exchange -----------------------------------------------------------------------------
 
 
@@ -395,7 +386,7 @@ def parse_clear_password(payload: bytes) -> str:
                                   code=ER_HANDSHAKE_ERROR) from None
 
 
-def parse_auth_reply(payload: bytes) -> "OkPacket | ErrPacket | AuthSwitch | AuthMoreData":
+def parse_auth_reply(payload: bytes) -> OkPacket | ErrPacket | AuthSwitch | AuthMoreData:
     """A server packet during upstream auth."""
     if not payload:
         raise ServerProtocolError("upstream sent an empty packet during authentication")

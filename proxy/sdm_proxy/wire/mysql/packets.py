@@ -27,9 +27,20 @@ from .errors import (
 )
 
 __all__ = [
-    "ClientProtocolError", "ServerProtocolError", "MAX_FRAME", "HEADER_SIZE",
-    "MAX_COMMAND_PACKET", "MAX_HANDSHAKE_PACKET", "MAX_SERVER_CONTROL_PACKET",
-    "Packet", "PacketReader", "frame", "frame_packets", "lenenc_int", "lenenc_bytes", "PayloadReader",
+    "HEADER_SIZE",
+    "MAX_COMMAND_PACKET",
+    "MAX_FRAME",
+    "MAX_HANDSHAKE_PACKET",
+    "MAX_SERVER_CONTROL_PACKET",
+    "ClientProtocolError",
+    "Packet",
+    "PacketReader",
+    "PayloadReader",
+    "ServerProtocolError",
+    "frame",
+    "frame_packets",
+    "lenenc_bytes",
+    "lenenc_int",
 ]
 
 MAX_FRAME = 0xFFFFFF  # largest payload in one frame; a frame this size means "more follows"
@@ -65,7 +76,7 @@ class PacketReader:
     frame must carry; it advances by one per frame and is reset by the caller at command starts.
     """
 
-    __slots__ = ("limit", "expect_seq", "_error", "_peer", "_buf", "_pos", "_parts", "_total", "_first_seq")
+    __slots__ = ("_buf", "_error", "_first_seq", "_parts", "_peer", "_pos", "_total", "expect_seq", "limit")
 
     def __init__(self, *, limit: int, error: type[WireError] = ClientProtocolError, expect_seq: int | None = 0):
         if limit < 0:
@@ -192,7 +203,7 @@ class PayloadReader:
     IndexError or struct.error.
     """
 
-    __slots__ = ("data", "pos", "_error", "_what", "_code", "_sqlstate")
+    __slots__ = ("_code", "_error", "_sqlstate", "_what", "data", "pos")
 
     def __init__(self, data: bytes, *, error: type[WireError] = ClientProtocolError, what: str = "packet",
                  code: int = ER_NET_READ_ERROR, sqlstate: str | None = None, pos: int = 0):

@@ -1,0 +1,50 @@
+"""KILL statement recognition: forms the gateway maps, forms it refuses, statements that are not KILL."""
+
+from __future__ import annotations
+
+import pytest
+from sdm_proxy.wire.mysql.kill import KillRequest, UnsupportedKill, is_kill, parse_kill
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("KILL 5", KillRequest(5, False)),
+    ("kill query 5", KillRequest(5, True)),
+    ("  KILL\tCONNECTION\n42 ;", KillRequest(42, False)),
+    ("KILL QUERY 7;;", KillRequest(7, True)),
+    ("/* cancel */ KILL QUERY 9 -- from the kernel\n", KillRequest(9, True)),
+    ("# note\nKILL 3", KillRequest(3, False)),
+    ("KILL HARD QUERY 11", KillRequest(11, True, True)),
+    ("KILL SOFT 12", KillRequest(12, False, False)),
+    ("/*!KILL*/ 13", KillRequest(13, False)),
+    ("/*!50000 KILL QUERY */ 14", KillRequest(14, True)),
+    ("/*M!100500 KILL */ 15", KillRequest(15, False)),
+    ("KILL /* x */ QUERY /* y */ 16 /*sdm_cell='c1'*/", KillRequest(16, True)),
+    ("KILL 18446744073709551615", KillRequest((1 << 64) - 1, False)),
+])
+def test_plain_kills(sql, expected):
+    assert is_kill(sql)
+    assert parse_kill(sql) == expected
+
+
+@pytest.mark.parametrize("sql", [
+    "KILL @id", "KILL 2+3", "KILL (SELECT 1)", "KILL QUERY ID 5", "KILL USER 'bob'", "KILL 0x10",
+    "KILL 5; SELECT 1", "KILL", "KILL QUERY", "KILL '5'", "KILL 5.0", "KILL 18446744073709551616", "KILL ٣",
+])
+def test_unmappable_kills_are_refused(sql):
+    with pytest.raises(UnsupportedKill) as info:
+        parse_kill(sql)
+    assert info.value.code == 1235
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 'KILL 5'", "SELECT kill FROM t", "-- KILL 5\nSELECT 1", "/* KILL 5 */ SELECT 1", "", "   ",
+    "KILLER 5", "SHOW PROCESSLIST", "/*+ KILL 5 */ SELECT 1", "`KILL` 5",
+])
+def test_not_kill(sql):
+    assert parse_kill(sql) is None and not is_kill(sql)
+
+
+def test_dashdash_needs_a_space():
+    # "--5" is not a comment in MySQL; "KILL --5" is "KILL - -5": an expression, so refused.
+    with pytest.raises(UnsupportedKill):
+        parse_kill("KILL --5")
