@@ -7,7 +7,9 @@ single ``append_many`` (group commit), so many concurrent statements share one c
 
 ``write`` is durable-before-return and raises ``AuditUnavailable`` (the caller then refuses the
 action: fail closed, DESIGN §2.4); ``post`` is for outcomes recorded after the fact (query.end,
-session.end) and never blocks the relay.
+session.end) and never blocks the relay. Posted events wait up to ``post_delay`` for the next
+``write`` so they share its commit: a client running one statement after another then costs one
+commit per statement, not two.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..audit.events import Event
 from ..errors import AuditUnavailable, SdmError
@@ -24,10 +26,13 @@ log = logging.getLogger("sdm.wire.audit")
 
 
 class AuditWriter:
-    def __init__(self, audit_log, *, max_batch: int = 1000):
+    def __init__(self, audit_log, *, max_batch: int = 1000, post_delay: float = 0.05):
         self._log = audit_log
         self._max_batch = max_batch
+        self._post_delay = post_delay
         self._queue: deque[tuple[list[Event], asyncio.Future | None]] = deque()
+        self._urgent = 0  # queued items somebody awaits
+        self._queued_events = 0
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._closed = False
@@ -51,11 +56,16 @@ class AuditWriter:
             self._enqueue(events, None)
 
     def _enqueue(self, events: list[Event], fut: asyncio.Future | None) -> None:
+        first = not self._queue
         self._queue.append((events, fut))
+        self._queued_events += len(events)
+        if fut is not None:
+            self._urgent += 1
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="sdm-audit-writer")
-        self._wake.set()
+        if first or fut is not None or self._queued_events >= self._max_batch:
+            self._wake.set()
 
     async def _run(self) -> None:
         while True:
@@ -65,12 +75,22 @@ class AuditWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if not self._urgent and not self._closed and self._queued_events < self._max_batch:
+                # Only after-the-fact records: give the next durable write a moment to join them.
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(self._post_delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
             batch: list[Event] = []
             waiters: list[asyncio.Future] = []
             while self._queue and (not batch or len(batch) + len(self._queue[0][0]) <= self._max_batch):
                 events, fut = self._queue.popleft()
                 batch.extend(events)
+                self._queued_events -= len(events)
                 if fut is not None:
+                    self._urgent -= 1
                     waiters.append(fut)
             try:
                 await asyncio.to_thread(self._log.append_many, batch)

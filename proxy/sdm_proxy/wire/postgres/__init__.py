@@ -8,4 +8,4 @@ of which statement runs when), ``auth``/``scram`` (upstream login), and the asyn
 from .server import PostgresListener, start_postgres_listener
 from .tls import gateway_tls_context, server_tls_context
 
-__all__ = ["PostgresListener", "start_postgres_listener", "gateway_tls_context", "server_tls_context"]
+__all__ = ["PostgresListener", "gateway_tls_context", "server_tls_context", "start_postgres_listener"]

@@ -8,7 +8,7 @@ reason. The secret is fetched through ``secret_fn`` only when a reply needs it a
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from . import framing
 from .errors import ServerProtocolError, UpstreamLoginError

@@ -13,8 +13,8 @@ to forward untouched, so the relay does no per-row work beyond reading five head
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from .errors import ClientProtocolError, ServerProtocolError, WireError
 
@@ -171,8 +171,20 @@ class MessageSplitter:
     is never held in memory. DataRow ('D') messages are counted, never copied.
     """
 
-    __slots__ = ("_full", "_observe", "_max_full", "_max_any", "_error", "_buf", "_skip", "_need",
-                 "_rows", "_limits", "_prefix", "_datarow")
+    __slots__ = (
+        "_buf",
+        "_datarow",
+        "_error",
+        "_full",
+        "_limits",
+        "_max_any",
+        "_max_full",
+        "_need",
+        "_observe",
+        "_prefix",
+        "_rows",
+        "_skip",
+    )
 
     def __init__(self, *, full: Iterable[str], observe: Iterable[str] = (), max_full: int = MAX_SMALL_MESSAGE,
                  max_any: int = MAX_MESSAGE, limits: dict[str, int] | None = None,
@@ -231,16 +243,23 @@ class MessageSplitter:
         datarow = self._datarow
         while n - off >= 5:
             t, length = unpack(data, off)
-            if t == datarow:  # 'D' DataRow: the hot path, nothing but a count
-                end = off + 1 + length
-                if length < 4 or length > self._max_any:
-                    self._bad(t, length)
-                rows += 1
-                if end > n:
-                    self._skip = end - n
+            if t == datarow:
+                # The hot path: a run of DataRows, nothing but header hops and a count. (Kept this
+                # tight on purpose: it is the only per-row Python work on the relay.)
+                while True:
+                    if length < 4:
+                        self._bad(t, length)
+                    rows += 1
+                    off += 1 + length
+                    if n - off < 5:
+                        break
+                    t, length = unpack(data, off)
+                    if t != datarow:
+                        break
+                if off > n:  # the last row continues in the next chunk
+                    self._skip = off - n
                     off = n
                     break
-                off = end
                 continue
             if length < 4:
                 self._bad(t, length)

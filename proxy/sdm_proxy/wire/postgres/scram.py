@@ -122,11 +122,13 @@ class ScramClient:
     """One SCRAM-SHA-256 exchange. ``password`` is read once (in ``final``) and not stored."""
 
     def __init__(self, *, cache: ScramKeyCache | None = None, cache_scope: tuple = (),
-                 nonce: str | None = None):
+                 nonce: str | None = None, username: str = ""):
+        # PostgreSQL ignores the SCRAM user name (the startup packet's user counts): libpq sends "".
         self._cache = cache
         self._scope = cache_scope
         self._nonce = nonce or base64.b64encode(secrets.token_bytes(18)).decode("ascii")
-        self._first_bare = b"n=,r=" + self._nonce.encode("ascii")
+        name = username.replace("=", "=3D").replace(",", "=2C").encode("utf-8")
+        self._first_bare = b"n=" + name + b",r=" + self._nonce.encode("ascii")
         self._auth_message: bytes | None = None
         self._server_key: bytes | None = None
         self._cache_key: tuple | None = None

@@ -15,8 +15,8 @@ import asyncio
 import ipaddress
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 from ... import errors as sdm_errors
 from ...unlock.client import UnlockClient, UnlockedCredential
@@ -52,6 +52,7 @@ class ListenerContext:
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
     connect_timeout: float = CONNECT_TIMEOUT
     max_statement_bytes: int = DEFAULT_MAX_STATEMENT
+    owns_audit: bool = True  # False when the caller shares its AuditWriter (it closes it, not us)
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     scram_cache: ScramKeyCache = field(default_factory=ScramKeyCache)
 
@@ -73,7 +74,7 @@ class PostgresListener:
         self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> "PostgresListener":
+    async def start(self, host: str, port: int) -> PostgresListener:
         self._server = await asyncio.start_server(self._accept, host, port, limit=STREAM_LIMIT,
                                                   reuse_address=True)
         return self
@@ -106,7 +107,7 @@ class PostgresListener:
                 self.sessions.discard(session)
         except asyncio.CancelledError:
             pass
-        except Exception:  # noqa: BLE001 - the listener outlives any one connection
+        except Exception:
             log.exception("postgres connection handler failed")
             try:
                 writer.close()
@@ -139,9 +140,10 @@ class PostgresListener:
                 await asyncio.wait(pending, timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
-        await self.ctx.audit.aclose()
+        if self.ctx.owns_audit:
+            await self.ctx.audit.aclose()
 
-    async def __aenter__(self) -> "PostgresListener":
+    async def __aenter__(self) -> PostgresListener:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -175,11 +177,13 @@ async def start_postgres_listener(
         raise sdm_errors.UsageError(
             f"refusing to listen on {host}:{port} without TLS: the session token would cross the network "
             "in clear (give the gateway certificate, or listen on 127.0.0.1)")
-    writer = audit_log if isinstance(audit_log, AuditWriter) else AuditWriter(audit_log)
+    shared = isinstance(audit_log, AuditWriter)
+    writer = audit_log if shared else AuditWriter(audit_log)
     if proxy_id is None:
         proxy_id = getattr(getattr(unlock_client, "identity", None), "proxy_id", None)
     ctx = ListenerContext(
         unlock_client=unlock_client, audit=writer, proxy_id=proxy_id, tls_context=tls_context,
         require_tls=not loopback, policy_check=policy_check, policy_interval=policy_interval,
-        auth_timeout=auth_timeout, connect_timeout=connect_timeout, max_statement_bytes=max_statement_bytes)
+        auth_timeout=auth_timeout, connect_timeout=connect_timeout, max_statement_bytes=max_statement_bytes,
+        owns_audit=not shared)
     return await PostgresListener(ctx, max_connections).start(host, port)

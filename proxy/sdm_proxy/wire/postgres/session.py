@@ -20,19 +20,32 @@ import asyncio
 import logging
 import struct
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from ... import errors as sdm_errors
 from ...audit import events as audit
 from ...unlock.client import UnlockedCredential
+from ...vault.secret import SecretValue
 from ..sqlcomment import parse_tags
 from . import framing
-from .errors import (ADMIN_SHUTDOWN, CANNOT_CONNECT_NOW, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR,
-                     INVALID_AUTHORIZATION, INVALID_PASSWORD, PROTOCOL_VIOLATION, ClientProtocolError,
-                     ServerProtocolError, WireError, sqlstate_for)
+from .errors import (
+    ADMIN_SHUTDOWN,
+    CANNOT_CONNECT_NOW,
+    FEATURE_NOT_SUPPORTED,
+    INTERNAL_ERROR,
+    INVALID_AUTHORIZATION,
+    INVALID_PASSWORD,
+    PROTOCOL_VIOLATION,
+    ClientProtocolError,
+    ServerProtocolError,
+    WireError,
+    sqlstate_for,
+)
 from .machine import FrontMachine, Input, Phase
-from .tracker import (CLIENT_PARSED, SERVER_OBSERVED, SERVER_PARSED, Statement, StatementTracker)
+from .relay import CLIENT_WRITE_HIGH, UpstreamRelay
+from .tracker import CLIENT_PARSED, Statement, StatementTracker
 from .upstream import UpstreamConnection, connect_upstream, send_cancel
 
 if TYPE_CHECKING:
@@ -44,10 +57,9 @@ PROTOCOL = "postgres"
 UPSTREAM_READ = 1 << 18  # bytes per upstream read: big chunks keep per-byte overhead low
 CLIENT_READ = 1 << 16
 QUERY_TEXT_LIMIT = 1 << 20  # audit records keep at most 1 MiB of statement text
-CLIENT_WRITE_HIGH = 1 << 18  # client transport buffer above which the upstream pump waits
-_SERVER_ORD = frozenset(ord(c) for c in SERVER_PARSED)
 X_TYPE, SYNC_TYPE = ord("X"), ord("S")
 _FALSE = frozenset({"0", "false", "off", "no", "f", "n"})
+_NO_SECRET = SecretValue(b"")
 
 
 class _Close(Exception):
@@ -70,8 +82,14 @@ def _peer(writer: asyncio.StreamWriter) -> str | None:
     return str(peer) if peer else None
 
 
+def _close_login(task: asyncio.Future) -> None:
+    """An abandoned upstream login: close it if it finished anyway."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
+
+
 class Session:
-    def __init__(self, ctx: "ListenerContext", reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(self, ctx: ListenerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.ctx = ctx
         self.reader = reader
         self.writer = writer
@@ -85,9 +103,10 @@ class Session:
         self.cancel_pid: int | None = None
         self._started_event = False
         self._down_splitter: framing.MessageSplitter | None = None
+        self._stream_broken: bool | None = None  # set when the relay stopped mid-chunk
         self._progress = asyncio.Event()
         self._shutdown: tuple[str, str] | None = None  # (sqlstate, message) requested from outside
-        self._relay_tasks: list[asyncio.Task] = []
+        self._relay_proto: UpstreamRelay | None = None
         self._wake_relay = asyncio.Event()
         self.statements = 0
 
@@ -113,7 +132,7 @@ class Session:
             status, error = audit.ERROR, "gateway shutting down"
             await self._send_fatal(ADMIN_SHUTDOWN, "terminating connection: the gateway is shutting down")
             raise
-        except Exception:  # noqa: BLE001 - never let one connection take the listener down
+        except Exception:
             log.exception("postgres session %s failed", self.peer)
             status, error = audit.ERROR, "internal gateway error"
             await self._send_fatal(INTERNAL_ERROR, "internal gateway error (see the gateway log)")
@@ -188,7 +207,7 @@ class Session:
         await self.writer.drain()
         try:
             await self.writer.start_tls(self.ctx.tls_context)
-        except (OSError, ConnectionError, Exception) as exc:  # noqa: BLE001 - a failed handshake ends only this one
+        except Exception as exc:  # noqa: BLE001 - a failed handshake ends only this connection
             raise _Close(None, f"TLS handshake failed: {type(exc).__name__}") from None
         self.tls = True
 
@@ -263,19 +282,27 @@ class Session:
                 message = f"password authentication failed: {exc.message}"
             raise _Close(sqlstate_for(exc), message, status=audit.DENIED) from None
         del token
-        self.cred = cred
+        # The session keeps who/what for audit and policy checks, never the secret (DESIGN §2.1).
+        self.cred = replace(cred, secret=_NO_SECRET)
+        # session.start and the upstream login run side by side (one commit less on the connect
+        # path); the client hears AuthenticationOk only once both have succeeded, so nothing is
+        # relayed unless the session is on record.
+        login = asyncio.ensure_future(connect_upstream(cred, self.params, scram_cache=self.ctx.scram_cache,
+                                                       timeout=self.ctx.connect_timeout))
+        del cred  # the secret's last reference from this frame: the login task holds it until done
         try:
             await self.ctx.audit.write([self._session_event("start")])
-        except sdm_errors.AuditUnavailable as exc:
-            raise _Close(CANNOT_CONNECT_NOW, exc.message) from None
+        except BaseException as exc:
+            login.cancel()
+            login.add_done_callback(_close_login)
+            if isinstance(exc, sdm_errors.AuditUnavailable):
+                raise _Close(CANNOT_CONNECT_NOW, exc.message) from None
+            raise
         self._started_event = True
         try:
-            self.upstream = await connect_upstream(cred, self.params, scram_cache=self.ctx.scram_cache,
-                                                   timeout=self.ctx.connect_timeout)
+            self.upstream = await login
         except WireError as exc:
             raise _Close(exc.sqlstate, exc.message) from None
-        finally:
-            del cred  # the secret's last reference from this frame: the upstream login is done
 
     async def _start_relay(self) -> None:
         up = self.upstream
@@ -306,20 +333,25 @@ class Session:
         transport = self.writer.transport
         if transport is not None:
             transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
+        self._relay_proto = UpstreamRelay(self)
         tasks = {
             asyncio.create_task(self._pump_client(), name="pg-client"): "client",
-            asyncio.create_task(self._pump_upstream(), name="pg-upstream"): "upstream",
+            self._relay_proto.done: "upstream",
             asyncio.create_task(self._watch(), name="pg-watch"): "watch",
         }
-        self._relay_tasks = list(tasks)
+        self._relay_proto.attach(self.upstream)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._relay_proto.stop()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        # Prefer the task that failed (its reason is the interesting one).
-        first = next((t for t in done if t.exception() is not None), next(iter(done)))
+        # Prefer the one that failed (its reason is the interesting one), then the client's own
+        # goodbye (the database hanging up right after a Terminate is no error).
+        by_role = {tasks[t]: t for t in done}
+        first = next((t for t in done if t.exception() is not None), None) \
+            or by_role.get("client") or next(iter(done))
         exc = first.exception()
         if exc is not None:
             if isinstance(exc, _Close):
@@ -332,7 +364,7 @@ class Session:
         return first.result()
 
     async def _pump_client(self) -> tuple[str, str | None]:
-        reader, up_writer = self.reader, self.upstream.writer
+        reader, proto = self.reader, self._relay_proto
         limits = self.ctx.max_statement_bytes
         splitter = framing.MessageSplitter(
             full=CLIENT_PARSED.replace("B", "").replace("F", ""), observe="SHX",
@@ -354,8 +386,8 @@ class Session:
                 if m.payload is not None and tracker.needs_barrier(m.type, m.payload):
                     await self._forward(forward[pos:m.start], pending)
                     pos, pending = m.start, []
-                    up_writer.write(framing.FLUSH)
-                    await up_writer.drain()
+                    proto.write(framing.FLUSH)
+                    await proto.drain()
                     while tracker.needs_barrier(m.type, m.payload):
                         self._progress.clear()
                         await self._progress.wait()
@@ -378,11 +410,12 @@ class Session:
                 s.started = now
             self.statements += len(stmts)
         if data:
-            self.upstream.writer.write(data)
-            await self.upstream.writer.drain()
+            self._relay_proto.write(data)
+            await self._relay_proto.drain()
 
     async def _refuse(self, stmts: list[Statement], reason: str) -> None:
         """The audit log is down: refuse. A lone simple Query gets an ERROR and the connection lives."""
+        self._relay_proto.flush()
         lone = (len(stmts) == 1 and stmts[0].kind == "query" and self.tracker.pending == 1
                 and self._down_splitter is not None and self._down_splitter.at_boundary)
         if lone:
@@ -393,36 +426,17 @@ class Session:
             return
         raise _Close(CANNOT_CONNECT_NOW, f"statement refused: {reason}")
 
-    async def _pump_upstream(self) -> tuple[str, str | None]:
-        reader, writer = self.upstream.reader, self.writer
-        splitter = framing.MessageSplitter(full=SERVER_PARSED, observe=SERVER_OBSERVED, count_rows=True,
-                                           error=ServerProtocolError)
-        self._down_splitter = splitter
-        on_server = self.tracker.on_server
-        progress = self._progress
-        while True:
-            data = await reader.read(UPSTREAM_READ)
-            if not data:
-                return audit.ERROR, "the database closed the connection"
-            msgs, forward = splitter.feed(data)
-            if msgs:
-                for m in msgs:
-                    finished = on_server(m.type, m.payload, m.rows)
-                    if finished:
-                        self._record_outcomes(finished)
-                progress.set()
-            if forward:
-                writer.write(forward)
-                await writer.drain()
-
     async def _watch(self) -> tuple[str, str | None]:
         """Close when access ends: grant expiry, revoked session, gateway shutdown."""
         cred = self.cred
         interval = self.ctx.policy_interval
+        expires = cred.access_expires_at
+        if expires is not None and expires.tzinfo is None:
+            expires = expires.replace(tzinfo=timezone.utc)  # the state stores UTC without a zone
         while True:
             delay = interval
-            if cred.access_expires_at is not None:
-                left = (cred.access_expires_at - datetime.now(timezone.utc)).total_seconds()
+            if expires is not None:
+                left = (expires - datetime.now(timezone.utc)).total_seconds()
                 if left <= 0:
                     raise _Close(ADMIN_SHUTDOWN, "terminating connection: access to "
                                  f"{cred.datasource.name}/{cred.credential} expired", status=audit.DENIED)
@@ -501,9 +515,12 @@ class Session:
 
     async def _send_fatal(self, sqlstate: str | None, message: str) -> None:
         """A last ErrorResponse when the client stream is at a message boundary, then hang up."""
+        if self._relay_proto is not None:
+            self._relay_proto.flush()
         if sqlstate is not None and self.writer.transport is not None and not self.writer.is_closing():
             splitter = self._down_splitter
-            if splitter is None or splitter.at_boundary:
+            if self._stream_broken is False or (self._stream_broken is None
+                                                and (splitter is None or splitter.at_boundary)):
                 try:
                     self.writer.write(framing.error_response(sqlstate, message, severity="FATAL"))
                     async with asyncio.timeout(2):

@@ -22,8 +22,8 @@ import re
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import QUERY_CANCELED, ServerProtocolError
 from .framing import command_tag_rows, parse_error_fields

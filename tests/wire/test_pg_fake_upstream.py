@@ -1,0 +1,136 @@
+"""An upstream that is not the real server: it must not get a session relayed to it.
+
+These are the only wire tests with a hand-written "server": a misbehaving database cannot be made
+from the real one. The fake speaks just enough of the protocol to reach each failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+
+import pytest
+from sdm_proxy.control import catalog, roles
+from sdm_proxy.vault.secret import SecretValue
+
+from tests.wire import pgraw
+
+pytestmark = pytest.mark.postgres
+
+
+def _msg(t: bytes, body: bytes) -> bytes:
+    return t + struct.pack("!i", len(body) + 4) + body
+
+
+async def _read_startup(reader):
+    length = struct.unpack("!i", await reader.readexactly(4))[0]
+    await reader.readexactly(length - 4)
+
+
+async def _read_msg(reader):
+    header = await reader.readexactly(5)
+    return header[:1], await reader.readexactly(struct.unpack("!i", header[1:])[0] - 4)
+
+
+async def forged_scram(reader, writer):
+    """Runs SCRAM but cannot produce the right server signature, then claims success anyway."""
+    await _read_startup(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 10) + b"SCRAM-SHA-256\0\0"))
+    _, initial = await _read_msg(reader)
+    client_first = initial.split(b"\0", 1)[1][4:]
+    nonce = dict(p.split(b"=", 1) for p in client_first[3:].split(b","))[b"r"]
+    writer.write(_msg(b"R", struct.pack("!i", 11) + b"r=" + nonce + b"srv,s=" + base64.b64encode(b"salt") + b",i=4096"))
+    await _read_msg(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 12) + b"v=" + base64.b64encode(b"\0" * 32)))
+    writer.write(_msg(b"R", struct.pack("!i", 0)) + _msg(b"Z", b"I"))
+    await writer.drain()
+
+
+async def skips_scram_final(reader, writer):
+    await _read_startup(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 10) + b"SCRAM-SHA-256\0\0"))
+    await _read_msg(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 0)) + _msg(b"Z", b"I"))
+    await writer.drain()
+
+
+async def garbage_after_login(reader, writer):
+    await _read_startup(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 3)))
+    await _read_msg(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 0)) + _msg(b"K", struct.pack("!ii", 1, 2)) + _msg(b"Z", b"I"))
+    await writer.drain()
+    await _read_msg(reader)  # the client's query
+    writer.write(b"C" + struct.pack("!i", 2))  # a length below 4: not a message at all
+    await writer.drain()
+    await asyncio.sleep(5)
+
+
+async def answers_out_of_order(reader, writer):
+    await _read_startup(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 3)))
+    await _read_msg(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 0)) + _msg(b"Z", b"I"))
+    await writer.drain()
+    await _read_msg(reader)  # the client's simple query
+    writer.write(_msg(b"2", b""))  # BindComplete, which answers nothing that was asked
+    await writer.drain()
+    await asyncio.sleep(5)
+
+
+@pytest.fixture
+def fake_upstream(gateway):
+    servers = []
+
+    def start(handler, name):
+        async def go():
+            return await asyncio.start_server(handler, "127.0.0.1", 0)
+
+        server = gateway.loop.run(go())
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        st = gateway.state
+        catalog.add_datasource(st.cp, st.admin, name, type="postgres", host="127.0.0.1", port=port, database="x")
+        catalog.add_credential(st.cp, st.admin, name, "read-only", username="u",
+                               secret=SecretValue(b"fake-upstream-secret-9x"))
+        roles.create_role(st.cp, st.admin, f"{name}-r")
+        roles.lease(st.cp, st.admin, f"{name}-r", name, "read-only")
+        roles.assign_role(st.cp, st.admin, f"{name}-r", "ann")
+        return name
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.mark.parametrize("handler,message", [
+    (forged_scram, "server signature is invalid"),
+    (skips_scram_final, "without proving its identity"),
+])
+def test_an_upstream_that_cannot_prove_scram_is_refused(gateway, fake_upstream, handler, message):
+    name = fake_upstream(handler, f"fake-{handler.__name__.replace('_', '-')}")
+    fields = pgraw.login_error(gateway.host, gateway.port, user="read-only", database=name,
+                               password=gateway.tokens["ann"])
+    assert fields["C"] == "08006" and message in fields["M"]
+    assert "fake-upstream-secret-9x" not in str(fields)
+
+
+@pytest.mark.parametrize("handler,message", [
+    (garbage_after_login, "invalid message length"),
+    (answers_out_of_order, "expected an answer"),
+])
+def test_a_misbehaving_upstream_ends_only_its_session(gateway, fake_upstream, handler, message):
+    name = fake_upstream(handler, f"fake-{handler.__name__.replace('_', '-')}")
+    msgs, sock = pgraw.login(gateway.host, gateway.port, user="read-only", database=name,
+                             password=gateway.tokens["ann"])
+    assert msgs[-1] == (b"Z", b"I")
+    sock.sendall(pgraw.query("SELECT 1"))
+    answer = pgraw.read_until_end(sock)
+    sock.close()
+    assert answer and answer[-1][0] == b"E"
+    fields = pgraw.error_fields(answer[-1][1])
+    assert fields["S"] == "FATAL" and fields["C"] == "08006" and message in fields["M"]
+    import psycopg
+    with psycopg.connect(**gateway.kwargs("ann")) as conn:
+        assert conn.execute("SELECT 'others carry on'").fetchone() == ("others carry on",)
