@@ -7,6 +7,8 @@ renewed session is picked up without rebuilding the engine and the token never s
 
 from __future__ import annotations
 
+import ipaddress
+
 import re
 import select
 import time
@@ -51,12 +53,24 @@ def resolve_credential(usable: Iterable[Mapping[str, Any]], datasource: str, cre
 # ---- engines ----------------------------------------------------------------------------------------
 
 
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "") or host.startswith("/"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def make_engine(*, host: str, port: int, datasource: str, credential: str | None,
                 token: Callable[[], str], tags: Callable[[], Mapping[str, object]] | None = None,
                 on_auth_failure: Callable[[], None] | None = None, sslmode: str = "prefer",
                 connect_timeout: int = 10, **engine_kwargs: Any) -> Engine:
     """A SQLAlchemy engine to ``datasource`` through the gateway, tagging every statement."""
     url = URL.create("postgresql+psycopg", username=credential or None, host=host, port=port, database=datasource)
+    if sslmode == "prefer" and not _is_loopback(host):
+        # The session token is a bearer credential: off this machine, never risk sending it in clear.
+        sslmode = "require"
     connect_args = {"sslmode": sslmode, "connect_timeout": connect_timeout, "application_name": "sdm-jupyter"}
     connect_args.update(engine_kwargs.pop("connect_args", {}))
     engine = create_engine(url, connect_args=connect_args, **engine_kwargs)

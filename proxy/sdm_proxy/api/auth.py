@@ -28,3 +28,12 @@ def authenticate(cp: ControlPlane, token: str) -> Actor:
 
 def current_actor(request: Request) -> Actor:
     return authenticate(request.app.state.cp, bearer(request))
+
+
+def api_key_actor(request: Request) -> Actor:
+    """For admin routes and for minting sessions: a session token (what a kernel holds) must not
+    turn itself into longer-lived credentials or admin power, so these take an API key only."""
+    token = bearer(request)
+    if not token.startswith(API_KEY_PREFIX):
+        raise AuthenticationFailed("this route needs an API key (sdmk_…), not a session token")
+    return authenticate_api_key(request.app.state.cp, token)

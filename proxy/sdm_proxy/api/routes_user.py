@@ -8,14 +8,14 @@ from ..control import sessions
 from ..control.access import usable_credentials, usable_view
 from ..control.context import Actor
 from ..validation import parse_duration
-from .auth import current_actor
+from .auth import api_key_actor, current_actor
 from .schemas import SessionCreate
 
 router = APIRouter(prefix="/v1", tags=["user"])
 
 
 @router.post("/sessions", status_code=201)
-def create_session(body: SessionCreate, request: Request, actor: Actor = Depends(current_actor)) -> dict:
+def create_session(body: SessionCreate, request: Request, actor: Actor = Depends(api_key_actor)) -> dict:
     addr = request.client.host if request.client else None
     return sessions.create_session(request.app.state.cp, actor, parse_duration(body.ttl), addr,
                                    label=body.client)

@@ -133,7 +133,7 @@ class AuditLog:
             s.info.setdefault("after_commit", []).append(self.sync_sink)
         return events
 
-    def sync_sink(self) -> None:
+    def sync_sink(self, *, strict: bool = False) -> None:
         """Bring the JSON-lines sink up to the database's head (no-op without a sink).
 
         Runs after a change and its audit events were committed together, so a failure here
@@ -143,6 +143,8 @@ class AuditLog:
         try:
             self._write(lambda s, seq, prev: None)
         except AuditUnavailable as exc:
+            if strict:
+                raise
             reason = exc.message.removeprefix("audit log unavailable: ").removesuffix("; the action was refused")
             raise StateError(
                 f"the JSON-lines audit sink lags the state database (the change and its events are "

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..audit.verify import verify_db, verify_jsonl
-from .common import as_caller
+from .common import as_caller, printable
 
 
 @click.group()
@@ -28,7 +28,7 @@ def _line(event: dict) -> str:
         parts.append(f"query={event['query'][:120]!r}")
     if event.get("details"):
         parts.append(json.dumps(event["details"], sort_keys=True))
-    return "  ".join(str(p) for p in parts)
+    return printable("  ".join(str(p) for p in parts))
 
 
 @audit.command("tail")

@@ -85,7 +85,20 @@ def emit(data, as_json: bool, columns: Iterable[str] | None = None) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
+_CONTROL = dict.fromkeys([*range(0, 32), 127, *range(128, 160)], "?")
+
+
+def printable(text: str) -> str:
+    """Control characters from stored data (a hostile user or datasource name) could drive the
+    admin's terminal; show them as '?'."""
+    return text.translate(_CONTROL)
+
+
 def _cell(value) -> str:
+    return printable(_cell_text(value))
+
+
+def _cell_text(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
@@ -113,7 +114,7 @@ def add_credential(cp: ControlPlane, actor: Actor, datasource: str, name: str, *
     if secret is not None:
         _check_secret(secret)
     else:
-        validate_secret_ref(secret_ref)
+        check_ref_outside_home(cp, secret_ref)
     with cp.db.transaction() as s:
         ds = get_datasource(s, datasource)
         if s.scalar(select(Credential.id).where(Credential.datasource_id == ds.id, Credential.name == name)):
@@ -143,6 +144,16 @@ def rotate_credential(cp: ControlPlane, actor: Actor, datasource: str, name: str
         cp.record(s, admin_event(actor.name, "credential.rotate", datasource=datasource,
                                  credential=name, version=cred.version))
         return credential_view(cred)
+
+
+def check_ref_outside_home(cp: ControlPlane, secret_ref: str) -> None:
+    """A ``file:`` reference may not point into $SDM_HOME: the gateway's own keys would otherwise
+    be sent upstream as a "password" to a host an admin chooses."""
+    ref = validate_secret_ref(secret_ref)
+    if ref.scheme == "file":
+        target, home = Path(ref.target).resolve(), cp.home.root.resolve()
+        if target == home or home in target.parents:
+            raise UsageError("a file: secret reference may not point inside $SDM_HOME")
 
 
 def refuse_rotating_a_reference(cred: Credential) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import ssl as _ssl
 
 from ..audit.events import admin_event
 from ..errors import UpstreamError
@@ -50,7 +51,9 @@ def _set_password_postgres(ds, username: str, current: SecretValue, new: SecretV
 
 def _set_password_mysql(ds, username: str, current: SecretValue, new: SecretValue) -> None:
     import pymysql
-    ssl = {"ca": ds.ca_file} if ds.tls_mode == "verify-full" else ({} if ds.tls_mode == "require" else None)
+    # PyMySQL treats an empty dict as "no TLS": `require` must be spelled out (encrypted, unverified).
+    ssl = ({"ca": ds.ca_file} if ds.tls_mode == "verify-full"
+           else {"check_hostname": False, "verify_mode": _ssl.CERT_NONE} if ds.tls_mode == "require" else None)
     try:
         conn = pymysql.connect(host=ds.host, port=ds.port, user=username, password=current.reveal().decode(),
                                database=ds.database, ssl=ssl, connect_timeout=10)

@@ -25,7 +25,7 @@ from ..vault.secret import SecretValue
 from ..vault.secret_refs import resolve_secret_ref
 from ..vault.transport import seal_to_proxy
 from .access import decide, usable_credentials
-from .catalog import encryption_context, get_credential, get_datasource
+from .catalog import check_ref_outside_home, encryption_context, get_credential, get_datasource
 from .context import Actor, ControlPlane
 from .models import UsedNonce
 from .policy import UNLOCK_CLOCK_WINDOW, freshness_decision
@@ -81,6 +81,8 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
             user=actor.name, session_id=actor.session_id, proxy_id=request.proxy_id,
             datasource=ds.name, credential=cred.name, db_user=cred.db_username,
             protocol=request.protocol, client={"addr": request.client_addr}))
+    # The off-box copy must hold the unlock too before the secret is opened (fail closed).
+    cp.audit.sync_sink(strict=True)
     secret = _open_secret(cp, sealed, secret_ref, ctx)
     answer["sealed_secret"] = seal_to_proxy(secret, request.ephemeral_key_bytes(), unlock_info(request))
     return answer
@@ -120,6 +122,7 @@ def _resolve_credential(cp: ControlPlane, s: DBSession, actor: Actor, request: U
 
 def _open_secret(cp: ControlPlane, sealed: str | None, secret_ref: str | None, ctx) -> SecretValue:
     if secret_ref is not None:
+        check_ref_outside_home(cp, secret_ref)
         return resolve_secret_ref(secret_ref, **cp.secret_store_options)
     return open_(cp.open_providers, sealed, ctx)
 

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from ..errors import ProxyRejected
 
 MAX_FIELD = 1024
+MAX_NONCE = 64
 
 
 def proxy_id_for(public_key: bytes) -> str:
@@ -98,6 +99,8 @@ def parse_signed_request(body: object) -> tuple[UnlockRequest, bytes]:
     for name in _REQUIRED_STR:
         if not isinstance(raw.get(name), str) or not 0 < len(raw[name]) <= MAX_FIELD:
             raise ProxyRejected(f"malformed unlock request: bad {name}")
+    if len(raw["nonce"]) > MAX_NONCE:  # the state keeps nonces in a 64-character column
+        raise ProxyRejected("malformed unlock request: bad nonce")
     for name in _OPTIONAL_STR:
         value = raw.get(name)
         if value is not None and (not isinstance(value, str) or len(value) > MAX_FIELD):

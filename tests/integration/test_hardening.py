@@ -1,0 +1,65 @@
+"""Guard rails found in review: a session token cannot become admin power or longer-lived
+credentials, an unlock waits for the off-box audit copy, file references stay out of $SDM_HOME,
+and stored text cannot drive an admin's terminal."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+
+from sdm_proxy.cli.common import printable
+from sdm_proxy.control import catalog
+from sdm_proxy.control.unlock import unlock
+from sdm_proxy.errors import AuditUnavailable, UsageError
+from tests.support.api_server import ApiServer
+from tests.support.gateway_state import GatewayState, signed
+
+
+@pytest.fixture
+def state(tmp_path):
+    st = GatewayState.create(tmp_path / "home")
+    st.add_datasource("prod", credentials={"read-only": ("app_ro", "pw")})
+    st.role_leasing("analysts", "prod", "read-only")
+    st.ann = st.add_user("ann", roles_=("analysts",))
+    yield st
+    st.close()
+
+
+def test_session_tokens_cannot_mint_credentials_or_use_admin_routes(state):
+    admin_token = state.session_token(state.admin)
+    with ApiServer(state.cp) as api:
+        def call(method, path, **kw):
+            return httpx.request(method, api.url + path, headers={"Authorization": f"Bearer {admin_token}"},
+                                 timeout=10, **kw)
+        for method, path, body in (("POST", "/v1/sessions", {}), ("GET", "/v1/admin/users", None),
+                                   ("POST", "/v1/admin/users/admin/keys", None),
+                                   ("POST", "/v1/admin/proxies", {"public_key": "A" * 43 + "="})):
+            response = call(method, path, json=body)
+            assert response.status_code == 401, (path, response.text)
+            assert "needs an API key" in response.json()["message"]
+        assert call("GET", "/v1/me").json()["user"] == "admin"  # ordinary user routes still work
+
+
+def test_unlock_is_refused_when_the_jsonl_copy_cannot_be_written(state):
+    body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
+    sink = state.home.audit_jsonl_path
+    sink.unlink()
+    sink.mkdir()
+    try:
+        with pytest.raises(AuditUnavailable):
+            unlock(state.cp, body)
+    finally:
+        shutil.rmtree(sink)
+
+
+def test_file_references_may_not_point_into_the_home(state):
+    for target in (state.home.master_key_path, state.home.session_signing_key_path, state.home.root):
+        with pytest.raises(UsageError, match="inside \\$SDM_HOME"):
+            catalog.add_credential(state.cp, state.admin, "prod", "evil", username="x",
+                                   secret_ref=f"file:{target}")
+
+
+def test_control_characters_are_not_printed_raw():
+    assert printable("ann\x1b]0;pwned\x07\x9b2J") == "ann?]0;pwned??2J"
