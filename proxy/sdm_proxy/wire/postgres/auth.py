@@ -35,6 +35,13 @@ class UpstreamAuthenticator:
         self.method: str | None = None
         self.ok = False
 
+    async def step_async(self, payload: bytes) -> bytes:
+        """``step``, with the SCRAM key derivation run in a worker thread (off the event loop)."""
+        if len(payload) >= 4 and struct.unpack_from("!i", payload)[0] == AUTH_SASL_CONTINUE \
+                and self._scram is not None:
+            return framing.password_message(await self._scram.final_async(payload[4:], self._secret_fn))
+        return self.step(payload)
+
     def step(self, payload: bytes) -> bytes:
         if len(payload) < 4:
             raise ServerProtocolError("upstream sent a malformed authentication request")

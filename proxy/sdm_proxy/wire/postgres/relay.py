@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 CLIENT_WRITE_HIGH = 1 << 18  # client transport buffer above which upstream reading pauses
 COALESCE_BELOW = 1 << 16  # mid-result, hold upstream data below this size for up to COALESCE_DELAY
 COALESCE_DELAY = 0.0005
+PARAMETER_STATUS = ord("S")
 
 
 class UpstreamRelay(asyncio.Protocol):
@@ -80,6 +81,8 @@ class UpstreamRelay(asyncio.Protocol):
             if msgs:
                 on_server = s.tracker.on_server
                 for m in msgs:
+                    if m.type == PARAMETER_STATUS:
+                        s.check_parameter_status(m.payload)
                     finished = on_server(m.type, m.payload, m.rows)
                     if finished:
                         s._record_outcomes(finished)

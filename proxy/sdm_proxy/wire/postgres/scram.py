@@ -11,6 +11,7 @@ refused even if it then says AuthenticationOk.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from .errors import UpstreamLoginError
 
 MECHANISM = "SCRAM-SHA-256"
-MAX_ITERATIONS = 1_000_000  # bound the work a hostile upstream can make us do
+MAX_ITERATIONS = 100_000  # bound the work a hostile upstream can make us do (PostgreSQL uses 4096)
 GS2_HEADER = b"n,,"  # no channel binding (we offer none, so a PLUS-capable server cannot claim a downgrade)
 
 
@@ -139,6 +140,19 @@ class ScramClient:
 
     def final(self, server_first: bytes, password_fn) -> bytes:
         """Answer the server-first message. ``password_fn()`` is called only on a cache miss."""
+        nonce, salt, iterations, keys = self._first(server_first)
+        if keys is None:
+            keys = self._store(derive_keys(password_fn(), salt, iterations))
+        return self._answer(server_first, nonce, keys)
+
+    async def final_async(self, server_first: bytes, password_fn) -> bytes:
+        """``final`` with the key derivation (PBKDF2) in a worker thread, off the event loop."""
+        nonce, salt, iterations, keys = self._first(server_first)
+        if keys is None:
+            keys = self._store(await asyncio.to_thread(derive_keys, password_fn(), salt, iterations))
+        return self._answer(server_first, nonce, keys)
+
+    def _first(self, server_first: bytes) -> tuple[str, bytes, int, DerivedKeys | None]:
         attrs = _attrs(server_first)
         if "m" in attrs:
             raise UpstreamLoginError("upstream asked for an unsupported SCRAM extension")
@@ -151,15 +165,20 @@ class ScramClient:
         if not nonce.startswith(self._nonce) or len(nonce) <= len(self._nonce):
             raise UpstreamLoginError("upstream SCRAM nonce does not extend ours")
         if not 1 <= iterations <= MAX_ITERATIONS:
-            raise UpstreamLoginError(f"upstream SCRAM iteration count {iterations} out of range")
+            raise UpstreamLoginError(f"upstream SCRAM iteration count {iterations} out of range "
+                                     f"(the gateway accepts at most {MAX_ITERATIONS})")
         keys = None
         if self._cache is not None:
             self._cache_key = self._scope + (salt, iterations)
             keys = self._cache.get(self._cache_key)
-        if keys is None:
-            keys = derive_keys(password_fn(), salt, iterations)
-            if self._cache is not None:
-                self._cache.put(self._cache_key, keys)
+        return nonce, salt, iterations, keys
+
+    def _store(self, keys: DerivedKeys) -> DerivedKeys:
+        if self._cache is not None:
+            self._cache.put(self._cache_key, keys)
+        return keys
+
+    def _answer(self, server_first: bytes, nonce: str, keys: DerivedKeys) -> bytes:
         without_proof = b"c=" + base64.b64encode(GS2_HEADER) + b",r=" + nonce.encode("ascii")
         self._auth_message = self._first_bare + b"," + server_first + b"," + without_proof
         stored_key = hashlib.sha256(keys.client_key).digest()

@@ -25,7 +25,7 @@ from . import framing
 from .cancel import CancelRegistry
 from .errors import ADMIN_SHUTDOWN
 from .scram import ScramKeyCache
-from .session import Session
+from .session import QUERY_TEXT_LIMIT, Session
 from .upstream import CONNECT_TIMEOUT, STREAM_LIMIT
 
 log = logging.getLogger("sdm.wire.postgres")
@@ -34,7 +34,7 @@ PolicyCheck = Callable[[UnlockedCredential], Awaitable[str | None]]
 
 DEFAULT_POLICY_INTERVAL = 2.0
 DEFAULT_AUTH_TIMEOUT = 60.0  # PostgreSQL's authentication_timeout
-DEFAULT_MAX_STATEMENT = 128 << 20
+DEFAULT_MAX_STATEMENT = QUERY_TEXT_LIMIT  # the audit keeps this much text: no more may run
 DEFAULT_MAX_CONNECTIONS = 1000
 
 

@@ -37,6 +37,7 @@ from .errors import (
     INTERNAL_ERROR,
     INVALID_AUTHORIZATION,
     INVALID_PASSWORD,
+    PROGRAM_LIMIT,
     PROTOCOL_VIOLATION,
     ClientProtocolError,
     ServerProtocolError,
@@ -46,7 +47,13 @@ from .errors import (
 from .machine import FrontMachine, Input, Phase
 from .relay import CLIENT_WRITE_HIGH, UpstreamRelay
 from .tracker import CLIENT_PARSED, Statement, StatementTracker
-from .upstream import UpstreamConnection, connect_upstream, send_cancel
+from .upstream import (
+    REQUIRED_ENCODING,
+    UpstreamConnection,
+    connect_upstream,
+    dropped_params,
+    send_cancel,
+)
 
 if TYPE_CHECKING:
     from .server import ListenerContext
@@ -60,6 +67,9 @@ QUERY_TEXT_LIMIT = 1 << 20  # audit records keep at most 1 MiB of statement text
 X_TYPE, SYNC_TYPE = ord("X"), ord("S")
 _FALSE = frozenset({"0", "false", "off", "no", "f", "n"})
 _NO_SECRET = SecretValue(b"")
+NAME_TOO_LONG = "42622"
+POLICY_FAILURES_MAX = 3  # consecutive failed live policy checks before the connection is closed
+PARAMETER_STATUS = ord("S")
 
 
 class _Close(Exception):
@@ -80,6 +90,14 @@ def _peer(writer: asyncio.StreamWriter) -> str | None:
         host = peer[0]
         return f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
     return str(peer) if peer else None
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _close_login(task: asyncio.Future) -> None:
@@ -214,6 +232,12 @@ class Session:
     async def _accept_startup(self, pkt: framing.StartupMessage) -> None:
         params = pkt.params
         self.params = params
+        for key in ("user", "database"):
+            value = params.get(key)
+            if value is not None and not _is_utf8(value):
+                # Framing decodes with surrogateescape; such a name cannot reach the unlock (or the audit).
+                self.params = {**params, key: value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")}
+                raise ClientProtocolError(f"the startup parameter {key!r} is not valid UTF-8")
         if pkt.minor > 0 or pkt.protocol_extensions:
             self.writer.write(framing.negotiate_protocol_version(0, pkt.protocol_extensions))
         if params.get("replication", "false").lower() not in _FALSE:
@@ -365,7 +389,9 @@ class Session:
 
     async def _pump_client(self) -> tuple[str, str | None]:
         reader, proto = self.reader, self._relay_proto
-        limits = self.ctx.max_statement_bytes
+        # Query/Parse text is capped at what the audit stores: nothing that runs is audited truncated.
+        text_limit = min(self.ctx.max_statement_bytes, QUERY_TEXT_LIMIT)
+        limits = text_limit + 5  # type-less header (4) + the terminating NUL of the text
         splitter = framing.MessageSplitter(
             full=CLIENT_PARSED.replace("B", "").replace("F", ""), observe="SHX",
             prefix={"B": 1 << 16, "F": 64}, max_full=limits, error=ClientProtocolError)
@@ -374,7 +400,14 @@ class Session:
             data = await reader.read(CLIENT_READ)
             if not data:
                 return audit.OK, None
-            msgs, forward = splitter.feed(data)
+            try:
+                msgs, forward = splitter.feed(data)
+            except ClientProtocolError as exc:
+                if exc.sqlstate != PROGRAM_LIMIT:
+                    raise
+                raise ClientProtocolError(
+                    f"{exc.message}: statements longer than {text_limit} bytes are refused, because the "
+                    "audit records at most that much statement text", sqlstate=PROGRAM_LIMIT) from None
             pos = 0
             pending: list[Statement] = []
             for m in msgs:
@@ -383,6 +416,11 @@ class Session:
                     return audit.OK, None
                 if m.truncated and m.type == ord("B") and m.payload.count(b"\0") < 2:
                     raise ClientProtocolError("Bind message with over-long portal or statement name")
+                if m.payload is not None:
+                    refused = tracker.check_names(m.type, m.payload)
+                    if refused is not None:
+                        await self._forward(forward[pos:m.start], pending)  # what came before still runs
+                        raise ClientProtocolError(refused, sqlstate=NAME_TOO_LONG)
                 if m.payload is not None and tracker.needs_barrier(m.type, m.payload):
                     await self._forward(forward[pos:m.start], pending)
                     pos, pending = m.start, []
@@ -433,6 +471,7 @@ class Session:
         expires = cred.access_expires_at
         if expires is not None and expires.tzinfo is None:
             expires = expires.replace(tzinfo=timezone.utc)  # the state stores UTC without a zone
+        failures = 0
         while True:
             delay = interval
             if expires is not None:
@@ -456,6 +495,12 @@ class Session:
                 except Exception as exc:  # noqa: BLE001 - a flaky check must not drop every session
                     log.warning("policy check for session %s failed: %s", cred.session_id, type(exc).__name__)
                     reason = None
+                    failures += 1
+                    if failures >= POLICY_FAILURES_MAX:
+                        raise _Close(ADMIN_SHUTDOWN, "terminating connection: cannot confirm access: "
+                                     "control plane unreachable", status=audit.ERROR)
+                else:
+                    failures = 0
                 if reason:
                     raise _Close(ADMIN_SHUTDOWN, f"terminating connection: {reason}", status=audit.DENIED)
 
@@ -472,7 +517,21 @@ class Session:
         return audit.session_event(
             kind, user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
             datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
-            protocol=PROTOCOL, client=self._client_fields(), status=status, error=error)
+            protocol=PROTOCOL, client=self._client_fields(), status=status, error=error,
+            details=self._start_details() if kind == "start" else None)
+
+    def _start_details(self) -> dict | None:
+        dropped = dropped_params(self.params)
+        return {"dropped_startup_parameters": dropped} if dropped else None
+
+    def check_parameter_status(self, payload: bytes) -> None:
+        """The server reports a setting: a client_encoding other than UTF8 ends the connection."""
+        name, off = framing.read_cstring(payload)
+        if name.lower() != "client_encoding":
+            return
+        value, _ = framing.read_cstring(payload, off)
+        if value.upper().replace("-", "").replace("_", "") not in (REQUIRED_ENCODING, "UNICODE"):
+            raise ClientProtocolError("the gateway requires client_encoding UTF8 so the audit records what runs")
 
     def _query_event(self, stmt: Statement) -> audit.Event:
         cred = self.cred

@@ -39,11 +39,13 @@ ERROR_RESPONSE, READY, FUNCTION_RESULT = ord("E"), ord("Z"), ord("V")
 CLIENT_PARSED = "QPBECDF"
 CLIENT_PREFIX_LIMITS = {"B": 1 << 20}  # see Session: large Binds are parsed from a bounded prefix
 # Server messages it must see: with payload, and by type only.
-SERVER_PARSED = "CEZ"
+SERVER_PARSED = "CEZS"  # S: ParameterStatus (the session checks client_encoding)
 SERVER_OBSERVED = "123ntTIsGHWV"
 
 _SQL_NAMESPACE_CHANGE = re.compile(r"\b(prepare|deallocate|discard|declare|close)\b", re.IGNORECASE)
 _SQL_EXECUTE = re.compile(r"\bexecute\s+(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)", re.IGNORECASE)
+MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer statement/portal names
+MAX_TRACKED_NAMES = 10_000  # per namespace and session
 UNKNOWN_TEXT = "<statement text unknown to the gateway: prepared outside the extended protocol>"
 
 
@@ -96,6 +98,13 @@ def _cstr(buf: bytes, off: int) -> tuple[str, int]:
     return buf[off:end].decode("utf-8", "surrogateescape"), end + 1
 
 
+def _raw_cstr(buf: bytes, off: int) -> tuple[bytes, int]:
+    end = buf.find(b"\0", off)
+    if end < 0:
+        raise ValueError("unterminated string")
+    return buf[off:end], end + 1
+
+
 class StatementTracker:
     def __init__(self, clock: Callable[[], float] = time.perf_counter):
         self._clock = clock
@@ -142,6 +151,37 @@ class StatementTracker:
         return out
 
     # ---- client side ---------------------------------------------------------------------------
+
+    def check_names(self, mtype: int, payload: bytes) -> str | None:
+        """Why a Parse/Bind/Describe/Close/Execute must be refused before it is forwarded, or None.
+
+        PostgreSQL truncates names to 63 bytes, so two longer names sharing those bytes are one name
+        on the server but two here: the audit could name another statement than the one that runs.
+        """
+        try:
+            if mtype == P_:
+                names = [(self._stmts, _raw_cstr(payload, 0)[0])]
+            elif mtype == B:
+                portal, off = _raw_cstr(payload, 0)
+                names = [(self._portals, portal), (self._stmts, _raw_cstr(payload, off)[0])]
+            elif mtype == E_:
+                names = [(self._portals, _raw_cstr(payload, 0)[0])]
+            elif mtype in (D_, C_):
+                names = [(self._stmts if payload[:1] == b"S" else self._portals, _raw_cstr(payload, 1)[0])]
+            else:
+                return None
+        except (ValueError, IndexError):
+            return None  # malformed: the server rejects it
+        for _ns, raw in names:
+            if len(raw) > MAX_NAME_BYTES:
+                return (f"statement or portal name longer than {MAX_NAME_BYTES} bytes ({len(raw)} bytes): "
+                        "the gateway refuses it because PostgreSQL would truncate it")
+        if mtype in (P_, B):
+            ns, raw = names[0]
+            name = raw.decode("utf-8", "surrogateescape")
+            if name and name not in ns.text and len(ns.text) + len(ns.pending) >= MAX_TRACKED_NAMES:
+                return f"too many prepared statements or portals on this connection (at most {MAX_TRACKED_NAMES})"
+        return None
 
     def needs_barrier(self, mtype: int, payload: bytes) -> bool:
         """Would the prediction for this message be a guess? Then the glue waits for answers first.
@@ -272,6 +312,8 @@ class StatementTracker:
         if not q:
             if mtype == READY and payload:
                 self.txn_status = payload[:1]
+                if self.txn_status == b"I":
+                    self._drop_portals()
             return []  # NoticeResponse, ParameterStatus, async notifications, FATAL at shutdown
         head = q[0]
         kind = head.kind
@@ -315,6 +357,8 @@ class StatementTracker:
             if payload:
                 self.txn_status = payload[:1]
             done.extend(self._on_ready())
+            if self.txn_status == b"I":
+                self._drop_portals()
         # G/H/W (COPY), V (function result): intermediate, nothing to resolve.
         return done
 
@@ -366,6 +410,14 @@ class StatementTracker:
                 return done
             done.extend(self._skip(op))
         return done
+
+    def _drop_portals(self) -> None:
+        """Idle, outside a transaction: every portal is gone (except those re-bound since, pending)."""
+        portals = self._portals
+        for name in [n for n in portals.text if n not in portals.pending]:
+            del portals.text[name]
+        for name in [n for n in self._portal_stmt if n not in portals.pending]:
+            del self._portal_stmt[name]
 
     def _skip(self, op: _Expect) -> list[Statement]:
         if op.stmt is not None:

@@ -24,13 +24,27 @@ CONNECT_TIMEOUT = 10.0
 STREAM_LIMIT = 1 << 18  # StreamReader buffer: transport pauses above 2x this (backpressure)
 MAX_STARTUP_REPLY = 1 << 20  # any single message during the upstream login
 
-# Startup parameters that are the gateway's to set, or that would change the protocol.
-_NOT_FORWARDED = frozenset({"user", "database", "replication"})
+MAX_LOGIN_NOTICES = 64  # NoticeResponses kept from the login (passed on to the client); the rest dropped
+
+# Startup parameters passed on to the database (anything else, notably ``options``, which can run
+# ``-c role=...`` or ``-c log_statement=none``, is dropped). ``client_encoding`` is forced to UTF8 so
+# the audited text decodes exactly as the server parses it.
+FORWARDED_PARAMS = frozenset({"application_name", "DateStyle", "TimeZone", "IntervalStyle",
+                              "extra_float_digits", "search_path"})
+_GATEWAY_PARAMS = frozenset({"user", "database", "client_encoding"})
+REQUIRED_ENCODING = "UTF8"
 
 
 def forwarded_params(client_params: dict[str, str]) -> dict[str, str]:
-    """The client's startup parameters worth passing on (application_name, options, DateStyle...)."""
-    return {k: v for k, v in client_params.items() if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
+    """The client's startup parameters passed on: the allowlist, plus client_encoding=UTF8."""
+    out = {k: v for k, v in client_params.items() if k in FORWARDED_PARAMS}
+    out["client_encoding"] = REQUIRED_ENCODING
+    return out
+
+
+def dropped_params(client_params: dict[str, str]) -> list[str]:
+    """Names of the client's startup parameters the gateway does not pass on (for the audit)."""
+    return sorted(k for k in client_params if k not in FORWARDED_PARAMS and k not in _GATEWAY_PARAMS)
 
 
 @functools.lru_cache(maxsize=64)
@@ -165,7 +179,7 @@ async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scra
             except asyncio.IncompleteReadError:
                 raise UpstreamLoginError(f"datasource {ds.name} closed the connection during the login") from None
             if mtype == 82:  # 'R'
-                reply = auth.step(payload)
+                reply = await auth.step_async(payload)
                 if reply:
                     writer.write(reply)
             elif mtype == 69:  # 'E'
@@ -186,7 +200,8 @@ async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scra
                     raise ServerProtocolError("upstream sent a malformed BackendKeyData")
                 conn.backend_pid, conn.backend_secret = struct.unpack_from("!ii", payload)
             elif mtype == 78:  # 'N'
-                conn.notices.append(struct.pack("!BI", mtype, len(payload) + 4) + payload)
+                if len(conn.notices) < MAX_LOGIN_NOTICES:
+                    conn.notices.append(struct.pack("!BI", mtype, len(payload) + 4) + payload)
             elif mtype == 90:  # 'Z'
                 conn.txn_status = payload[:1] or b"I"
                 break
