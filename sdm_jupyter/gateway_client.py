@@ -239,7 +239,12 @@ class GatewayClient:
         return self.request("DELETE", path)
 
     def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None) -> Any:
-        """Call the API with the session token; one retry with a new session if it was refused."""
+        """Call the API with the session token; one retry with a new session if it was refused.
+
+        Admin routes take the API key itself: the gateway never lets a session token act as admin."""
+        if path.startswith("/v1/admin/"):
+            identity = self._need_identity()
+            return self._send(method, path, identity.secret, json=json, params=params, who=identity.source)
         for attempt in (1, 2):
             session = self.session()
             try:

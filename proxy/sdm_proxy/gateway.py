@@ -32,6 +32,7 @@ log = logging.getLogger("sdm.gateway")
 
 DEFAULT_API = ("127.0.0.1", 8471)
 DEFAULT_POSTGRES = ("127.0.0.1", 15432)
+DEFAULT_MYSQL = ("127.0.0.1", 13306)
 DRAIN_SECONDS = 30.0
 
 
@@ -49,6 +50,7 @@ class GatewayConfig:
     api_host: str = DEFAULT_API[0]
     api_port: int = DEFAULT_API[1]
     postgres: tuple[str, int] | None = DEFAULT_POSTGRES
+    mysql: tuple[str, int] | None = DEFAULT_MYSQL
     drain_seconds: float = DRAIN_SECONDS
 
 
@@ -66,12 +68,17 @@ def in_process_unlock_client(cp: ControlPlane, identity: ProxyIdentity) -> InPro
 
 
 async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
-    from .wire.postgres.server import start_postgres_listener
+    from .wire.mysql.server import start_mysql_listener
+    from .wire.postgres.server import is_loopback, start_postgres_listener
     from .wire.postgres.tls import gateway_tls_context
 
     unlock_client = in_process_unlock_client(cp, identity)
+    # Off loopback the API carries API keys, tokens and (admin) passwords: serve it over TLS only.
+    api_tls = {} if is_loopback(config.api_host) else {
+        "ssl_certfile": str(cp.home.tls_dir / "gateway.pem"), "ssl_keyfile": str(cp.home.tls_dir / "gateway-key.pem")}
     audit = AuditWriter(cp.audit)  # one group-committing writer shared by every listener
-    listeners, addresses = [], {"api": f"http://{config.api_host}:{config.api_port}"}
+    listeners = []
+    addresses = {"api": f"{'https' if api_tls else 'http'}://{config.api_host}:{config.api_port}"}
     try:
         if config.postgres is not None:
             pg = await start_postgres_listener(
@@ -80,11 +87,18 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
                 policy_check=unlock_client.still_allowed, proxy_id=identity.proxy_id)
             listeners.append(pg)
             addresses["postgres"] = f"{config.postgres[0]}:{pg.port}"
+        if config.mysql is not None:
+            my = await start_mysql_listener(
+                *config.mysql, unlock_client=unlock_client, audit_log=audit,
+                tls_context=gateway_tls_context(cp.home.tls_dir),
+                policy_check=unlock_client.still_allowed, proxy_id=identity.proxy_id)
+            listeners.append(my)
+            addresses["mysql"] = f"{config.mysql[0]}:{my.port}"
         app = create_app(cp)
         app.state.listeners = {k: v for k, v in addresses.items() if k != "api"}
         server = _ApiServer(uvicorn.Config(
             app, host=config.api_host, port=config.api_port, log_level="warning",
-            access_log=False, lifespan="off"))
+            access_log=False, lifespan="off", **api_tls))
         write_private(cp.home.gateway_info_path, json.dumps(addresses).encode())
         log.info("gateway up: %s", addresses)
         loop = asyncio.get_running_loop()
@@ -93,8 +107,8 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
         await server.serve()
     finally:
         cp.home.gateway_info_path.unlink(missing_ok=True)
-        for listener in listeners:
-            await listener.drain(timeout=config.drain_seconds)
+        # Side by side: one listener's grace period must not hold the other's clients open.
+        await asyncio.gather(*(listener.drain(timeout=config.drain_seconds) for listener in listeners))
         await audit.aclose()
         try:
             cp.audit.checkpoint()
@@ -103,4 +117,9 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
 
 
 def run(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
-    asyncio.run(serve(cp, config, identity))
+    try:  # uvloop (the `fast` extra) when installed: a faster loop for the relay
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(cp, config, identity))
+    else:
+        uvloop.run(serve(cp, config, identity))

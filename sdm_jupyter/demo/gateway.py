@@ -62,7 +62,8 @@ class GatewayProcess:
         env["SDM_HOME"] = str(self.home)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*sdm_command(), "gateway", "--api", f"127.0.0.1:{self.api_port}", "--postgres", self.postgres],
+            [*sdm_command(), "gateway", "--api", f"127.0.0.1:{self.api_port}", "--postgres", self.postgres,
+             "--mysql", "off"],
             env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)  # Ctrl-C in the terminal reaches the demo, which stops us in order
         if not _wait(self.url, self.pg_port, lambda: self.proc.poll() is None):

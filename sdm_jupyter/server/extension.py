@@ -79,9 +79,9 @@ class SdmExtension(ExtensionApp):
         self.handlers.extend(ROUTES)
 
     def gateway_argv(self) -> list[str]:
-        argv = [*self.gateway_command, "--api", self.gateway_api_listen]
-        if self.gateway_postgres_listen:
-            argv += ["--postgres", self.gateway_postgres_listen]
+        # The notebook side speaks PostgreSQL only; leave the MySQL port to whoever needs it.
+        argv = [*self.gateway_command, "--api", self.gateway_api_listen, "--mysql", "off",
+                "--postgres", self.gateway_postgres_listen or "off"]
         return argv
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:

@@ -174,7 +174,8 @@ def run_gateway(cap: Captured, scripted, tmp: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     out_path, err_path = tmp / "gateway.stdout", tmp / "gateway.stderr"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([str(SDM_BIN), "gateway", "-v", "--api", f"127.0.0.1:{port}"],
+        proc = subprocess.Popen([str(SDM_BIN), "gateway", "-v", "--api", f"127.0.0.1:{port}",
+                                 "--postgres", "off", "--mysql", "off"],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=cli_env(home))
     try:
         deadline = time.monotonic() + 60

@@ -6,7 +6,6 @@ import logging
 
 import click
 
-from ..errors import UsageError
 from ..validation import parse_host_port
 from .common import control_plane
 
@@ -22,16 +21,20 @@ def _listener(value: str) -> tuple[str, int] | None:
               help="HOST:PORT of the control API.")
 @click.option("--postgres", "pg_addr", default="127.0.0.1:15432", show_default=True,
               help="HOST:PORT of the PostgreSQL listener, or `off`. Off loopback it requires TLS.")
-@click.option("--mysql", "mysql_addr", default=None, help="HOST:PORT of the MySQL listener.")
+@click.option("--mysql", "mysql_addr", default="127.0.0.1:13306", show_default=True,
+              help="HOST:PORT of the MySQL listener, or `off`. Off loopback it requires TLS.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 @click.pass_context
 def gateway(ctx, api_addr, pg_addr, mysql_addr, verbose):
     """Run the gateway in the foreground; SIGTERM drains and stops it."""
-    if mysql_addr is not None:
-        raise UsageError("--mysql: the MySQL listener is not in this sdm version yet")
     host, port = parse_host_port(api_addr)
     postgres = _listener(pg_addr)
-    from ..gateway import GatewayConfig, enrol_local_proxy, run  # FastAPI/uvicorn load only here
+    mysql = _listener(mysql_addr)
+    from ..gateway import (  # FastAPI/uvicorn load only here
+        GatewayConfig,
+        enrol_local_proxy,
+        run,
+    )
 
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
@@ -40,5 +43,7 @@ def gateway(ctx, api_addr, pg_addr, mysql_addr, verbose):
         where = f"control API on http://{host}:{port}"
         if postgres:
             where += f", PostgreSQL on {postgres[0]}:{postgres[1]}"
+        if mysql:
+            where += f", MySQL on {mysql[0]}:{mysql[1]}"
         click.echo(f"sdm gateway: proxy {identity.proxy_id}; {where}", err=True)
-        run(cp, GatewayConfig(api_host=host, api_port=port, postgres=postgres), identity)
+        run(cp, GatewayConfig(api_host=host, api_port=port, postgres=postgres, mysql=mysql), identity)

@@ -11,5 +11,11 @@ Layers, as for PostgreSQL (DESIGN §8, h11/asyncpg style):
 * ``machine``  -- the front connection's phases as a table-driven, sans-I/O state machine.
 * ``tlsbio``   -- server-side TLS over MemoryBIO (clients pipeline their ClientHello).
 
-Everything here is pure (no sockets, no asyncio); the glue is a thin layer on top.
+Those are pure (no sockets, no asyncio). The asyncio glue on top: ``channel`` (the two transports),
+``upstream`` (the gateway's own login to the database), ``session`` (one per client connection),
+``registry`` (gateway connection ids for KILL) and ``server`` (the listener).
 """
+
+from .server import MysqlListener, start_mysql_listener
+
+__all__ = ["MysqlListener", "start_mysql_listener"]

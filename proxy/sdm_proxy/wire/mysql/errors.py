@@ -26,15 +26,19 @@ ER_NET_PACKETS_OUT_OF_ORDER = 1156  # 08S01
 ER_NOT_SUPPORTED_YET = 1235  # 42000
 ER_UNKNOWN_STMT_HANDLER = 1243  # HY000
 ER_NOT_SUPPORTED_AUTH_MODE = 1251  # 08004
+ER_QUERY_INTERRUPTED = 1317  # 70100
 ER_MAX_PREPARED_STMT_COUNT_REACHED = 1461  # 42000
+ER_CONNECTION_KILLED = 1927  # 70100 (MariaDB) "Connection was killed"; clients treat it as a disconnect
 ER_SECURE_TRANSPORT_REQUIRED = 3159  # HY000
 CR_CONN_HOST_ERROR = 2003  # HY000: what MySQL Router sends when the backend is unreachable
+CR_SERVER_LOST = 2013  # HY000: the database went away in the middle of a command
 
 SQLSTATE_CONNECTION = "08S01"
 SQLSTATE_REJECTED = "08004"
 SQLSTATE_DENIED = "28000"
 SQLSTATE_SYNTAX_OR_ACCESS = "42000"
 SQLSTATE_GENERAL = "HY000"
+SQLSTATE_KILLED = "70100"
 
 
 class WireError(Exception):
@@ -78,6 +82,27 @@ class InsecureTransport(WireError):
 
     code = ER_SECURE_TRANSPORT_REQUIRED
     sqlstate = SQLSTATE_GENERAL
+
+
+class ConnectionEnded(WireError):
+    """The gateway ends a logged-in connection: access revoked or expired, or the database went away."""
+
+    code = ER_CONNECTION_KILLED
+    sqlstate = SQLSTATE_KILLED
+
+
+class ServerShutdown(WireError):
+    """The gateway is shutting down (sent to idle connections, like mysqld's 1053)."""
+
+    code = ER_SERVER_SHUTDOWN
+    sqlstate = SQLSTATE_CONNECTION
+
+
+class LoginRefused(WireError):
+    """The gateway refuses a login before asking the control plane (no datasource named, wrong type)."""
+
+    code = ER_ACCESS_DENIED_ERROR
+    sqlstate = SQLSTATE_DENIED
 
 
 class UpstreamLoginError(WireError):

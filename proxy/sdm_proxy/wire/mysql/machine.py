@@ -275,9 +275,16 @@ class FrontConnection:
         self._reader.limit = MAX_HANDSHAKE_PACKET
         self._send(build_clear_password_switch(self.scramble))
 
-    def fail(self, exc: BaseException) -> None:
-        """Queue the final ERR for ``exc`` (with the right sequence id); the glue then closes."""
+    def fail(self, exc: BaseException, *, seq: int | None = None) -> None:
+        """Queue the final ERR for ``exc``; the glue then closes.
+
+        The sequence id is the one the client expects next (after a login packet or a command
+        received whole). ``seq`` overrides it: 0 for a goodbye between commands (shutdown, killed;
+        what mysqld sends), 1 for a command the gateway could not even read (bad framing).
+        """
         if self.machine.advance(Input.FAIL) is Action.SEND_ERR:
+            if seq is not None:
+                self._seq = seq & 0xFF
             self._send(build_err_for(exc, protocol41=self._protocol41))
 
     def reply_error(self, exc: BaseException, packet: Packet) -> None:

@@ -10,6 +10,7 @@ definitions, COM_FIELD_LIST, COM_STATISTICS, LOCAL INFILE, and rows split over 1
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import Enum
 
@@ -27,6 +28,8 @@ from .messages import (
     parse_ok,
 )
 from .packets import HEADER_SIZE, MAX_FRAME, MAX_SERVER_CONTROL_PACKET, PayloadReader
+
+_HEADER_UNPACK = struct.Struct("<I").unpack_from  # length (24 bits) | sequence id << 24
 
 
 class ResponseKind(str, Enum):
@@ -188,25 +191,31 @@ class ResponseScanner:
         return pos
 
     def _fast_rows(self, mv: bytes | memoryview, pos: int, n: int) -> int:
-        """The hot loop: whole rows in this chunk, header + first byte, nothing decoded."""
+        """The hot loop: whole rows in this chunk, header + first byte, nothing decoded.
+
+        One ``unpack_from`` reads length and sequence id together (the loop runs once per row, so
+        every bytecode counts).
+        """
         seq = self._seq
         end_limit = self._end_limit
+        unpack = _HEADER_UNPACK
         rows = 0
-        while pos + HEADER_SIZE < n:
-            length = mv[pos] | (mv[pos + 1] << 8) | (mv[pos + 2] << 16)
-            if mv[pos + 3] != seq or length == MAX_FRAME or length == 0:
+        last = n - HEADER_SIZE  # the header and the row's first byte must be in this chunk
+        while pos < last:
+            header = unpack(mv, pos)[0]
+            length = header & MAX_FRAME
+            if header >> 24 != seq or length == MAX_FRAME or length == 0:
                 break  # let the general path report / handle it
-            first = mv[pos + 4]
-            if first == ERR_HEADER or (first == EOF_HEADER and length < end_limit):
-                break
+            first = mv[pos + HEADER_SIZE]
+            if first >= EOF_HEADER and (first == ERR_HEADER or length < end_limit):
+                break  # a terminator or an ERR: the general path reads it
             seq = (seq + 1) & 0xFF
             rows += 1
-            end = pos + HEADER_SIZE + length
-            if end > n:
-                self._skip = end - n
+            pos += HEADER_SIZE + length
+            if pos > n:
+                self._skip = pos - n
                 pos = n
                 break
-            pos = end
         self._seq = seq
         self.rows += rows
         return pos

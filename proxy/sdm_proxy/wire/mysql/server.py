@@ -1,0 +1,212 @@
+"""The MySQL listener: accept connections and run one ``Session`` each.
+
+    listener = await start_mysql_listener("127.0.0.1", 13306, unlock_client=..., audit_log=...)
+    ...
+    await listener.drain(timeout=30)   # SIGTERM: stop accepting, idle clients get ERR 1053 now,
+                                       # busy ones after their command; then close the rest
+
+A listener on anything but loopback must have a TLS context (the session token travels as a
+cleartext password), and then every client must use TLS. One connection's failure never reaches
+the listener: each session catches everything and ends only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Self
+
+from ... import errors as sdm_errors
+from ...unlock.client import UnlockClient, UnlockedCredential
+from ..audit_writer import AuditWriter
+from .channel import ClientChannel
+from .errors import ER_CON_COUNT_ERROR, SQLSTATE_REJECTED, ServerShutdown, err_fields
+from .messages import DEFAULT_SERVER_VERSION, build_err
+from .packets import MAX_COMMAND_PACKET, frame
+from .registry import ConnectionRegistry
+from .session import Session
+from .upstream import CONNECT_TIMEOUT
+
+log = logging.getLogger("sdm.wire.mysql")
+
+PolicyCheck = Callable[[UnlockedCredential], Awaitable[str | None]]
+
+DEFAULT_POLICY_INTERVAL = 2.0
+DEFAULT_AUTH_TIMEOUT = 30.0  # mysqld's connect_timeout is 10 s; token prompts need a little more
+DEFAULT_MAX_CONNECTIONS = 1000
+SHUTDOWN_MESSAGE = "Server shutdown in progress: the gateway is shutting down"
+
+
+@dataclass
+class ListenerContext:
+    """What every session of one listener shares."""
+
+    unlock_client: UnlockClient
+    audit: AuditWriter
+    proxy_id: str | None
+    tls_context: ssl.SSLContext | None
+    require_tls: bool
+    policy_check: PolicyCheck | None
+    policy_interval: float = DEFAULT_POLICY_INTERVAL
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT
+    connect_timeout: float = CONNECT_TIMEOUT
+    max_command_packet: int = MAX_COMMAND_PACKET
+    server_version: str = DEFAULT_SERVER_VERSION
+    registry: ConnectionRegistry = field(default_factory=ConnectionRegistry)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class MysqlListener:
+    def __init__(self, ctx: ListenerContext, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 owns_audit: bool = False):
+        self.ctx = ctx
+        self.max_connections = max_connections
+        self.sessions: set[Session] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._server: asyncio.Server | None = None
+        self._owns_audit = owns_audit
+        self._closing = False
+
+    async def start(self, host: str, port: int) -> MysqlListener:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._channel, host, port, reuse_address=True)
+        return self
+
+    @property
+    def sockets(self):
+        return self._server.sockets if self._server else ()
+
+    @property
+    def port(self) -> int:
+        return self.sockets[0].getsockname()[1]
+
+    @property
+    def host(self) -> str:
+        return self.sockets[0].getsockname()[0]
+
+    def _channel(self) -> ClientChannel:
+        channel = ClientChannel()
+        channel.on_made = self._spawn
+        return channel
+
+    def _spawn(self, channel: ClientChannel) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(channel))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, channel: ClientChannel) -> None:
+        try:
+            if len(self.sessions) >= self.max_connections or self._closing:
+                # Instead of a greeting, as mysqld does when max_connections is reached.
+                if self._closing:
+                    code, sqlstate, message = err_fields(ServerShutdown(SHUTDOWN_MESSAGE))
+                else:
+                    code, sqlstate, message = ER_CON_COUNT_ERROR, SQLSTATE_REJECTED, "Too many connections"
+                channel.write(frame(build_err(code, sqlstate, message), 0))
+                channel.close()
+                return
+            session = Session(self.ctx, channel)
+            self.sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                self.sessions.discard(session)
+        except asyncio.CancelledError:
+            channel.abort()
+        except Exception:
+            log.exception("mysql connection handler failed")
+            channel.abort()
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Stop accepting; idle sessions end now (ERR 1053), busy ones after their current command
+        (at most ``timeout`` seconds); then close whatever is left."""
+        self.stop_accepting()
+        self._closing = True
+        for session in list(self.sessions):
+            session.request_close(ServerShutdown(SHUTDOWN_MESSAGE))
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop accepting and end every session now."""
+        self.stop_accepting()
+        self._closing = True
+        for session in list(self.sessions):
+            session.request_close(ServerShutdown(SHUTDOWN_MESSAGE), force=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=5)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._owns_audit:
+            await self.ctx.audit.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+async def start_mysql_listener(
+    host: str,
+    port: int,
+    *,
+    unlock_client: UnlockClient,
+    audit_log,
+    tls_context: ssl.SSLContext | None = None,
+    policy_check: PolicyCheck | None = None,
+    proxy_id: str | None = None,
+    policy_interval: float = DEFAULT_POLICY_INTERVAL,
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    max_command_packet: int = MAX_COMMAND_PACKET,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    server_version: str = DEFAULT_SERVER_VERSION,
+) -> MysqlListener:
+    """Start serving; ``port=0`` picks a free port (see ``listener.port``).
+
+    ``audit_log`` is an ``AuditLog`` (or an ``AuditWriter`` to share one between listeners; a shared
+    writer is left open by ``close``). ``policy_check(cred)`` is awaited every ``policy_interval``
+    seconds per connection: None keeps it, a string closes it with that reason. Raises
+    ``UsageError`` for a non-loopback address without ``tls_context``; off loopback, clients must
+    use TLS.
+    """
+    loopback = is_loopback(host)
+    if not loopback and tls_context is None:
+        raise sdm_errors.UsageError(
+            f"refusing to listen on {host}:{port} without TLS: the session token would cross the network "
+            "in clear (give the gateway certificate, or listen on 127.0.0.1)")
+    owns = not isinstance(audit_log, AuditWriter)
+    writer = AuditWriter(audit_log) if owns else audit_log
+    if proxy_id is None:
+        proxy_id = getattr(getattr(unlock_client, "identity", None), "proxy_id", None)
+    ctx = ListenerContext(
+        unlock_client=unlock_client, audit=writer, proxy_id=proxy_id, tls_context=tls_context,
+        require_tls=not loopback, policy_check=policy_check, policy_interval=policy_interval,
+        auth_timeout=auth_timeout, connect_timeout=connect_timeout, max_command_packet=max_command_packet,
+        server_version=server_version)
+    return await MysqlListener(ctx, max_connections, owns_audit=owns).start(host, port)
+
+
+__all__ = ["ListenerContext", "MysqlListener", "is_loopback", "start_mysql_listener"]

@@ -1,0 +1,90 @@
+"""Every statement through the MySQL listener is in the audit log with the DESIGN §4 fields, written
+before it runs, with its outcome (rows, duration, status) right after; identity comes from the session."""
+
+from __future__ import annotations
+
+import json
+
+import pymysql
+import pytest
+
+from tests.wire.mysql.mysql_stack import DATASOURCE
+
+pytestmark = pytest.mark.mysql
+
+TAGS = "/*sdm_cell='c%2D42',sdm_notebook='analysis%2Fq3.ipynb',sdm_kernel='k-1',sdm_execution_count='7'*/"
+
+
+def test_query_events_carry_every_field(mysql_gateway):
+    gw = mysql_gateway
+    with gw.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id, name FROM customers WHERE id <= 12 ORDER BY id {TAGS}")
+        assert len(cur.fetchall()) == 12
+        local = conn._sock.getsockname()
+    [event] = gw.query_events("WHERE id <= 12 ORDER BY id")
+    assert event["type"] == "query" and event["status"] == "started"
+    assert event["user"] == "ann" and event["credential"] == "read-only" and event["datasource"] == DATASOURCE
+    assert event["db_user"] == gw.db.logins["read-only"].username and event["protocol"] == "mysql"
+    assert event["proxy_id"] and event["session_id"] and event["id"] and event["ts"] and event["hash"]
+    assert event["client"] == {"notebook": "analysis/q3.ipynb", "cell_id": "c-42", "execution_count": 7,
+                               "kernel_id": "k-1", "addr": f"{local[0]}:{local[1]}"}
+    end = gw.outcome(event)
+    assert end["rows"] == 12 and end["status"] == "ok" and end["error"] is None
+    assert isinstance(end["duration_ms"], float) and end["duration_ms"] >= 0
+    assert end["user"] == "ann" and end["session_id"] == event["session_id"]
+    starts = [e for e in gw.events("session.start") if e["session_id"] == event["session_id"]
+              and e["protocol"] == "mysql"]
+    assert starts and starts[0]["db_user"] == event["db_user"]
+
+
+def test_dml_rows_are_the_affected_rows_and_errors_are_recorded(mysql_gateway):
+    gw = mysql_gateway
+    with gw.connect("bob", "superuser", autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS audit_rows (id INT PRIMARY KEY, v INT)")
+        cur.execute("DELETE FROM audit_rows")
+        cur.executemany("INSERT INTO audit_rows VALUES (%s, %s)", [(i, 0) for i in range(25)])
+        cur.execute("UPDATE audit_rows SET v = 1 WHERE id < 10 /* audit-update */")
+        with pytest.raises(pymysql.err.ProgrammingError):
+            cur.execute("SELEC broken /* audit-syntax */")
+        cur.execute("DROP TABLE audit_rows")
+    [update] = gw.query_events("audit-update")
+    assert update["user"] == "bob" and gw.outcome(update)["rows"] == 10
+    [bad] = gw.query_events("audit-syntax")
+    end = gw.outcome(bad)
+    assert end["status"] == "error" and end["error"].startswith("(1064)")
+    [insert] = gw.query_events("INSERT INTO audit_rows VALUES")  # executemany: one multi-row INSERT
+    assert gw.outcome(insert)["rows"] == 25
+
+
+def test_identity_comes_from_the_session_not_the_query(mysql_gateway):
+    gw = mysql_gateway
+    with gw.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 /* sdm_user='mallory' */ /*sdm_cell='forged'*/")
+    [event] = gw.query_events("sdm_user='mallory'")
+    assert event["user"] == "ann" and event["client"]["cell_id"] == "forged"
+
+
+def test_session_start_and_end_pair_up(mysql_gateway):
+    gw = mysql_gateway
+    conn = gw.connect("bob", "restricted")
+    gateway_id = conn.thread_id()
+    with conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM orders")
+    conn.close()
+    def ends():
+        return [e for e in gw.events("session.end") if (e.get("details") or {}).get("connection_id") == gateway_id]
+    [end] = gw.wait_for(ends, what="session.end")
+    [start] = [e for e in gw.events("session.start") if (e.get("details") or {}).get("connection_id") == gateway_id]
+    assert start["user"] == end["user"] == "bob" and start["session_id"] == end["session_id"]
+    assert end["status"] == "ok" and end["details"]["upstream_thread"]
+
+
+def test_no_secret_in_the_audit_log_or_errors(mysql_gateway):
+    gw = mysql_gateway
+    with gw.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 'leak check'")
+    text = json.dumps(gw.events())
+    for login in gw.db.logins.values():
+        assert login.password not in text
+    for token in gw.tokens.values():
+        assert token not in text
