@@ -69,7 +69,8 @@ def in_process_unlock_client(cp: ControlPlane, identity: ProxyIdentity) -> InPro
 
 async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
     from .wire.mysql.server import start_mysql_listener
-    from .wire.postgres.server import is_loopback, start_postgres_listener
+    from .wire.net import is_loopback
+    from .wire.postgres.server import start_postgres_listener
     from .wire.postgres.tls import gateway_tls_context
 
     unlock_client = in_process_unlock_client(cp, identity)

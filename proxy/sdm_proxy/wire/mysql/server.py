@@ -13,16 +13,14 @@ the listener: each session catches everything and ends only itself.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Self
 
 from ... import errors as sdm_errors
-from ...unlock.client import UnlockClient, UnlockedCredential
+from ...unlock.client import UnlockClient
 from ..audit_writer import AuditWriter
+from ..net import PolicyCheck, is_loopback
 from .channel import ClientChannel
 from .errors import ER_CON_COUNT_ERROR, SQLSTATE_REJECTED, ServerShutdown, err_fields
 from .messages import DEFAULT_SERVER_VERSION, build_err
@@ -32,8 +30,6 @@ from .session import Session
 from .upstream import CONNECT_TIMEOUT
 
 log = logging.getLogger("sdm.wire.mysql")
-
-PolicyCheck = Callable[[UnlockedCredential], Awaitable[str | None]]
 
 DEFAULT_POLICY_INTERVAL = 2.0
 DEFAULT_AUTH_TIMEOUT = 30.0  # mysqld's connect_timeout is 10 s; token prompts need a little more
@@ -57,15 +53,6 @@ class ListenerContext:
     max_command_packet: int = MAX_COMMAND_PACKET
     server_version: str = DEFAULT_SERVER_VERSION
     registry: ConnectionRegistry = field(default_factory=ConnectionRegistry)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class MysqlListener:
@@ -161,7 +148,7 @@ class MysqlListener:
         if self._owns_audit:
             await self.ctx.audit.aclose()
 
-    async def __aenter__(self) -> Self:
+    async def __aenter__(self) -> "MysqlListener":
         return self
 
     async def __aexit__(self, *exc) -> None:

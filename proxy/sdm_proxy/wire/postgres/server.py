@@ -12,15 +12,14 @@ the listener: each session catches everything and ends only itself.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ... import errors as sdm_errors
-from ...unlock.client import UnlockClient, UnlockedCredential
+from ...unlock.client import UnlockClient
 from ..audit_writer import AuditWriter
+from ..net import PolicyCheck, is_loopback
 from . import framing
 from .cancel import CancelRegistry
 from .errors import ADMIN_SHUTDOWN
@@ -29,8 +28,6 @@ from .session import QUERY_TEXT_LIMIT, Session
 from .upstream import CONNECT_TIMEOUT, STREAM_LIMIT
 
 log = logging.getLogger("sdm.wire.postgres")
-
-PolicyCheck = Callable[[UnlockedCredential], Awaitable[str | None]]
 
 DEFAULT_POLICY_INTERVAL = 2.0
 DEFAULT_AUTH_TIMEOUT = 60.0  # PostgreSQL's authentication_timeout
@@ -55,15 +52,6 @@ class ListenerContext:
     owns_audit: bool = True  # False when the caller shares its AuditWriter (it closes it, not us)
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     scram_cache: ScramKeyCache = field(default_factory=ScramKeyCache)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class PostgresListener:
