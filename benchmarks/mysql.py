@@ -187,9 +187,10 @@ def run(args) -> dict:
             if cli:
                 def bulk_cli(port, user, password, database):
                     out = subprocess.run(
-                        [cli, "--no-defaults", "-h", "127.0.0.1", "-P", str(port), "-u", user, f"-p{password}",
+                        [cli, "--no-defaults", "-h", "127.0.0.1", "-P", str(port), "-u", user,
                          "--protocol=TCP", "--skip-ssl", "--quick", "--batch", "--skip-column-names", database,
-                         "-e", sql], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600, check=False)
+                         "-e", sql], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600, check=False,
+                        env={**os.environ, "MYSQL_PWD": password})  # not in argv, where `ps` shows it
                     assert out.returncode == 0, out.stderr
 
                 results["bulk_cli"] = side_by_side(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable
 
 from ..unlock.client import UnlockedCredential
@@ -19,3 +21,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+@functools.lru_cache(maxsize=64)
+def upstream_tls_context(mode: str, ca_file: str | None, error: type[Exception]) -> ssl.SSLContext:
+    """The client TLS context towards a datasource; ``error`` is the protocol's login error type.
+
+    ``verify-full`` checks the certificate and host name against ``ca_file``; ``require`` encrypts
+    without authenticating the server (libpq's sslmode=require, libmysqlclient's REQUIRED)."""
+    if mode == "verify-full":
+        if not ca_file:
+            raise error("datasource TLS mode verify-full needs a CA file")
+        try:
+            ctx = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise error(f"cannot load the datasource CA file {ca_file}: {exc}") from None
+        ctx.check_hostname = True
+        return ctx
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx

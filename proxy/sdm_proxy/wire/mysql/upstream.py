@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ssl
 from dataclasses import dataclass
 
 from ...unlock.client import DatasourceInfo, UnlockedCredential
+from ..net import upstream_tls_context
 from .auth import UpstreamLogin
 from .errors import ServerProtocolError, UpstreamLoginError
 from .messages import DEFAULT_CHARSET, Cap
@@ -27,22 +27,6 @@ STREAM_LIMIT = 1 << 18
 COM_QUIT = frame(b"\x01", 0)
 
 
-@functools.lru_cache(maxsize=64)
-def upstream_tls_context(mode: str, ca_file: str | None) -> ssl.SSLContext:
-    if mode == "verify-full":
-        if not ca_file:
-            raise UpstreamLoginError("datasource TLS mode verify-full needs a CA file")
-        try:
-            ctx = ssl.create_default_context(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise UpstreamLoginError(f"cannot load the datasource CA file {ca_file}: {exc}") from None
-        ctx.check_hostname = True
-        return ctx
-    # "require": encrypted without authenticating the server (libmysqlclient's ssl-mode=REQUIRED).
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def _login_tls_mode(ds: DatasourceInfo) -> str:
@@ -114,7 +98,7 @@ async def _connect(cred: UnlockedCredential, capabilities: int, charset: int, at
                 await writer.drain()
                 if getattr(reader, "_buffer", b""):
                     raise ServerProtocolError(f"datasource {ds.name} sent unencrypted data after the SSL request")
-                ctx = upstream_tls_context(ds.tls, ds.ca_file)
+                ctx = upstream_tls_context(ds.tls, ds.ca_file, UpstreamLoginError)
                 try:
                     await writer.start_tls(ctx, server_hostname=ds.host if ds.tls == "verify-full" else None)
                 except (ssl.SSLError, ssl.CertificateError, OSError) as exc:

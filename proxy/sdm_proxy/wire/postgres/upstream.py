@@ -9,12 +9,12 @@ SCRAM/md5/cleartext -> collect ParameterStatus/BackendKeyData until ReadyForQuer
 from __future__ import annotations
 
 import asyncio
-import functools
 import ssl
 import struct
 from dataclasses import dataclass, field
 
 from ...unlock.client import DatasourceInfo, UnlockedCredential
+from ..net import upstream_tls_context
 from . import framing
 from .auth import UpstreamAuthenticator
 from .errors import ServerProtocolError, UpstreamLoginError
@@ -47,22 +47,6 @@ def dropped_params(client_params: dict[str, str]) -> list[str]:
     return sorted(k for k in client_params if k not in FORWARDED_PARAMS and k not in _GATEWAY_PARAMS)
 
 
-@functools.lru_cache(maxsize=64)
-def upstream_tls_context(mode: str, ca_file: str | None) -> ssl.SSLContext:
-    if mode == "verify-full":
-        if not ca_file:
-            raise UpstreamLoginError("datasource TLS mode verify-full needs a CA file")
-        try:
-            ctx = ssl.create_default_context(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise UpstreamLoginError(f"cannot load the datasource CA file {ca_file}: {exc}") from None
-        ctx.check_hostname = True
-        return ctx
-    # "require": encryption without authentication of the server, as libpq's sslmode=require.
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 @dataclass(frozen=True)
@@ -130,7 +114,7 @@ async def _start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         # Bytes that arrived before the handshake would be read as if they were encrypted
         # (CVE-2021-23222): refuse.
         raise ServerProtocolError(f"datasource {ds.name} sent unencrypted data after accepting TLS")
-    ctx = upstream_tls_context(ds.tls, ds.ca_file)
+    ctx = upstream_tls_context(ds.tls, ds.ca_file, UpstreamLoginError)
     try:
         await writer.start_tls(ctx, server_hostname=ds.host if ds.tls == "verify-full" else None)
     except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
