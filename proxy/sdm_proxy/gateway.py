@@ -19,6 +19,7 @@ from functools import partial
 import uvicorn
 
 from .api.app import create_app
+from .audit.spool import AuditSpool, recover_spools
 from .control.context import Actor, ControlPlane
 from .control.live_access import live_access_reason
 from .control.proxies import enroll_proxy
@@ -52,6 +53,7 @@ class GatewayConfig:
     postgres: tuple[str, int] | None = DEFAULT_POSTGRES
     mysql: tuple[str, int] | None = DEFAULT_MYSQL
     drain_seconds: float = DRAIN_SECONDS
+    audit_sync: str = "write"  # write | fsync | commit (see wire/audit_writer.py)
 
 
 def enrol_local_proxy(cp: ControlPlane) -> ProxyIdentity:
@@ -77,7 +79,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
     # Off loopback the API carries API keys, tokens and (admin) passwords: serve it over TLS only.
     api_tls = {} if is_loopback(config.api_host) else {
         "ssl_certfile": str(cp.home.tls_dir / "gateway.pem"), "ssl_keyfile": str(cp.home.tls_dir / "gateway-key.pem")}
-    audit = AuditWriter(cp.audit)  # one group-committing writer shared by every listener
+    audit = open_audit_writer(cp, config.audit_sync)  # one writer shared by every listener
     listeners = []
     addresses = {"api": f"{'https' if api_tls else 'http'}://{config.api_host}:{config.api_port}"}
     try:
@@ -100,12 +102,14 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
         server = _ApiServer(uvicorn.Config(
             app, host=config.api_host, port=config.api_port, log_level="warning",
             access_log=False, lifespan="off", **api_tls))
-        write_private(cp.home.gateway_info_path, json.dumps(addresses).encode())
-        log.info("gateway up: %s", addresses)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.handle_exit, sig, None)
-        await server.serve()
+        announce = loop.create_task(_announce_when_up(server, cp, addresses))
+        try:
+            await server.serve()
+        finally:
+            announce.cancel()
     finally:
         cp.home.gateway_info_path.unlink(missing_ok=True)
         # Side by side: one listener's grace period must not hold the other's clients open.
@@ -115,6 +119,24 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
             cp.audit.checkpoint()
         except SdmError as exc:
             log.warning("could not sign the closing audit checkpoint: %s", exc.message)
+
+
+async def _announce_when_up(server: uvicorn.Server, cp: ControlPlane, addresses: dict) -> None:
+    """Write gateway.json only once the API accepts connections (clients read it to find us)."""
+    while not server.started:
+        await asyncio.sleep(0.01)
+    write_private(cp.home.gateway_info_path, json.dumps(addresses).encode())
+    log.info("gateway up: %s", addresses)
+
+
+def open_audit_writer(cp: ControlPlane, sync: str) -> AuditWriter:
+    """Chain what a gateway that died left in its spool, then open this gateway's own spool."""
+    recover_spools(cp.home.audit_spool_dir, cp.audit)
+    if sync == "commit":
+        return AuditWriter(cp.audit, sync="commit")
+    spool = AuditSpool(cp.home.audit_spool_dir)
+    spool.open()
+    return AuditWriter(cp.audit, spool=spool, sync=sync)
 
 
 def run(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:

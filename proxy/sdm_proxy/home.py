@@ -79,6 +79,11 @@ class SdmHome:
         return self.root / "audit.jsonl"
 
     @property
+    def audit_spool_dir(self) -> Path:
+        """The running gateways' audit spools (``audit/spool.py``): events on their way to the chain."""
+        return self.root / "audit-spool"
+
+    @property
     def gateway_info_path(self) -> Path:
         """Written by a running ``sdm gateway``: its API and listener addresses."""
         return self.root / "gateway.json"

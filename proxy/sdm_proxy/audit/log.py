@@ -309,6 +309,15 @@ class AuditLog:
             raise StateError(f"cannot read the audit log: {_reason(exc)}") from None
         return [_event_from_row(*r) for r in reversed(rows)]
 
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of these event ids the chain already holds (spool recovery skips them)."""
+        found: set[str] = set()
+        with self.db.transaction() as s:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start:start + 500])
+                found.update(r[0] for r in s.execute(select(EVENTS.c.id).where(EVENTS.c.id.in_(chunk))))
+        return found
+
     def iter_events(self) -> Iterator[Event]:
         """Every event in seq order, read in short chunks (never one long read lock)."""
         for seq, body, h in _iter_rows(self.db, (EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash)):

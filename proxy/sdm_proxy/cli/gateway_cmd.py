@@ -23,9 +23,12 @@ def _listener(value: str) -> tuple[str, int] | None:
               help="HOST:PORT of the PostgreSQL listener, or `off`. Off loopback it requires TLS.")
 @click.option("--mysql", "mysql_addr", default="127.0.0.1:13306", show_default=True,
               help="HOST:PORT of the MySQL listener, or `off`. Off loopback it requires TLS.")
+@click.option("--audit-sync", type=click.Choice(["write", "fsync", "commit"]), default="write", show_default=True,
+              help="When a statement may run: once its audit event is written to the spool (survives a "
+                   "gateway crash), fsynced (survives power loss), or committed to the chain (slowest).")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 @click.pass_context
-def gateway(ctx, api_addr, pg_addr, mysql_addr, verbose):
+def gateway(ctx, api_addr, pg_addr, mysql_addr, audit_sync, verbose):
     """Run the gateway in the foreground; SIGTERM drains and stops it."""
     host, port = parse_host_port(api_addr)
     postgres = _listener(pg_addr)
@@ -46,4 +49,5 @@ def gateway(ctx, api_addr, pg_addr, mysql_addr, verbose):
         if mysql:
             where += f", MySQL on {mysql[0]}:{mysql[1]}"
         click.echo(f"sdm gateway: proxy {identity.proxy_id}; {where}", err=True)
-        run(cp, GatewayConfig(api_host=host, api_port=port, postgres=postgres, mysql=mysql), identity)
+        run(cp, GatewayConfig(api_host=host, api_port=port, postgres=postgres, mysql=mysql,
+                                         audit_sync=audit_sync), identity)

@@ -1,63 +1,119 @@
-"""A batching front for ``AuditLog.append_many`` shared by every session of a listener.
+"""The audit front shared by every session of a gateway: record before the statement runs, chain in batches.
 
-Why: ``AuditLog`` is synchronous and commits (and fsyncs its sink) per call. Calling it once per
-statement per connection from the event loop would block every other session; calling it from a
-thread per statement would serialise on its lock anyway. One worker drains whatever is queued into a
-single ``append_many`` (group commit), so many concurrent statements share one commit.
+``write(events)`` returns once the events are recorded well enough for the statement to run, and
+raises ``AuditUnavailable`` otherwise (the caller then refuses: fail closed, DESIGN §2.4). What
+"recorded" means is the gateway's ``--audit-sync`` setting:
 
-``write`` is durable-before-return and raises ``AuditUnavailable`` (the caller then refuses the
-action: fail closed, DESIGN §2.4); ``post`` is for outcomes recorded after the fact (query.end,
-session.end) and never blocks the relay. Posted events wait up to ``post_delay`` for the next
-``write`` so they share its commit: a client running one statement after another then costs one
-commit per statement, not two.
+- ``write`` (default, needs a spool): written to the audit spool (``audit/spool.py``), which
+  survives a gateway crash; chained into the state database and the JSON-lines sink a few ms later;
+- ``fsync``: the spool is also fdatasynced first (one fsync shared by every statement waiting);
+- ``commit``: chained and committed (database and sink fsync) first: about 1 ms per statement.
+
+``post(events)`` is for outcomes recorded after the fact (query.end, session.end): never blocks.
+
+One worker moves queued events into ``AuditLog.append_many`` (group commit) from a thread, so many
+concurrent statements share one commit. In spool modes a failed commit is retried (the events are
+safe in the spool) and new statements are refused once the backlog passes ``max_backlog``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 
 from ..audit.events import Event
+from ..audit.spool import AuditSpool, SpoolMark
 from ..errors import AuditUnavailable, SdmError
 
 log = logging.getLogger("sdm.wire.audit")
 
+SYNC_MODES = ("write", "fsync", "commit")
+SHUTTING_DOWN = "audit log unavailable: the gateway is shutting down; the action was refused"
+RETRY_MAX_DELAY = 2.0
+
 
 class AuditWriter:
-    def __init__(self, audit_log, *, max_batch: int = 1000, post_delay: float = 0.05):
+    def __init__(self, audit_log, *, spool: AuditSpool | None = None, sync: str = "write",
+                 max_batch: int = 1000, post_delay: float = 0.05, flush_interval: float = 0.005,
+                 max_backlog: int = 200_000):
+        if sync not in SYNC_MODES:
+            raise ValueError(f"audit sync mode must be one of {', '.join(SYNC_MODES)}")
         self._log = audit_log
+        self._spool = spool if sync != "commit" else None
+        self.sync = sync if self._spool is not None else "commit"
         self._max_batch = max_batch
-        self._post_delay = post_delay
-        self._queue: deque[tuple[list[Event], asyncio.Future | None]] = deque()
+        # After-the-fact records wait this long for company (commit mode: the next durable write).
+        self._delay = flush_interval if self._spool is not None else post_delay
+        self._max_backlog = max_backlog
+        self._queue: deque[tuple[list[Event], asyncio.Future | None, SpoolMark | None]] = deque()
         self._urgent = 0  # queued items somebody awaits
         self._queued_events = 0
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._syncer: asyncio.Future | None = None
         self._closed = False
         self.failures = 0
+        self.chained = 0  # events moved into the chain by this writer
 
     async def write(self, events: Iterable[Event]) -> None:
-        """Append durably; raises AuditUnavailable when the log cannot be written."""
+        """Record before the action; raises AuditUnavailable when that is not possible."""
         events = list(events)
         if not events:
             return
         if self._closed:
-            raise AuditUnavailable("audit log unavailable: the gateway is shutting down; the action was refused")
-        fut = asyncio.get_running_loop().create_future()
-        self._enqueue(events, fut)
-        await fut
+            raise AuditUnavailable(SHUTTING_DOWN)
+        if self._spool is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._enqueue(events, fut, None)
+            await fut
+            return
+        if self._queued_events >= self._max_backlog:
+            raise AuditUnavailable(
+                f"audit log unavailable: {self._queued_events} events wait for the state database "
+                "(it has been failing; see the gateway log); the action was refused")
+        mark = self._spool_append(events)
+        self._enqueue(events, None, mark)
+        if self.sync == "fsync":
+            await self._fsynced(mark)
 
     def post(self, events: Iterable[Event]) -> None:
-        """Append without waiting (the outcome of something already audited)."""
+        """Record without waiting (the outcome of something already audited)."""
         events = list(events)
-        if events:
-            self._enqueue(events, None)
+        if not events:
+            return
+        mark = None
+        if self._spool is not None:
+            try:
+                mark = self._spool_append(events)
+            except AuditUnavailable as exc:  # the outcome still reaches the chain from memory
+                log.error("could not spool %d after-the-fact audit event(s): %s", len(events), exc.message)
+        self._enqueue(events, None, mark)
 
-    def _enqueue(self, events: list[Event], fut: asyncio.Future | None) -> None:
+    def _spool_append(self, events: list[Event]) -> SpoolMark:
+        mark = self._spool.append(events)
+        try:
+            self._spool.maybe_roll()
+        except OSError as exc:  # the events are written; only the next segment failed to open
+            log.error("could not start a new audit spool segment: %s", exc.strerror or exc)
+        return mark
+
+    async def _fsynced(self, mark: SpoolMark) -> None:
+        """Wait until the spool is fsynced past ``mark`` (concurrent callers share one fsync)."""
+        while self._spool.needs_sync(mark):
+            if self._syncer is None or self._syncer.done():
+                self._syncer = asyncio.ensure_future(asyncio.to_thread(self._spool.sync))
+            try:
+                await asyncio.shield(self._syncer)
+            except OSError as exc:
+                raise AuditUnavailable(f"audit log unavailable: cannot fsync the audit spool: "
+                                       f"{exc.strerror or exc}; the action was refused") from None
+
+    def _enqueue(self, events: list[Event], fut: asyncio.Future | None, mark: SpoolMark | None) -> None:
         first = not self._queue
-        self._queue.append((events, fut))
+        self._queue.append((events, fut, mark))
         self._queued_events += len(events)
         if fut is not None:
             self._urgent += 1
@@ -68,6 +124,7 @@ class AuditWriter:
             self._wake.set()
 
     async def _run(self) -> None:
+        retry_delay = 0.0
         while True:
             if not self._queue:
                 if self._closed:
@@ -76,47 +133,92 @@ class AuditWriter:
                 await self._wake.wait()
                 continue
             if not self._urgent and not self._closed and self._queued_events < self._max_batch:
-                # Only after-the-fact records: give the next durable write a moment to join them.
+                # Nobody waits: give more events a moment to join this commit.
                 self._wake.clear()
                 try:
-                    async with asyncio.timeout(self._post_delay):
+                    async with asyncio.timeout(max(self._delay, retry_delay)):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
-            batch: list[Event] = []
-            waiters: list[asyncio.Future] = []
-            while self._queue and (not batch or len(batch) + len(self._queue[0][0]) <= self._max_batch):
-                events, fut = self._queue.popleft()
-                batch.extend(events)
-                self._queued_events -= len(events)
-                if fut is not None:
-                    self._urgent -= 1
-                    waiters.append(fut)
+            taken = self._take_batch()
+            batch = [ev for events, _, _ in taken for ev in events if ev.seq is None]
             try:
                 await asyncio.to_thread(self._log.append_many, batch)
             except asyncio.CancelledError:
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_exception(AuditUnavailable(
-                            "audit log unavailable: the gateway is shutting down; the action was refused"))
+                self._fail_waiters(taken, AuditUnavailable(SHUTTING_DOWN))
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure refuses (fail closed)
                 self.failures += 1
                 if not isinstance(exc, AuditUnavailable):
                     reason = exc.message if isinstance(exc, SdmError) else type(exc).__name__
                     exc = AuditUnavailable(f"audit log unavailable: {reason}; the action was refused")
-                if not waiters:
+                if self._spool is not None and not self._giving_up(exc):
+                    # Safe in the spool: keep them (in order) and try again a little later.
+                    self._requeue(taken)
+                    retry_delay = min(RETRY_MAX_DELAY, max(0.05, retry_delay * 2))
+                    log.error("audit events not yet chained (%d waiting, retrying in %.2fs): %s",
+                              self._queued_events, retry_delay, exc.message)
+                    continue
+                if not any(fut for _, fut, _ in taken):
                     log.error("could not record %d audit event(s) after the fact: %s", len(batch), exc)
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                self._fail_waiters(taken, exc)
                 continue
-            for fut in waiters:
-                if not fut.done():
+            retry_delay = 0.0
+            self.chained += len(batch)
+            marks = [mark for _, _, mark in taken if mark is not None]
+            if marks:
+                self._spool_chained(max(marks, key=lambda m: (m.segment, m.offset)))
+            for _, fut, _ in taken:
+                if fut is not None and not fut.done():
                     fut.set_result(None)
 
+    def _take_batch(self) -> list:
+        taken: list = []
+        size = 0
+        while self._queue and (not taken or size + len(self._queue[0][0]) <= self._max_batch):
+            item = self._queue.popleft()
+            taken.append(item)
+            size += len(item[0])
+            self._queued_events -= len(item[0])
+            if item[1] is not None:
+                self._urgent -= 1
+        return taken
+
+    def _requeue(self, taken: list) -> None:
+        for item in reversed(taken):
+            self._queue.appendleft(item)
+            self._queued_events += len(item[0])
+            if item[1] is not None:
+                self._urgent += 1
+
+    def _giving_up(self, exc: AuditUnavailable) -> bool:
+        """While closing, stop retrying after a deadline: the spool keeps the events for next start."""
+        if not self._closed:
+            return False
+        if self._close_deadline is None:
+            self._close_deadline = time.monotonic() + 5
+        if time.monotonic() < self._close_deadline:
+            return False
+        log.error("stopping with audit events not chained; they stay in the spool and are chained at the "
+                  "next gateway start: %s", exc.message)
+        return True
+
+    _close_deadline: float | None = None
+
+    def _spool_chained(self, mark: SpoolMark) -> None:
+        try:
+            self._spool.chained(mark)
+        except OSError as exc:  # only housekeeping failed: recovery skips events the chain holds
+            log.warning("could not trim the audit spool: %s", exc.strerror or exc)
+
+    @staticmethod
+    def _fail_waiters(taken: list, exc: Exception) -> None:
+        for _, fut, _ in taken:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+
     async def aclose(self) -> None:
-        """Write what is queued, then stop the worker."""
+        """Chain what is queued, then stop the worker (and close the spool)."""
         self._closed = True
         if self._worker is not None and not self._worker.done():
             self._wake.set()
@@ -124,3 +226,5 @@ class AuditWriter:
                 await self._worker
             except BaseException:  # noqa: BLE001
                 pass
+        if self._spool is not None:
+            self._spool.close()

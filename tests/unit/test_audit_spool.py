@@ -1,0 +1,250 @@
+"""The audit spool: statements wait for a write(2), the chain catches up in batches, and nothing is lost
+when the database fails for a while or the gateway dies between the two."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from sdm_proxy.audit import AuditLog, CheckpointSigner
+from sdm_proxy.audit.events import query_event
+from sdm_proxy.audit.spool import AuditSpool, recover_spools
+from sdm_proxy.audit.verify import verify_db
+from sdm_proxy.control.db import StateDB, make_engine, upgrade
+from sdm_proxy.errors import AuditUnavailable
+from sdm_proxy.wire.audit_writer import AuditWriter
+
+
+def q(n: int):
+    return query_event(user="u", session_id="s", proxy_id="p", datasource="d", credential="c", db_user="x",
+                       protocol="postgres", query=f"SELECT {n}")
+
+
+@pytest.fixture
+def audit_log(tmp_path):
+    url = f"sqlite:///{tmp_path}/state.db"
+    upgrade(make_engine(url, create=True))
+    db = StateDB(url)
+    signer = CheckpointSigner.load_or_create(tmp_path / "keys" / "audit-signing.pem")
+    yield AuditLog(db, jsonl_path=tmp_path / "audit.jsonl", signer=signer, checkpoint_every=10)
+    db.dispose()
+
+
+def chained_queries(log: AuditLog) -> list[str]:
+    return [e.query for e in log.iter_events()]
+
+
+def spool_lines(directory: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted(directory.glob("*.spool")) for line in f.read_text().splitlines()]
+
+
+class GatedLog:
+    """An AuditLog whose commits can be held back or made to fail."""
+
+    def __init__(self, log: AuditLog):
+        self.log = log
+        self.gate = threading.Event()
+        self.gate.set()
+        self.failures_left = 0
+
+    def append_many(self, events):
+        self.gate.wait(10)
+        if self.failures_left:
+            self.failures_left -= 1
+            raise AuditUnavailable("audit log unavailable: test outage; the action was refused")
+        return self.log.append_many(events)
+
+
+def test_write_returns_once_spooled_and_the_chain_catches_up(audit_log, tmp_path):
+    gated = GatedLog(audit_log)
+    spool_dir = tmp_path / "spool"
+
+    async def main():
+        spool = AuditSpool(spool_dir)
+        spool.open()
+        writer = AuditWriter(gated, spool=spool, flush_interval=0.001)
+        gated.gate.clear()  # the chain is stuck ...
+        for n in range(5):
+            await writer.write([q(n)])  # ... yet every write returns
+        assert [line["query"] for line in spool_lines(spool_dir)] == [f"SELECT {n}" for n in range(5)]
+        assert chained_queries(audit_log) == []
+        gated.gate.set()
+        await writer.aclose()
+
+    asyncio.run(main())
+    assert chained_queries(audit_log) == [f"SELECT {n}" for n in range(5)]
+    assert list(spool_dir.glob("*.spool")) == [], "a fully chained spool is removed on close"
+    assert verify_db(audit_log.db, audit_log.signer.public_key).ok
+
+
+def test_a_failing_database_loses_nothing_and_keeps_order(audit_log, tmp_path):
+    gated = GatedLog(audit_log)
+    gated.failures_left = 3
+
+    async def main():
+        spool = AuditSpool(tmp_path / "spool")
+        spool.open()
+        writer = AuditWriter(gated, spool=spool, flush_interval=0.001)
+        for n in range(20):
+            await writer.write([q(n)])
+            writer.post([q(100 + n)])
+        await writer.aclose()
+        return writer.failures
+
+    failures = asyncio.run(main())
+    assert failures == 3
+    queries = chained_queries(audit_log)
+    assert sorted(queries) == sorted([f"SELECT {n}" for n in range(20)] + [f"SELECT {100 + n}" for n in range(20)])
+    assert [x for x in queries if int(x.split()[1]) < 100] == [f"SELECT {n}" for n in range(20)]
+
+
+def test_a_long_outage_refuses_new_statements_once_the_backlog_is_full(audit_log, tmp_path):
+    gated = GatedLog(audit_log)
+    gated.failures_left = 10**6
+
+    async def main():
+        spool = AuditSpool(tmp_path / "spool")
+        spool.open()
+        writer = AuditWriter(gated, spool=spool, flush_interval=0.001, max_backlog=5)
+        for n in range(5):
+            await writer.write([q(n)])
+        with pytest.raises(AuditUnavailable, match="5 events wait for the state database"):
+            await writer.write([q(5)])
+        gated.failures_left = 0
+        await writer.aclose()
+
+    asyncio.run(main())
+    assert chained_queries(audit_log) == [f"SELECT {n}" for n in range(5)]
+
+
+def test_a_spool_that_cannot_be_written_refuses_and_leaves_no_torn_line(audit_log, tmp_path, monkeypatch):
+    spool_dir = tmp_path / "spool"
+
+    async def main():
+        spool = AuditSpool(spool_dir)
+        spool.open()
+        writer = AuditWriter(audit_log, spool=spool, flush_interval=60)
+        await writer.write([q(0)])
+        real_write = os.write
+        calls = []
+
+        def half_then_full(fd, data):
+            calls.append(len(data))
+            if len(calls) == 1:
+                return real_write(fd, bytes(data[:7]))  # a short write ...
+            raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
+
+        monkeypatch.setattr(os, "write", half_then_full)
+        with pytest.raises(AuditUnavailable, match="cannot write the audit spool .*No space left"):
+            await writer.write([q(1)])
+        monkeypatch.setattr(os, "write", real_write)
+        assert [line["query"] for line in spool_lines(spool_dir)] == ["SELECT 0"]
+        await writer.aclose()
+
+    asyncio.run(main())
+    assert chained_queries(audit_log) == ["SELECT 0"]
+
+
+def test_fsync_mode_waits_for_the_spool_to_reach_the_disk(audit_log, tmp_path):
+    async def main():
+        spool = AuditSpool(tmp_path / "spool")
+        spool.open()
+        writer = AuditWriter(audit_log, spool=spool, sync="fsync", flush_interval=60)
+        await asyncio.gather(*(writer.write([q(n)]) for n in range(10)))
+        assert not spool.needs_sync(spool.mark)
+        await writer.aclose()
+
+    asyncio.run(main())
+    assert len(chained_queries(audit_log)) == 10
+
+
+def test_commit_mode_needs_no_spool(audit_log):
+    async def main():
+        writer = AuditWriter(audit_log, sync="commit")
+        await writer.write([q(1)])
+        assert chained_queries(audit_log) == ["SELECT 1"]  # chained before write returned
+        await writer.aclose()
+
+    asyncio.run(main())
+
+
+def test_recovery_chains_what_a_killed_gateway_left_and_skips_live_spools(audit_log, tmp_path):
+    spool_dir = tmp_path / "spool"
+    child = textwrap.dedent(f"""
+        import asyncio, os, signal, sys
+        sys.path[:0] = {sys.path!r}
+        from sdm_proxy.audit.events import query_event
+        from sdm_proxy.audit.spool import AuditSpool
+        from sdm_proxy.wire.audit_writer import AuditWriter
+
+        class NeverCommits:
+            def append_many(self, events):
+                import time; time.sleep(3600)
+
+        async def main():
+            spool = AuditSpool({str(spool_dir)!r})
+            spool.open()
+            writer = AuditWriter(NeverCommits(), spool=spool, flush_interval=0.001)
+            for n in range(25):
+                await writer.write([query_event(user="u", session_id="s", proxy_id="p", datasource="d",
+                                    credential="c", db_user="x", protocol="postgres", query=f"SELECT {{n}}")])
+            print("written", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9 and "written" in proc.stdout, proc.stderr
+
+    live = AuditSpool(spool_dir)  # a running gateway's spool: held, so recovery must leave it alone
+    live.open()
+    live.append([q(999)])
+    # One event of the dead spool had reached the chain before the kill: it is not added twice.
+    [first] = [line for line in spool_lines(spool_dir) if line["query"] == "SELECT 0"]
+    from sdm_proxy.audit.events import Event
+    audit_log.append(Event.from_dict(first))
+
+    added = recover_spools(spool_dir, audit_log)
+    assert added == 24
+    assert chained_queries(audit_log) == [f"SELECT {n}" for n in range(25)]
+    assert verify_db(audit_log.db, audit_log.signer.public_key).ok
+    assert [line["query"] for line in spool_lines(spool_dir)] == ["SELECT 999"], "the live spool stays"
+    live.close()
+
+
+def test_recovery_drops_a_torn_last_line(audit_log, tmp_path):
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    good = json.dumps(q(1).body_dict())
+    (spool_dir / "123-dead.spool").write_text(good + "\n" + good[:40])
+    assert recover_spools(spool_dir, audit_log) == 1
+    assert chained_queries(audit_log) == ["SELECT 1"]
+    assert list(spool_dir.glob("*.spool")) == []
+
+
+def test_segments_roll_and_are_removed_once_chained(audit_log, tmp_path, monkeypatch):
+    import sdm_proxy.audit.spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "SEGMENT_BYTES", 2000)
+    spool_dir = tmp_path / "spool"
+
+    async def main():
+        spool = AuditSpool(spool_dir)
+        spool.open()
+        writer = AuditWriter(audit_log, spool=spool, flush_interval=60, max_batch=10**6)
+        for n in range(40):
+            await writer.write([q(n)])
+        assert len(list(spool_dir.glob("*.spool"))) > 2
+        await writer.aclose()
+
+    asyncio.run(main())
+    assert chained_queries(audit_log) == [f"SELECT {n}" for n in range(40)]
+    assert list(spool_dir.glob("*.spool")) == []
