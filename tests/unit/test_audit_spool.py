@@ -55,12 +55,12 @@ class GatedLog:
         self.gate.set()
         self.failures_left = 0
 
-    def append_many(self, events):
+    def append_many(self, events, bodies=None):
         self.gate.wait(10)
         if self.failures_left:
             self.failures_left -= 1
             raise AuditUnavailable("audit log unavailable: test outage; the action was refused")
-        return self.log.append_many(events)
+        return self.log.append_many(events, bodies)
 
 
 def test_write_returns_once_spooled_and_the_chain_catches_up(audit_log, tmp_path):
@@ -186,7 +186,7 @@ def test_recovery_chains_what_a_killed_gateway_left_and_skips_live_spools(audit_
         from sdm_proxy.wire.audit_writer import AuditWriter
 
         class NeverCommits:
-            def append_many(self, events):
+            def append_many(self, events, bodies=None):
                 import time; time.sleep(3600)
 
         async def main():
@@ -248,3 +248,25 @@ def test_segments_roll_and_are_removed_once_chained(audit_log, tmp_path, monkeyp
     asyncio.run(main())
     assert chained_queries(audit_log) == [f"SELECT {n}" for n in range(40)]
     assert list(spool_dir.glob("*.spool")) == []
+
+
+def test_spliced_bodies_equal_a_fresh_serialisation(audit_log):
+    """The chain links spooled bodies by splicing prev_hash in; the result must be byte-identical to
+    serialising the linked event, or verification would fail (and tampering could hide)."""
+    from sdm_proxy.audit.events import canonical_json
+
+    tricky = [q(1), q(2)]
+    tricky[1].query = 'SELECT \'"id":"x","prev_hash":null\' -- ' + tricky[1].id  # the anchor text as data
+    tricky[0].details = {"prepared_statement": "s1"}
+    bodies = [canonical_json(ev.body_dict()) for ev in tricky]
+    audit_log.append_many(tricky, bodies)
+    for ev in tricky:
+        assert canonical_json(ev.body_dict()) in {r.body for r in _rows(audit_log)}
+    assert verify_db(audit_log.db, audit_log.signer.public_key).ok
+
+
+def _rows(log: AuditLog):
+    from sqlalchemy import text
+
+    with log.db.transaction() as s:
+        return s.execute(text("SELECT body FROM audit_events")).all()

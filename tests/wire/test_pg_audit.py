@@ -20,7 +20,7 @@ class SwitchableAudit:
         self.real = real
         self.down = False
 
-    def append_many(self, events):
+    def append_many(self, events, bodies=None):
         if self.down:
             raise AuditUnavailable("audit log unavailable: disk full (test); the action was refused")
         return self.real.append_many(events)

@@ -25,7 +25,7 @@ class RecordingLog:
         self.gate = threading.Event()
         self.gate.set()
 
-    def append_many(self, events):
+    def append_many(self, events, bodies=None):
         self.gate.wait(5)
         if self.fail:
             raise AuditUnavailable("audit log unavailable: test; the action was refused")

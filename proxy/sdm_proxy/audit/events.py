@@ -12,10 +12,10 @@ MySQL query fill exactly the same fields (Teleport's lesson).
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Literal, Mapping
@@ -43,12 +43,28 @@ CLIENT_FIELDS = ("notebook", "cell_id", "execution_count", "kernel_id", "addr")
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text; what ``str(uuid.uuid4())`` gives, in half the time."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_second_prefix: tuple[int, str] = (-1, "")  # (unix second, its formatted text): swapped whole
 
 
 def now_ts() -> str:
-    """ISO-8601 UTC with microseconds and a ``Z``: fixed width, so text order is time order."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO-8601 UTC with microseconds and a ``Z``: fixed width, so text order is time order.
+
+    Every statement gets one; formatting the date once per second keeps it cheap."""
+    global _second_prefix
+    t = time.time()
+    sec = int(t)
+    cached = _second_prefix
+    if cached[0] != sec:
+        cached = _second_prefix = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{int((t - sec) * 1e6):06d}Z"
 
 
 # One shared encoder: json.dumps(...) with these options builds a new one per call (hot path).

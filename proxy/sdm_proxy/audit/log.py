@@ -89,8 +89,12 @@ class AuditLog:
         """Chain and store one event; returns it with ``seq``, ``prev_hash`` and ``hash`` filled."""
         return self.append_many((event,))[0]
 
-    def append_many(self, events: Iterable[Event]) -> list[Event]:
-        """Chain and store several events in one transaction (all or none reach the database)."""
+    def append_many(self, events: Iterable[Event], bodies: Sequence[str] | None = None) -> list[Event]:
+        """Chain and store several events in one transaction (all or none reach the database).
+
+        ``bodies``: each event's canonical body as already serialised with ``prev_hash`` null (the
+        gateway's spool has it); the chain then splices the link in rather than serialising again.
+        """
         events = list(events)
         if not events:
             return events
@@ -101,7 +105,7 @@ class AuditLog:
                 raise refused("audit event without id or ts")
         outcome = {"committed": False}
         try:
-            self._write(lambda s, seq, prev: self._chain(events, seq, prev), outcome)
+            self._write(lambda s, seq, prev: self._chain(events, seq, prev, bodies), outcome)
         except AuditUnavailable:
             if not outcome["committed"]:
                 for ev in events:  # nothing was stored: leave no misleading seq/hash behind
@@ -174,15 +178,19 @@ class AuditLog:
         self._write(build)
         return result[0] if result else None
 
-    def _chain(self, events: list[Event], seq: int, prev: str) -> _Batch:
+    def _chain(self, events: list[Event], seq: int, prev: str, bodies: Sequence[str] | None = None) -> _Batch:
         # The hot loop: per event one dict, one json.dumps, one sha256. Keep it lean.
         batch = _Batch()
         rows, lines, cps = batch.rows, batch.lines, batch.checkpoints
         signer, every = self.signer, self.checkpoint_every
-        for ev in events:
+        if bodies is not None and len(bodies) != len(events):
+            bodies = None
+        for i, ev in enumerate(events):
             seq += 1
+            body = _link(bodies[i], ev, prev) if bodies is not None else None
             ev.prev_hash = prev
-            body = canonical_json(ev.body_dict())
+            if body is None:
+                body = canonical_json(ev.body_dict())
             h = event_hash(prev, body)
             ev.hash, ev.seq = h, seq
             rows.append(
@@ -349,6 +357,20 @@ class AuditLog:
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+
+
+def _link(unlinked: str, ev: Event, prev: str) -> str | None:
+    """The body with ``prev_hash`` set, spliced into its serialisation with ``prev_hash`` null.
+
+    Canonical JSON sorts keys, so ``"id"`` is directly followed by ``"prev_hash"``; the event's own
+    random id anchors the splice at the top level (string values cannot hold an unescaped quote, and
+    nested objects never carry that id). None when the text does not have that shape: serialise anew.
+    """
+    if ev.prev_hash is not None:
+        return None
+    anchor = f'"id":"{ev.id}","prev_hash":null'
+    linked = unlinked.replace(anchor, f'"id":"{ev.id}","prev_hash":"{prev}"', 1)
+    return linked if len(linked) != len(unlinked) else None
 
 
 def _cp_row(cp: Checkpoint) -> dict:

@@ -73,10 +73,14 @@ class AuditSpool:
 
     def append(self, events: Iterable[Event]) -> SpoolMark:
         """Write the events; raises ``AuditUnavailable`` when they cannot be written (fail closed)."""
+        return self.append_bodies([canonical_json(ev.body_dict()) for ev in events])
+
+    def append_bodies(self, bodies: list[str]) -> SpoolMark:
+        """Write events already serialised as their canonical bodies (one line each)."""
         seg = self._segments.get(self._current)
         if seg is None:
             raise AuditUnavailable("audit log unavailable: the audit spool is closed; the action was refused")
-        data = "".join(canonical_json(ev.body_dict()) + "\n" for ev in events).encode("utf-8")
+        data = ("\n".join(bodies) + "\n").encode("utf-8")
         try:
             view = memoryview(data)
             while view:

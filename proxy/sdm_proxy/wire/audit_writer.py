@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from ..audit.events import Event
+from ..audit.events import Event, canonical_json
 from ..audit.spool import AuditSpool, SpoolMark
 from ..errors import AuditUnavailable, SdmError
 
@@ -37,7 +37,7 @@ RETRY_MAX_DELAY = 2.0
 
 class AuditWriter:
     def __init__(self, audit_log, *, spool: AuditSpool | None = None, sync: str = "write",
-                 max_batch: int = 1000, post_delay: float = 0.05, flush_interval: float = 0.005,
+                 max_batch: int = 1000, post_delay: float = 0.05, flush_interval: float = 0.02,
                  max_backlog: int = 200_000):
         if sync not in SYNC_MODES:
             raise ValueError(f"audit sync mode must be one of {', '.join(SYNC_MODES)}")
@@ -48,7 +48,8 @@ class AuditWriter:
         # After-the-fact records wait this long for company (commit mode: the next durable write).
         self._delay = flush_interval if self._spool is not None else post_delay
         self._max_backlog = max_backlog
-        self._queue: deque[tuple[list[Event], asyncio.Future | None, SpoolMark | None]] = deque()
+        # (events, their spooled bodies or None, a waiter or None, spool mark or None)
+        self._queue: deque[tuple[list[Event], list[str] | None, asyncio.Future | None, SpoolMark | None]] = deque()
         self._urgent = 0  # queued items somebody awaits
         self._queued_events = 0
         self._wake: asyncio.Event | None = None
@@ -67,15 +68,16 @@ class AuditWriter:
             raise AuditUnavailable(SHUTTING_DOWN)
         if self._spool is None:
             fut = asyncio.get_running_loop().create_future()
-            self._enqueue(events, fut, None)
+            self._enqueue(events, None, fut, None)
             await fut
             return
         if self._queued_events >= self._max_backlog:
             raise AuditUnavailable(
                 f"audit log unavailable: {self._queued_events} events wait for the state database "
                 "(it has been failing; see the gateway log); the action was refused")
-        mark = self._spool_append(events)
-        self._enqueue(events, None, mark)
+        bodies = [canonical_json(ev.body_dict()) for ev in events]
+        mark = self._spool_append(bodies)
+        self._enqueue(events, bodies, None, mark)
         if self.sync == "fsync":
             await self._fsynced(mark)
 
@@ -84,16 +86,17 @@ class AuditWriter:
         events = list(events)
         if not events:
             return
-        mark = None
+        mark = bodies = None
         if self._spool is not None:
+            bodies = [canonical_json(ev.body_dict()) for ev in events]
             try:
-                mark = self._spool_append(events)
+                mark = self._spool_append(bodies)
             except AuditUnavailable as exc:  # the outcome still reaches the chain from memory
                 log.error("could not spool %d after-the-fact audit event(s): %s", len(events), exc.message)
-        self._enqueue(events, None, mark)
+        self._enqueue(events, bodies, None, mark)
 
-    def _spool_append(self, events: list[Event]) -> SpoolMark:
-        mark = self._spool.append(events)
+    def _spool_append(self, bodies: list[str]) -> SpoolMark:
+        mark = self._spool.append_bodies(bodies)
         try:
             self._spool.maybe_roll()
         except OSError as exc:  # the events are written; only the next segment failed to open
@@ -111,9 +114,10 @@ class AuditWriter:
                 raise AuditUnavailable(f"audit log unavailable: cannot fsync the audit spool: "
                                        f"{exc.strerror or exc}; the action was refused") from None
 
-    def _enqueue(self, events: list[Event], fut: asyncio.Future | None, mark: SpoolMark | None) -> None:
+    def _enqueue(self, events: list[Event], bodies: list[str] | None, fut: asyncio.Future | None,
+                 mark: SpoolMark | None) -> None:
         first = not self._queue
-        self._queue.append((events, fut, mark))
+        self._queue.append((events, bodies, fut, mark))
         self._queued_events += len(events)
         if fut is not None:
             self._urgent += 1
@@ -141,9 +145,9 @@ class AuditWriter:
                 except TimeoutError:
                     pass
             taken = self._take_batch()
-            batch = [ev for events, _, _ in taken for ev in events if ev.seq is None]
+            batch, bodies = self._unchained(taken)
             try:
-                await asyncio.to_thread(self._log.append_many, batch)
+                await asyncio.to_thread(self._log.append_many, batch, bodies)
             except asyncio.CancelledError:
                 self._fail_waiters(taken, AuditUnavailable(SHUTTING_DOWN))
                 raise
@@ -159,16 +163,16 @@ class AuditWriter:
                     log.error("audit events not yet chained (%d waiting, retrying in %.2fs): %s",
                               self._queued_events, retry_delay, exc.message)
                     continue
-                if not any(fut for _, fut, _ in taken):
+                if not any(fut for _, _, fut, _ in taken):
                     log.error("could not record %d audit event(s) after the fact: %s", len(batch), exc)
                 self._fail_waiters(taken, exc)
                 continue
             retry_delay = 0.0
             self.chained += len(batch)
-            marks = [mark for _, _, mark in taken if mark is not None]
+            marks = [mark for _, _, _, mark in taken if mark is not None]
             if marks:
                 self._spool_chained(max(marks, key=lambda m: (m.segment, m.offset)))
-            for _, fut, _ in taken:
+            for _, _, fut, _ in taken:
                 if fut is not None and not fut.done():
                     fut.set_result(None)
 
@@ -180,15 +184,32 @@ class AuditWriter:
             taken.append(item)
             size += len(item[0])
             self._queued_events -= len(item[0])
-            if item[1] is not None:
+            if item[2] is not None:
                 self._urgent -= 1
         return taken
+
+    @staticmethod
+    def _unchained(taken: list) -> tuple[list[Event], list[str] | None]:
+        """The events still to chain (a retried batch may have been committed in part), with their
+        spooled bodies when every one has one."""
+        events: list[Event] = []
+        bodies: list[str] | None = []
+        for evs, bods, _, _ in taken:
+            for i, ev in enumerate(evs):
+                if ev.seq is None:
+                    events.append(ev)
+                    if bodies is not None:
+                        if bods is None:
+                            bodies = None
+                        else:
+                            bodies.append(bods[i])
+        return events, bodies
 
     def _requeue(self, taken: list) -> None:
         for item in reversed(taken):
             self._queue.appendleft(item)
             self._queued_events += len(item[0])
-            if item[1] is not None:
+            if item[2] is not None:
                 self._urgent += 1
 
     def _giving_up(self, exc: AuditUnavailable) -> bool:
@@ -213,7 +234,7 @@ class AuditWriter:
 
     @staticmethod
     def _fail_waiters(taken: list, exc: Exception) -> None:
-        for _, fut, _ in taken:
+        for _, _, fut, _ in taken:
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
 

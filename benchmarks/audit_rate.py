@@ -1,0 +1,85 @@
+"""Audit capacity: how many audited queries per second the gateway's audit path sustains, and that
+none are lost.
+
+One audited query is what a listener records for a statement: a ``query`` event written before it
+runs (``AuditWriter.write``) and its ``query.end`` outcome posted after it (``AuditWriter.post``).
+``producers`` asyncio tasks (standing in for client sessions) do that as fast as the writer lets
+them, through the gateway's own writer (``open_audit_writer``: spool + batched chain into a real
+SQLite state database and JSON-lines sink). The clock stops when every event is chained (after
+``aclose``); then the chain is counted and verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+
+def _query(n: int, producer: int):
+    from sdm_proxy.audit.events import query_event
+
+    return query_event(user=f"analyst{producer % 8}", session_id=f"s{producer}", proxy_id="bench",
+                       datasource="bench", credential="read-only", db_user="ro", protocol="postgres",
+                       query=f"SELECT abalance FROM pgbench_accounts WHERE aid = {n};",
+                       client={"addr": f"127.0.0.1:{40000 + producer}"})
+
+
+async def _produce(writer, producer: int, count: int) -> None:
+    from sdm_proxy.audit.events import query_end_event
+
+    for n in range(count):
+        ev = _query(n, producer)
+        await writer.write([ev])
+        writer.post([query_end_event(ev, duration_ms=0.05, rows=1, status="ok", error=None)])
+        if n % 64 == 63:
+            await asyncio.sleep(0)  # let the other sessions (and the writer) run, as sockets would
+
+
+def measure(work_dir: Path, events: int = 200_000, producers: int = 64, sync: str = "write") -> dict:
+    """Returns events_per_s (audited queries per second), lost, verified and the raw counts."""
+    from sdm_proxy.audit.verify import verify_db
+    from sdm_proxy.gateway import open_audit_writer
+
+    from tests.support.gateway_state import GatewayState
+
+    state = GatewayState.create(Path(work_dir) / "audit-home")
+    cp = state.cp
+    per = max(1, events // producers)
+    sent = per * producers
+
+    async def run() -> float:
+        writer = open_audit_writer(cp, sync)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_produce(writer, p, per) for p in range(producers)))
+        await writer.aclose()
+        return time.perf_counter() - t0
+
+    try:
+        import uvloop
+        elapsed = uvloop.run(run())
+    except ImportError:
+        elapsed = asyncio.run(run())
+    db_path = cp.home.root / "state.db"
+    with sqlite3.connect(db_path) as conn:
+        counts = dict(conn.execute("SELECT type, count(*) FROM audit_events WHERE type IN ('query', 'query.end') "
+                                   "GROUP BY type").fetchall())
+    report = verify_db(cp.db, cp.audit.signer.public_key if cp.audit.signer else None)
+    state.close()
+    recorded = counts.get("query", 0)
+    return {
+        "sync": sync, "producers": producers, "queries_sent": sent, "queries_recorded": recorded,
+        "query_end_recorded": counts.get("query.end", 0), "lost": sent - recorded + (sent - counts.get("query.end", 0)),
+        "seconds": round(elapsed, 3), "events_per_s": round(sent / elapsed), "verified": bool(report.ok),
+    }
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(measure(Path(tmp), int(sys.argv[1]) if len(sys.argv) > 1 else 100_000), indent=2))
