@@ -82,6 +82,8 @@ class AuditLog:
         self.signer = signer
         self.checkpoint_every = checkpoint_every
         self._lock = threading.Lock()
+        self._committed_upto = 0  # highest seq this process committed through append_in
+        self._sink_upto = 0  # ... and the highest of those known to be in the sink
 
     # ---- writing -------------------------------------------------------------------------------
 
@@ -134,8 +136,29 @@ class AuditLog:
         except SQLAlchemyError as exc:
             raise refused(_reason(exc)) from exc
         if self.sink is not None:
-            s.info.setdefault("after_commit", []).append(self.sync_sink)
+            s.info.setdefault("after_commit", []).append(lambda: self._mirror_committed(batch))
         return events
+
+    def _mirror_committed(self, batch: _Batch) -> None:
+        """After ``append_in``'s commit: append its lines to the sink when the sink ends right
+        before them (the usual case: no DB round trip); otherwise catch up from the database."""
+        first, last = batch.rows[0]["seq"], batch.head[0]
+        with self._lock:
+            self._committed_upto = max(self._committed_upto, last)
+            try:
+                with self.sink.locked() as sink:
+                    held = sink.last_seq()
+                    if held == first - 1:
+                        sink.write_lines(batch.lines, last)
+                        held = last
+                    if held >= last:
+                        self._sink_upto = max(self._sink_upto, last)
+                        return
+            except (OSError, SinkError, AuditUnavailable):
+                pass  # the full catch-up below reports it
+        self.sync_sink()
+        with self._lock:
+            self._sink_upto = max(self._sink_upto, last)
 
     def sync_sink(self, *, strict: bool = False) -> None:
         """Bring the JSON-lines sink up to the database's head (no-op without a sink).
@@ -144,6 +167,8 @@ class AuditLog:
         cannot refuse the change any more; it says that the sink lags and will catch up."""
         if self.sink is None:
             return
+        if strict and self._sink_upto >= self._committed_upto:
+            return  # everything this process committed through append_in is in the sink already
         try:
             self._write(lambda s, seq, prev: None)
         except AuditUnavailable as exc:

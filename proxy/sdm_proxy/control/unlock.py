@@ -39,6 +39,7 @@ class _Attempt:
 
     request: UnlockRequest | None = None
     actor: Actor | None = None
+    nonce_burnable: bool = False  # signed by an enrolled proxy, fresh and not yet used
 
 
 def unlock(cp: ControlPlane, body: object) -> dict:
@@ -54,15 +55,16 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
     request, signature = parse_signed_request(body)
     attempt.request = request
     now = cp.now()
-    # Proxy half, committed on its own so that a refused request still burns its nonce.
+    # One transaction (one commit on the connect path): proxy half, nonce, session half, lease,
+    # audit record. A refusal rolls it all back; ``_record_denial`` then burns the nonce of a
+    # correctly signed, fresh request together with the access.denied event, so it cannot be replayed.
     with cp.db.transaction() as s:
         verify_proxy_signature(s, request.proxy_id, signature, request.signed_bytes())
         decision = freshness_decision(request.issued_at(), now)
         if not decision.allowed:
             raise ProxyRejected(decision.reason)
         _burn_nonce(s, request, now)
-    # Session half and the lease, then the audit record, then (only then) the secret.
-    with cp.db.transaction() as s:
+        attempt.nonce_burnable = True
         actor = authenticate_session(cp, s, request.session_token, now)
         attempt.actor = actor
         cred, decision = _resolve_credential(cp, s, actor, request)
@@ -131,6 +133,12 @@ def _record_denial(cp: ControlPlane, attempt: _Attempt, exc: SdmError) -> None:
     req, actor = attempt.request, attempt.actor
     try:
         with cp.db.transaction() as s:
+            if attempt.nonce_burnable:
+                try:
+                    with s.begin_nested():  # a failed insert must not take the denial record with it
+                        _burn_nonce(s, req, cp.now())
+                except ProxyRejected:
+                    pass  # a concurrent twin burnt it: fine, it is burnt
             cp.record(s, denied_event(
                 reason=exc.message, user=actor.name if actor else None,
                 session_id=actor.session_id if actor else None,
