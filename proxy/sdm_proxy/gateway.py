@@ -66,13 +66,12 @@ def enrol_local_proxy(cp: ControlPlane) -> ProxyIdentity:
 
 def in_process_unlock_client(cp: ControlPlane, identity: ProxyIdentity) -> InProcessUnlockClient:
     """The dual key without an HTTP hop: the same signed request, checked by the same code."""
-    return InProcessUnlockClient(identity, partial(unlock, cp), partial(live_access_reason, cp))
+    return InProcessUnlockClient(identity, partial(unlock, cp), partial(live_access_reason, cp),
+                                 lambda token: cp.session_signer.verify(token, cp.now()))
 
 
 async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
-    from .wire.mysql.server import start_mysql_listener
     from .wire.net import is_loopback
-    from .wire.postgres.server import start_postgres_listener
     from .wire.postgres.tls import gateway_tls_context
 
     unlock_client = in_process_unlock_client(cp, identity)
@@ -83,7 +82,10 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
     listeners = []
     addresses = {"api": f"{'https' if api_tls else 'http'}://{config.api_host}:{config.api_port}"}
     try:
+        # Each listener's modules load only when it runs (`--mysql off` saves ~1.5 MB of RSS).
         if config.postgres is not None:
+            from .wire.postgres.server import start_postgres_listener
+
             pg = await start_postgres_listener(
                 *config.postgres, unlock_client=unlock_client, audit_log=audit,
                 tls_context=gateway_tls_context(cp.home.tls_dir),
@@ -91,6 +93,8 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
             listeners.append(pg)
             addresses["postgres"] = f"{config.postgres[0]}:{pg.port}"
         if config.mysql is not None:
+            from .wire.mysql.server import start_mysql_listener
+
             my = await start_mysql_listener(
                 *config.mysql, unlock_client=unlock_client, audit_log=audit,
                 tls_context=gateway_tls_context(cp.home.tls_dir),

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from sdm_proxy.control.unlock import unlock
-from sdm_proxy.gateway import enrol_local_proxy
-from sdm_proxy.unlock.client import InProcessUnlockClient
+from sdm_proxy.gateway import enrol_local_proxy, in_process_unlock_client
 from sdm_proxy.wire.postgres import start_postgres_listener
 
 from tests.wire.stack import Gateway, LoopThread, build_state, make_policy_check
@@ -17,7 +15,7 @@ from tests.wire.stack import Gateway, LoopThread, build_state, make_policy_check
 def gateway(pg_cluster, tmp_path_factory) -> Gateway:
     state, actors, tokens = build_state(tmp_path_factory.mktemp("wire") / "sdm", pg_cluster)
     identity = enrol_local_proxy(state.cp)
-    client = InProcessUnlockClient(identity, lambda body: unlock(state.cp, body))
+    client = in_process_unlock_client(state.cp, identity)  # as `sdm gateway` builds it
     loop = LoopThread()
 
     async def start():

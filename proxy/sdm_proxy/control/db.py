@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -108,27 +109,33 @@ class StateDB:
         if check:
             check_schema(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time and every transaction here writes (BEGIN IMMEDIATE).
+        # Threads of this process queue on a lock instead of SQLite's busy handler, which sleeps
+        # 1, 2, 5, 10 ... ms between tries: the gateway's unlocks and audit batches would pay that.
+        self._writer = threading.RLock() if url.startswith("sqlite") else nullcontext()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A unit of work: committed on success, rolled back on any exception."""
-        with self._sessions() as session:
+        with self._writer, self._sessions() as session:
             try:
                 yield session
                 session.commit()
-                # Work that must follow a successful commit (e.g. mirroring audit events to the
-                # JSON-lines sink); its failure is logged, since the commit already happened.
-                for callback in session.info.pop("after_commit", []):
-                    try:
-                        callback()
-                    except SdmError as exc:
-                        log.warning("%s", exc.message)
             except OperationalError as exc:
                 session.rollback()
                 raise StateError(f"state database error: {exc.orig}") from None
             except BaseException:
                 session.rollback()
                 raise
+            callbacks = session.info.pop("after_commit", [])
+        # Work that must follow a successful commit (e.g. mirroring audit events to the JSON-lines
+        # sink), outside the writer lock (it takes the audit log's own locks); its failure is
+        # logged, since the commit already happened.
+        for callback in callbacks:
+            try:
+                callback()
+            except SdmError as exc:
+                log.warning("%s", exc.message)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -126,15 +126,31 @@ class _SigningUnlockClient:
     async def _send(self, signed: dict) -> dict:
         raise NotImplementedError
 
+    def token_plausible(self, session_token: str) -> bool:
+        """A cheap local look at the token (signature and expiry, no revocation check): the
+        listener may then start the upstream login while the unlock decides. False when unknown."""
+        return False
+
 
 class InProcessUnlockClient(_SigningUnlockClient):
     """For a gateway that hosts the control plane itself: same signed request, no HTTP hop."""
 
     def __init__(self, identity: ProxyIdentity, unlock_fn: Callable[[dict], dict],
-                 check_fn: Callable[..., str | None] | None = None):
+                 check_fn: Callable[..., str | None] | None = None,
+                 token_check_fn: Callable[[str], object] | None = None):
         super().__init__(identity)
         self._unlock_fn = unlock_fn
         self._check_fn = check_fn
+        self._token_check_fn = token_check_fn
+
+    def token_plausible(self, session_token: str) -> bool:
+        if self._token_check_fn is None:
+            return False
+        try:
+            self._token_check_fn(session_token)
+        except errors.SdmError:
+            return False
+        return True
 
     async def _send(self, signed: dict) -> dict:
         return await asyncio.to_thread(self._unlock_fn, signed)

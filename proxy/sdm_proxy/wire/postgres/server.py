@@ -25,7 +25,7 @@ from .cancel import CancelRegistry
 from .errors import ADMIN_SHUTDOWN
 from .scram import ScramKeyCache
 from .session import QUERY_TEXT_LIMIT, Session
-from .upstream import CONNECT_TIMEOUT, STREAM_LIMIT
+from .upstream import CONNECT_TIMEOUT, STREAM_LIMIT, RouteHints
 
 log = logging.getLogger("sdm.wire.postgres")
 
@@ -52,6 +52,7 @@ class ListenerContext:
     owns_audit: bool = True  # False when the caller shares its AuditWriter (it closes it, not us)
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     scram_cache: ScramKeyCache = field(default_factory=ScramKeyCache)
+    route_hints: RouteHints = field(default_factory=RouteHints)
 
 
 class PostgresListener:

@@ -49,9 +49,13 @@ from .relay import CLIENT_WRITE_HIGH, UpstreamRelay
 from .tracker import CLIENT_PARSED, Statement, StatementTracker
 from .upstream import (
     REQUIRED_ENCODING,
+    RouteHint,
     UpstreamConnection,
+    close_opened,
     connect_upstream,
     dropped_params,
+    matches,
+    open_early,
     send_cancel,
 )
 
@@ -98,6 +102,12 @@ def _is_utf8(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _drop_early(task: asyncio.Future) -> None:
+    """An early upstream open that will not be used: stop it, or close what it opened."""
+    task.cancel()
+    task.add_done_callback(close_opened)
 
 
 def _close_login(task: asyncio.Future) -> None:
@@ -296,23 +306,37 @@ class Session:
             pass
         return await unlock(token, datasource, None, protocol=PROTOCOL, client_addr=self.peer)
 
+    def _open_early(self, route: tuple[str, str], token: str) -> tuple[RouteHint, asyncio.Future] | None:
+        """Start reaching the database while the unlock decides (the server forks its backend in
+        the meantime), along the route the last unlock of this datasource/credential took. Only for
+        a token whose signature checks out locally, so strangers cannot make us open connections."""
+        hint = self.ctx.route_hints.get(route)
+        if hint is None or not self.ctx.unlock_client.token_plausible(token):
+            return None
+        return hint, asyncio.ensure_future(open_early(hint, self.params, self.ctx.connect_timeout))
+
     async def _login(self, token: str) -> None:
+        route = (self.params["database"], self.params["user"])
+        early = self._open_early(route, token)
         try:
-            cred = await self._unlock(token)
-        except sdm_errors.SdmError as exc:
-            # The control plane has already written the access.denied event for this refusal.
-            message = exc.message
-            if isinstance(exc, sdm_errors.AuthenticationFailed):
-                message = f"password authentication failed: {exc.message}"
-            raise _Close(sqlstate_for(exc), message, status=audit.DENIED) from None
+            cred = await self._unlock_or_close(token)
+        except BaseException:
+            if early is not None:
+                _drop_early(early[1])
+            raise
         del token
+        self.ctx.route_hints.remember(route, RouteHint(cred.datasource, cred.db_user))
+        if early is not None and not matches(early[0], cred):
+            _drop_early(early[1])  # the credential moved since: log in the usual way
+            early = None
         # The session keeps who/what for audit and policy checks, never the secret (DESIGN §2.1).
         self.cred = replace(cred, secret=_NO_SECRET)
         # session.start and the upstream login run side by side (one commit less on the connect
         # path); the client hears AuthenticationOk only once both have succeeded, so nothing is
         # relayed unless the session is on record.
         login = asyncio.ensure_future(connect_upstream(cred, self.params, scram_cache=self.ctx.scram_cache,
-                                                       timeout=self.ctx.connect_timeout))
+                                                       timeout=self.ctx.connect_timeout,
+                                                       early=early[1] if early else None))
         del cred  # the secret's last reference from this frame: the login task holds it until done
         try:
             await self.ctx.audit.write([self._session_event("start")])
@@ -327,6 +351,16 @@ class Session:
             self.upstream = await login
         except WireError as exc:
             raise _Close(exc.sqlstate, exc.message) from None
+
+    async def _unlock_or_close(self, token: str) -> UnlockedCredential:
+        try:
+            return await self._unlock(token)
+        except sdm_errors.SdmError as exc:
+            # The control plane has already written the access.denied event for this refusal.
+            message = exc.message
+            if isinstance(exc, sdm_errors.AuthenticationFailed):
+                message = f"password authentication failed: {exc.message}"
+            raise _Close(sqlstate_for(exc), message, status=audit.DENIED) from None
 
     async def _start_relay(self) -> None:
         up = self.upstream

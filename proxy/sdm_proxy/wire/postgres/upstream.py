@@ -130,29 +130,94 @@ async def _read_message(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return mtype, await reader.readexactly(length - 4)
 
 
+def startup_params(ds: DatasourceInfo, db_user: str, client_params: dict[str, str]) -> dict[str, str]:
+    params = {"user": db_user}
+    if ds.database:
+        params["database"] = ds.database
+    params.update(forwarded_params(client_params))
+    return params
+
+
+@dataclass(frozen=True)
+class RouteHint:
+    """Where the last unlock of (datasource, credential name) led: lets the next login start early."""
+
+    datasource: DatasourceInfo
+    db_user: str
+
+
+Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+ROUTE_HINTS_MAX = 1024
+
+
+class RouteHints:
+    """(datasource name, credential name as the client gave them) -> the last ``RouteHint``; bounded."""
+
+    def __init__(self, limit: int = ROUTE_HINTS_MAX):
+        self._hints: dict[tuple[str, str], RouteHint] = {}
+        self._limit = limit
+
+    def get(self, key: tuple[str, str]) -> RouteHint | None:
+        return self._hints.get(key)
+
+    def remember(self, key: tuple[str, str], hint: RouteHint) -> None:
+        self._hints.pop(key, None)
+        if len(self._hints) >= self._limit:
+            self._hints.pop(next(iter(self._hints)))  # the oldest
+        self._hints[key] = hint
+
+
+async def open_early(hint: RouteHint, client_params: dict[str, str], timeout: float = CONNECT_TIMEOUT) -> Opened:
+    """Reach the database and send the StartupMessage while the unlock is still running: the
+    server forks its backend meanwhile. No secret is involved; ``connect_upstream`` uses the result
+    only if the unlock leads to the same place (``matches``), else it is closed."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await _open(hint.datasource, what="login")
+        writer.write(framing.startup_message(startup_params(hint.datasource, hint.db_user, client_params)))
+        await writer.drain()
+        return reader, writer
+
+
+def matches(hint: RouteHint, cred: UnlockedCredential) -> bool:
+    return hint.datasource == cred.datasource and hint.db_user == cred.db_user
+
+
+def close_opened(task: asyncio.Future) -> None:
+    """Done callback for an early open that will not be used."""
+    if not task.cancelled() and task.exception() is None:
+        task.result()[1].close()
+
+
 async def connect_upstream(cred: UnlockedCredential, client_params: dict[str, str], *,
-                           scram_cache: ScramKeyCache | None, timeout: float = CONNECT_TIMEOUT
-                           ) -> UpstreamConnection:
-    """Open, secure and log in; returns a connection positioned right after ReadyForQuery."""
+                           scram_cache: ScramKeyCache | None, timeout: float = CONNECT_TIMEOUT,
+                           early: asyncio.Future | None = None) -> UpstreamConnection:
+    """Open, secure and log in; returns a connection positioned right after ReadyForQuery.
+
+    ``early``: an ``open_early`` task for this very route (startup already sent); when it failed,
+    the login opens a connection of its own."""
     ds = cred.datasource
     try:
         async with asyncio.timeout(timeout):
-            return await _connect(cred, client_params, scram_cache)
+            opened = None
+            if early is not None:
+                try:
+                    opened = await early
+                except (UpstreamLoginError, ServerProtocolError, OSError, TimeoutError):
+                    opened = None
+            return await _connect(cred, client_params, scram_cache, opened)
     except TimeoutError:
         raise UpstreamLoginError(
             f"datasource {ds.name} at {ds.host}:{ds.port} did not complete the login within {timeout:g}s") from None
 
 
-async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scram_cache) -> UpstreamConnection:
+async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scram_cache,
+                   opened: Opened | None = None) -> UpstreamConnection:
     ds = cred.datasource
-    reader, writer = await _open(ds, what="login")
+    reader, writer = opened if opened is not None else await _open(ds, what="login")
     conn = UpstreamConnection(reader, writer)
     try:
-        params = {"user": cred.db_user}
-        if ds.database:
-            params["database"] = ds.database
-        params.update(forwarded_params(client_params))
-        writer.write(framing.startup_message(params))
+        if opened is None:
+            writer.write(framing.startup_message(startup_params(ds, cred.db_user, client_params)))
         auth = UpstreamAuthenticator(
             user=cred.db_user, secret_fn=cred.secret.reveal, cache=scram_cache,
             cache_scope=(ds.name, ds.host, ds.port, cred.credential, cred.version, cred.db_user))
