@@ -54,8 +54,9 @@ class _PortInUse(Exception):
 class PostgresCluster:
     """initdb + pg_ctl in a temp dir; `start()` returns the DatabaseServer description."""
 
-    def __init__(self, bindir: Path):
+    def __init__(self, bindir: Path, *, max_connections: int = 200):
         self.bindir = bindir
+        self.max_connections = max_connections
         self.account = accounts.service_account("postgres")
         self.base = Path(tempfile.mkdtemp(prefix="sdm-pg-", dir=accounts.private_tempdir_base(self.account)))
         self.datadir = self.base / "data"
@@ -105,7 +106,7 @@ class PostgresCluster:
                 "\n# sdm test cluster\n"
                 "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.base}'\n"
-                "max_connections = 200\n"
+                f"max_connections = {self.max_connections}\n"
                 "password_encryption = 'scram-sha-256'\n"
                 # Throwaway data: durability buys nothing and costs seconds.
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
@@ -212,8 +213,8 @@ def _provision(server: DatabaseServer) -> None:
 
 
 @contextlib.contextmanager
-def running_cluster(bindir: Path) -> Iterator[DatabaseServer]:
-    cluster = PostgresCluster(bindir)
+def running_cluster(bindir: Path, *, max_connections: int = 200) -> Iterator[DatabaseServer]:
+    cluster = PostgresCluster(bindir, max_connections=max_connections)
     try:
         yield cluster.start()
     finally:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
-import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -97,11 +97,36 @@ class UnlockClient(Protocol):
         """None while the connection may stay open; otherwise the reason to close it."""
 
 
+CHECK_REUSE_SECONDS = 0.5  # one live check answers every connection of the same session for this long
+CHECKS_KEPT_MAX = 4096
+
+
 class _SigningUnlockClient:
     """Builds, signs and opens; subclasses only move the signed body to the control plane."""
 
     def __init__(self, identity: ProxyIdentity):
         self.identity = identity
+        self._checks: dict[tuple, tuple[float, asyncio.Future]] = {}
+
+    async def still_allowed(self, unlocked: UnlockedCredential) -> str | None:
+        """None while the connection may stay open; otherwise the reason to close it.
+
+        Connections of one session to one credential share a check made within the last
+        CHECK_REUSE_SECONDS (200 idle connections of a notebook cost one control-plane query per
+        interval, not 200)."""
+        key = (unlocked.session_id, unlocked.user, unlocked.datasource.name, unlocked.credential)
+        now = time.monotonic()
+        hit = self._checks.get(key)
+        if (hit is None or hit[0] <= now or hit[1].get_loop() is not asyncio.get_running_loop()
+                or (hit[1].done() and hit[1].exception() is not None)):
+            if len(self._checks) >= CHECKS_KEPT_MAX:
+                self._checks = {k: v for k, v in self._checks.items() if v[0] > now}
+            hit = (now + CHECK_REUSE_SECONDS, asyncio.ensure_future(self._check(unlocked)))
+            self._checks[key] = hit
+        return await asyncio.shield(hit[1])
+
+    async def _check(self, unlocked: UnlockedCredential) -> str | None:
+        return None
 
     async def unlock(self, session_token, datasource, credential, *, protocol=None, client_addr=None):
         ephemeral = X25519PrivateKey.generate()
@@ -155,7 +180,7 @@ class InProcessUnlockClient(_SigningUnlockClient):
     async def _send(self, signed: dict) -> dict:
         return await asyncio.to_thread(self._unlock_fn, signed)
 
-    async def still_allowed(self, unlocked: UnlockedCredential) -> str | None:
+    async def _check(self, unlocked: UnlockedCredential) -> str | None:
         if self._check_fn is None:
             return None
         return await asyncio.to_thread(
@@ -174,6 +199,8 @@ class HttpUnlockClient(_SigningUnlockClient):
 
     def __init__(self, identity: ProxyIdentity, api_url: str, *, timeout: float = 10.0,
                  verify: bool | str = True):
+        import httpx  # only a proxy running apart from the control plane needs it (~2 MB of imports)
+
         super().__init__(identity)
         self._http = httpx.AsyncClient(base_url=api_url.rstrip("/"), timeout=timeout, verify=verify)
 
@@ -181,6 +208,8 @@ class HttpUnlockClient(_SigningUnlockClient):
         return await self._send_to("/v1/unlock", signed)
 
     async def _send_to(self, path: str, signed: dict) -> dict:
+        import httpx
+
         try:
             response = await self._http.post(path, json=signed)
         except httpx.HTTPError as exc:
@@ -194,7 +223,7 @@ class HttpUnlockClient(_SigningUnlockClient):
         except ValueError:
             raise errors.SdmError(f"unlock refused (HTTP {response.status_code})") from None
 
-    async def still_allowed(self, unlocked: UnlockedCredential) -> str | None:
+    async def _check(self, unlocked: UnlockedCredential) -> str | None:
         request = {"session_id": unlocked.session_id, "user": unlocked.user,
                    "datasource": unlocked.datasource.name, "credential": unlocked.credential,
                    "proxy_id": self.identity.proxy_id,
