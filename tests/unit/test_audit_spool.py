@@ -106,7 +106,33 @@ def test_a_failing_database_loses_nothing_and_keeps_order(audit_log, tmp_path):
     assert [x for x in queries if int(x.split()[1]) < 100] == [f"SELECT {n}" for n in range(20)]
 
 
-def test_a_long_outage_refuses_new_statements_once_the_backlog_is_full(audit_log, tmp_path):
+def test_a_full_backlog_makes_statements_wait_for_the_chain(audit_log, tmp_path):
+    """Bounded memory: past max_backlog queued events a statement waits (backpressure) instead of
+    queueing more; it goes on as soon as the chain catches up."""
+    gated = GatedLog(audit_log)
+
+    async def main():
+        spool = AuditSpool(tmp_path / "spool")
+        spool.open()
+        writer = AuditWriter(gated, spool=spool, flush_interval=0.001, max_backlog=5)
+        gated.gate.clear()
+        for n in range(5):
+            await writer.write([q(n)])
+        sixth = asyncio.create_task(writer.write([q(5)]))
+        await asyncio.sleep(0.2)
+        assert not sixth.done(), "the sixth statement waits while five events are queued"
+        gated.gate.set()
+        await asyncio.wait_for(sixth, 10)
+        await writer.aclose()
+
+    asyncio.run(main())
+    assert chained_queries(audit_log) == [f"SELECT {n}" for n in range(6)]
+
+
+def test_a_long_outage_refuses_new_statements_once_the_backlog_is_full(audit_log, tmp_path, monkeypatch):
+    import sdm_proxy.wire.audit_writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "CATCH_UP_WAIT", 0.3)
     gated = GatedLog(audit_log)
     gated.failures_left = 10**6
 
@@ -116,7 +142,7 @@ def test_a_long_outage_refuses_new_statements_once_the_backlog_is_full(audit_log
         writer = AuditWriter(gated, spool=spool, flush_interval=0.001, max_backlog=5)
         for n in range(5):
             await writer.write([q(n)])
-        with pytest.raises(AuditUnavailable, match="5 events wait for the state database"):
+        with pytest.raises(AuditUnavailable, match="5 events wait for the state database, which is not keeping up"):
             await writer.write([q(5)])
         gated.failures_left = 0
         await writer.aclose()

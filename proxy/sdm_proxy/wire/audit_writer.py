@@ -13,7 +13,8 @@ raises ``AuditUnavailable`` otherwise (the caller then refuses: fail closed, DES
 
 One worker moves queued events into ``AuditLog.append_many`` (group commit) from a thread, so many
 concurrent statements share one commit. In spool modes a failed commit is retried (the events are
-safe in the spool) and new statements are refused once the backlog passes ``max_backlog``.
+safe in the spool); past ``max_backlog`` queued events new statements wait for the chain to catch up
+(bounded memory, backpressure) and are refused if it does not within ``CATCH_UP_WAIT``.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ log = logging.getLogger("sdm.wire.audit")
 SYNC_MODES = ("write", "fsync", "commit")
 SHUTTING_DOWN = "audit log unavailable: the gateway is shutting down; the action was refused"
 RETRY_MAX_DELAY = 2.0
+CATCH_UP_WAIT = 10.0  # longest a statement waits for the chain to catch up before it is refused
 
 
 class AuditWriter:
     def __init__(self, audit_log, *, spool: AuditSpool | None = None, sync: str = "write",
                  max_batch: int = 1000, post_delay: float = 0.05, flush_interval: float = 0.02,
-                 max_backlog: int = 200_000):
+                 max_backlog: int = 5000):
         if sync not in SYNC_MODES:
             raise ValueError(f"audit sync mode must be one of {', '.join(SYNC_MODES)}")
         self._log = audit_log
@@ -47,7 +49,10 @@ class AuditWriter:
         self._max_batch = max_batch
         # After-the-fact records wait this long for company (commit mode: the next durable write).
         self._delay = flush_interval if self._spool is not None else post_delay
+        # Past this many queued events (~1.6 KB each in memory) statements wait for the chain to
+        # catch up (backpressure); if it does not within CATCH_UP_WAIT, they are refused.
         self._max_backlog = max_backlog
+        self._caught_up: asyncio.Event | None = None
         # (events, their spooled bodies or None, a waiter or None, spool mark or None)
         self._queue: deque[tuple[list[Event], list[str] | None, asyncio.Future | None, SpoolMark | None]] = deque()
         self._urgent = 0  # queued items somebody awaits
@@ -72,9 +77,7 @@ class AuditWriter:
             await fut
             return
         if self._queued_events >= self._max_backlog:
-            raise AuditUnavailable(
-                f"audit log unavailable: {self._queued_events} events wait for the state database "
-                "(it has been failing; see the gateway log); the action was refused")
+            await self._wait_for_catch_up()
         bodies = [canonical_json(ev.body_dict()) for ev in events]
         mark = self._spool_append(bodies)
         self._enqueue(events, bodies, None, mark)
@@ -94,6 +97,22 @@ class AuditWriter:
             except AuditUnavailable as exc:  # the outcome still reaches the chain from memory
                 log.error("could not spool %d after-the-fact audit event(s): %s", len(events), exc.message)
         self._enqueue(events, bodies, None, mark)
+
+    async def _wait_for_catch_up(self) -> None:
+        if self._caught_up is None:
+            self._caught_up = asyncio.Event()
+        self._caught_up.clear()
+        try:
+            async with asyncio.timeout(CATCH_UP_WAIT):
+                while self._queued_events >= self._max_backlog:
+                    await self._caught_up.wait()
+                    self._caught_up.clear()
+        except TimeoutError:
+            raise AuditUnavailable(
+                f"audit log unavailable: {self._queued_events} events wait for the state database, which "
+                "is not keeping up (see the gateway log); the action was refused") from None
+        if self._closed:
+            raise AuditUnavailable(SHUTTING_DOWN)
 
     def _spool_append(self, bodies: list[str]) -> SpoolMark:
         mark = self._spool.append_bodies(bodies)
@@ -169,6 +188,8 @@ class AuditWriter:
                 continue
             retry_delay = 0.0
             self.chained += len(batch)
+            if self._caught_up is not None and self._queued_events < self._max_backlog:
+                self._caught_up.set()
             marks = [mark for _, _, _, mark in taken if mark is not None]
             if marks:
                 self._spool_chained(max(marks, key=lambda m: (m.segment, m.offset)))
@@ -247,5 +268,7 @@ class AuditWriter:
                 await self._worker
             except BaseException:  # noqa: BLE001
                 pass
+        if self._caught_up is not None:
+            self._caught_up.set()  # statements still waiting to be let in: refused (shutting down)
         if self._spool is not None:
             self._spool.close()
