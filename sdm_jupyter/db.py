@@ -177,8 +177,10 @@ def compile_statement(engine: Engine, sql: str, values: Mapping[str, Any]) -> tu
 
 def run_statement(engine: Engine, sql: str, values: Mapping[str, Any], *, tags: Mapping[str, object],
                   datasource: str, address: tuple[str, int], limit: int | None = None,
-                  fetch_size: int = 10_000, progress: Callable[[int], None] | None = None) -> QueryResult:
-    """Run one statement in autocommit mode; a KeyboardInterrupt cancels it on the server."""
+                  fetch_size: int = 10_000, progress: Callable[[int], None] | None = None,
+                  columnar: bool = True) -> QueryResult:
+    """Run one statement in autocommit mode; a KeyboardInterrupt cancels it on the server.
+    ``columnar``: rows are fetched column-wise (``fast_fetch``, the same ``frame()``) when possible."""
     statement, params = compile_statement(engine, sql, values)
     statement = append_comment(statement, tags, escape_percent=params is not None)
     try:
@@ -189,6 +191,12 @@ def run_statement(engine: Engine, sql: str, values: Mapping[str, Any], *, tags: 
         raise database_error(exc, datasource=datasource, address=address) from None
     try:
         raw = conn.connection.driver_connection
+        from . import fast_fetch
+
+        if columnar and fast_fetch.available() and (result := fast_fetch.fetch(
+                raw, _stream_cursor_class(), statement, params, limit=limit, fetch_size=fetch_size,
+                progress=progress)) is not None:
+            return result
         try:
             return _stream(raw, statement, params, limit, fetch_size, progress)
         except Exception as exc:  # noqa: BLE001

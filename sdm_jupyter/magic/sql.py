@@ -54,7 +54,7 @@ def run(magics, line: str, cell: str | None):
     try:
         result = run_statement(engine, query, values, tags=magics.context.tags(), datasource=datasource,
                                address=client.postgres_address(), limit=limit, fetch_size=magics.fetch_size,
-                               progress=progress)
+                               progress=progress, columnar=magics.columnar)
     finally:
         progress.done()
 

@@ -23,9 +23,15 @@ def kernel(gw, kernel_factory):
     return k
 
 
-def queries(gw, marker: str) -> list[dict]:
-    """`query` audit events whose statement contains ``marker``."""
-    return [e for e in gw.events("query") if marker in (e.get("query") or "")]
+def queries(gw, marker: str, expect: int = 1, limit: float = 15.0) -> list[dict]:
+    """`query` audit events whose statement contains ``marker``, once ``expect`` of them are chained
+    (the gateway chains spooled statement events in batches, a few ms after they run)."""
+    deadline = time.monotonic() + limit
+    while True:
+        found = [e for e in gw.events("query") if marker in (e.get("query") or "")]
+        if len(found) >= expect or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def test_sql_returns_dataframe_with_row_count(kernel, gw):
