@@ -1,0 +1,75 @@
+"""Row 2 of the issue: ``pgbench -S`` (one primary-key SELECT per transaction, simple protocol) at 1
+and 16 clients against PostgreSQL direct, PgBouncer in session mode, and the gateway, in that order
+for each client count. Added latency per query = a path's average latency minus direct's."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+CLIENT_COUNTS = (1, 16)
+_PROCESSED = re.compile(r"number of transactions actually processed: (\d+)(?:/(\d+))?")
+_FAILED = re.compile(r"number of failed transactions: (\d+)")
+
+
+def run_pgbench(bench, target: str, clients: int, *, seconds: float | None = None,
+                transactions: int | None = None) -> dict:
+    """One ``pgbench -n -S -M simple`` run; ``seconds`` (-T) or ``transactions`` per client (-t)."""
+    conninfo, password = bench.conninfo(target)
+    cmd = [bench.pg_tool("pgbench"), "-n", "-S", "-M", "simple", "-c", str(clients), "-j", str(min(2, clients))]
+    cmd += ["-T", str(max(1, round(seconds)))] if transactions is None else ["-t", str(transactions)]
+    out = subprocess.run([*cmd, conninfo], env=bench.tool_env(password), capture_output=True, text=True,
+                         timeout=1800)
+    result: dict = {"clients": clients}
+    if out.returncode != 0:
+        result["error"] = (out.stderr.strip() or out.stdout.strip())[-400:]
+        return result
+    return {**result, **parse_output(out.stdout)}
+
+
+def parse_output(stdout: str) -> dict:
+    tps = latency = None
+    for line in stdout.splitlines():
+        if line.startswith("tps ="):
+            tps = float(line.split()[2])
+        elif line.startswith("latency average"):
+            latency = float(line.split("=")[1].split()[0])
+    processed = _PROCESSED.search(stdout)
+    failed = _FAILED.search(stdout)
+    return {"tps": round(tps, 1) if tps is not None else None, "latency_ms": latency,
+            "transactions": int(processed.group(1)) if processed else None,
+            "failed": int(failed.group(1)) if failed else 0}
+
+
+def section(bench, seconds: float, scale: int) -> dict:
+    bench.pgbench_init(scale)
+    port, pgbouncer = bench.pgbouncer()
+    targets = ["direct"] + (["pgbouncer"] if port else []) + ["gateway"]
+    out: dict = {"mode": "pgbench -n -S -M simple", "seconds_per_run": seconds, "scale": scale,
+                 "pgbouncer": pgbouncer if port else None, "pgbouncer_missing": None if port else pgbouncer}
+    for clients in CLIENT_COUNTS:
+        runs = {target: run_pgbench(bench, target, clients, seconds=seconds) for target in targets}
+        bench.gateway.ensure_alive()
+        direct = runs["direct"].get("latency_ms")
+        for target in ("pgbouncer", "gateway"):
+            latency = runs.get(target, {}).get("latency_ms")
+            if direct is not None and latency is not None:
+                runs[target]["added_latency_us"] = round((latency - direct) * 1000, 1)
+        out[f"c{clients}"] = runs
+        out[f"c{clients}"]["comparison"] = compare(runs)
+    return out
+
+
+def compare(runs: dict) -> dict:
+    """Gateway vs PgBouncer: TPS ratio and added-latency ratio (None when PgBouncer is missing)."""
+    gw, pgb = runs.get("gateway", {}), runs.get("pgbouncer", {})
+    out = {"tps_ratio_vs_pgbouncer": None, "added_latency_ratio_vs_pgbouncer": None,
+           "tps_ratio_vs_direct": None}
+    if gw.get("tps") and runs.get("direct", {}).get("tps"):
+        out["tps_ratio_vs_direct"] = round(gw["tps"] / runs["direct"]["tps"], 3)
+    if gw.get("tps") and pgb.get("tps"):
+        out["tps_ratio_vs_pgbouncer"] = round(gw["tps"] / pgb["tps"], 3)
+    g_added, p_added = gw.get("added_latency_us"), pgb.get("added_latency_us")
+    if g_added is not None and p_added is not None and p_added > 0:
+        out["added_latency_ratio_vs_pgbouncer"] = round(g_added / p_added, 2)
+    return out
