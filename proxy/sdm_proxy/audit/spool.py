@@ -102,8 +102,10 @@ class AuditSpool:
 
     def sync(self) -> SpoolMark:
         """fdatasync the current segment (older ones were synced before the spool left them)."""
-        mark = self.mark
-        os.fdatasync(self._segments[mark.segment].fd)
+        mark = self.mark  # read from a worker thread: a segment the loop just left was synced on leaving
+        seg = self._segments.get(mark.segment)
+        if seg is not None:
+            os.fdatasync(seg.fd)
         if (mark.segment, mark.offset) > (self._synced.segment, self._synced.offset):
             self._synced = mark
         return mark
