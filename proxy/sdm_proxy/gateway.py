@@ -89,7 +89,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
             pg = await start_postgres_listener(
                 *config.postgres, unlock_client=unlock_client, audit_log=audit,
                 tls_context=gateway_tls_context(cp.home.tls_dir),
-                policy_check=unlock_client.still_allowed, proxy_id=identity.proxy_id)
+                policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id)
             listeners.append(pg)
             addresses["postgres"] = f"{config.postgres[0]}:{pg.port}"
         if config.mysql is not None:
@@ -98,7 +98,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
             my = await start_mysql_listener(
                 *config.mysql, unlock_client=unlock_client, audit_log=audit,
                 tls_context=gateway_tls_context(cp.home.tls_dir),
-                policy_check=unlock_client.still_allowed, proxy_id=identity.proxy_id)
+                policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id)
             listeners.append(my)
             addresses["mysql"] = f"{config.mysql[0]}:{my.port}"
         app = create_app(cp)

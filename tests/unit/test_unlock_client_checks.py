@@ -33,14 +33,15 @@ def test_connections_of_one_session_share_a_check_and_others_do_not():
     client = InProcessUnlockClient(ProxyIdentity.generate(), lambda body: {}, check)
 
     async def main():
-        answers = await asyncio.gather(*(client.still_allowed(_cred("s1")) for _ in range(200)))
+        answers = await asyncio.gather(*(client.still_allowed_shared(_cred("s1")) for _ in range(200)))
         assert answers == [None] * 200
-        assert await client.still_allowed(_cred("s-revoked")) == "revoked"
+        assert await client.still_allowed_shared(_cred("s-revoked")) == "revoked"
         await asyncio.sleep(client_mod.CHECK_REUSE_SECONDS + 0.1)  # the window has passed
-        assert await client.still_allowed(_cred("s1")) is None
+        assert await client.still_allowed_shared(_cred("s1")) is None
+        assert await client.still_allowed(_cred("s1")) is None  # a direct question is always asked
 
     asyncio.run(main())
-    assert calls == ["s1", "s-revoked", "s1"]
+    assert calls == ["s1", "s-revoked", "s1", "s1"]
 
 
 def test_a_failed_check_is_not_reused():
@@ -56,10 +57,10 @@ def test_a_failed_check_is_not_reused():
 
     async def main():
         try:
-            await client.still_allowed(_cred("s1"))
+            await client.still_allowed_shared(_cred("s1"))
         except RuntimeError:
             pass
-        assert await client.still_allowed(_cred("s1")) is None
+        assert await client.still_allowed_shared(_cred("s1")) is None
 
     asyncio.run(main())
     assert len(attempts) == 2

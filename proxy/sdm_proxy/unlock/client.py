@@ -109,11 +109,13 @@ class _SigningUnlockClient:
         self._checks: dict[tuple, tuple[float, asyncio.Future]] = {}
 
     async def still_allowed(self, unlocked: UnlockedCredential) -> str | None:
-        """None while the connection may stay open; otherwise the reason to close it.
+        """None while the connection may stay open; otherwise the reason to close it (asked now)."""
+        return await self._check(unlocked)
 
-        Connections of one session to one credential share a check made within the last
-        CHECK_REUSE_SECONDS (200 idle connections of a notebook cost one control-plane query per
-        interval, not 200)."""
+    async def still_allowed_shared(self, unlocked: UnlockedCredential) -> str | None:
+        """``still_allowed`` for a listener's periodic re-checks: connections of one session to one
+        credential share an answer asked within the last CHECK_REUSE_SECONDS (200 idle connections
+        of a notebook cost one control-plane query per interval, not 200)."""
         key = (unlocked.session_id, unlocked.user, unlocked.datasource.name, unlocked.credential)
         now = time.monotonic()
         hit = self._checks.get(key)
