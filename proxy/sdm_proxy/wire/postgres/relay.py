@@ -76,6 +76,7 @@ class UpstreamRelay(asyncio.Protocol):
             return
         s = self.s
         boundary = self.splitter.at_boundary  # what the client has got so far ends here
+        done: list = []  # statements this chunk finished: recorded once the client has the chunk
         try:
             msgs, forward = self.splitter.feed(data)
             if msgs:
@@ -85,9 +86,11 @@ class UpstreamRelay(asyncio.Protocol):
                         s.check_parameter_status(m.payload)
                     finished = on_server(m.type, m.payload, m.rows)
                     if finished:
-                        s._record_outcomes(finished)
+                        done += finished
                 s._progress.set()
         except Exception as exc:  # noqa: BLE001 - ends this session only (ServerProtocolError, desync)
+            if done:
+                s._record_outcomes(done)
             self.flush()
             # Nothing of this chunk goes out, so a FATAL can follow only if the client's stream
             # already ended on a message boundary.
@@ -107,6 +110,8 @@ class UpstreamRelay(asyncio.Protocol):
                 self.transport.pause_reading()
                 self._coalescing = True
             self._timer = self.loop.call_later(COALESCE_DELAY, self.flush)
+        if done:
+            s._record_outcomes(done)  # after the client's write: off the result's critical path
 
     def flush(self) -> None:
         if self._timer is not None:
