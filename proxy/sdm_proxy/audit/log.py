@@ -1,4 +1,4 @@
-"""The audit log writer and reader: append to the chain, fail closed, checkpoint, read back.
+"""The audit log writer: append to the chain, fail closed, checkpoint (reading: ``reader.py``).
 
 Order of one append (``_write``), and why:
 
@@ -19,33 +19,26 @@ database on the next successful append; ``export_jsonl`` can also rebuild it at 
 
 from __future__ import annotations
 
-import io
-import json
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
-from sqlalchemy import insert, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..control.db import StateDB
-from ..control.models import AuditCheckpoint, AuditEvent, AuditHead
-from ..errors import AuditUnavailable, SdmError, StateError
+from ..errors import AuditUnavailable, StateError
 from .chain import GENESIS, event_hash
 from .checkpoints import Checkpoint, CheckpointSigner
 from .events import Event, canonical_json, is_valid_type
+from .reader import CHECKPOINTS, EVENTS, HEAD, HEAD_ID, READ_CHUNK, AuditReader, _reason
 from .sink import JsonlSink, SinkError, event_line
 
 __all__ = ["AuditLog", "CheckpointSigner", "Checkpoint"]
 
-EVENTS = AuditEvent.__table__
-HEAD = AuditHead.__table__
-CHECKPOINTS = AuditCheckpoint.__table__
-HEAD_ID = 1
-READ_CHUNK = 2000  # rows per short read transaction (keeps the SQLite write lock brief)
 
 
 def refused(reason: str) -> AuditUnavailable:
@@ -64,8 +57,9 @@ class _Batch:
     head: tuple[int, str] | None = None  # new head, if it moves
 
 
-class AuditLog:
-    """The hash-chained audit log in the state database, mirrored to an optional JSON-lines sink."""
+class AuditLog(AuditReader):
+    """The hash-chained audit log in the state database, mirrored to an optional JSON-lines sink
+    (writing here; reading in ``reader.py``)."""
 
     def __init__(
         self,
@@ -316,71 +310,6 @@ class AuditLog:
             last = rows[-1][0]
             sink.write_lines(lines, last)
 
-    # ---- reading -------------------------------------------------------------------------------
-
-    def head(self) -> tuple[int, str]:
-        """(seq, hash) of the newest event; (0, GENESIS) for an empty log."""
-        with self.db.transaction() as s:
-            row = s.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID)).first()
-        return (int(row[0]), row[1]) if row else (0, GENESIS)
-
-    def tail(self, n: int = 20, user: str | None = None, types: Sequence[str] | None = None) -> list[Event]:
-        """The newest ``n`` events, oldest first. ``types`` entries ending in ``*`` match a prefix."""
-        q = select(EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash).order_by(EVENTS.c.seq.desc()).limit(n)
-        if user is not None:
-            q = q.where(EVENTS.c.user == user)
-        if types:
-            exact = [t for t in types if not t.endswith("*")]
-            prefixes = [t[:-1] for t in types if t.endswith("*")]
-            conds = [EVENTS.c.type.in_(exact)] if exact else []
-            conds += [EVENTS.c.type.startswith(p, autoescape=True) for p in prefixes]
-            q = q.where(or_(*conds))
-        try:
-            with self.db.transaction() as s:
-                rows = s.execute(q).all()
-        except (SQLAlchemyError, SdmError) as exc:
-            raise StateError(f"cannot read the audit log: {_reason(exc)}") from None
-        return [_event_from_row(*r) for r in reversed(rows)]
-
-    def known_ids(self, ids: Sequence[str]) -> set[str]:
-        """Which of these event ids the chain already holds (spool recovery skips them)."""
-        found: set[str] = set()
-        with self.db.transaction() as s:
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start:start + 500])
-                found.update(r[0] for r in s.execute(select(EVENTS.c.id).where(EVENTS.c.id.in_(chunk))))
-        return found
-
-    def iter_events(self) -> Iterator[Event]:
-        """Every event in seq order, read in short chunks (never one long read lock)."""
-        for seq, body, h in _iter_rows(self.db, (EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash)):
-            yield _event_from_row(seq, body, h)
-
-    def export_jsonl(self, stream: IO) -> int:
-        """Write the whole log in the sink's format (checkpoint lines included); returns #events.
-
-        ``stream`` may be text (``sys.stdout``) or binary. The output verifies with ``verify_jsonl``
-        and can replace a lost or damaged sink file.
-        """
-        binary = not isinstance(stream, io.TextIOBase)
-        with self.db.transaction() as s:
-            cps = {
-                r[0]: Checkpoint(*r)
-                for r in s.execute(
-                    select(CHECKPOINTS.c.seq, CHECKPOINTS.c.hash, CHECKPOINTS.c.ts, CHECKPOINTS.c.signature)
-                )
-            }
-        n = 0
-        for seq, body, h in _iter_rows(self.db, (EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash)):
-            text = event_line(seq, body, h) + "\n"
-            if seq in cps:
-                text += cps[seq].to_line() + "\n"
-            stream.write(text.encode("utf-8") if binary else text)
-            n += 1
-        stream.flush()
-        return n
-
-
 # ---- helpers -------------------------------------------------------------------------------------
 
 
@@ -402,29 +331,6 @@ def _cp_row(cp: Checkpoint) -> dict:
     return {"seq": cp.seq, "hash": cp.hash, "ts": cp.ts, "signature": cp.signature}
 
 
-def _iter_rows(db: StateDB, columns) -> Iterator[tuple]:
-    """Rows of audit_events in seq order, READ_CHUNK per short transaction (keyset pagination).
-
-    Appends only ever add rows after the head, so paging by seq sees a consistent prefix.
-    """
-    last = 0
-    while True:
-        with db.transaction() as s:
-            rows = s.execute(
-                select(*columns).where(EVENTS.c.seq > last).order_by(EVENTS.c.seq).limit(READ_CHUNK)
-            ).all()
-        yield from rows
-        if len(rows) < READ_CHUNK:
-            return
-        last = rows[-1][0]
-
-
-def _event_from_row(seq: int, body: str, hash_: str) -> Event:
-    ev = Event.from_dict(json.loads(body))
-    ev.seq, ev.hash = seq, hash_
-    return ev
-
-
 def _insert_head_if_missing(s: Session) -> None:
     values = {"id": HEAD_ID, "seq": 0, "hash": GENESIS}
     dialect = s.get_bind().dialect.name
@@ -437,16 +343,3 @@ def _insert_head_if_missing(s: Session) -> None:
                 s.execute(insert(HEAD).values(**values))
         except IntegrityError:
             pass
-
-
-def _reason(exc: BaseException) -> str:
-    """A short, payload-free reason: the driver's message, not the SQL and its parameters."""
-    if isinstance(exc, SdmError):
-        return exc.message
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return f"state database error: {exc.orig}"
-    if isinstance(exc, SinkError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-    return f"{type(exc).__name__}: {exc}"

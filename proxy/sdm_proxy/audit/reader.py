@@ -1,0 +1,130 @@
+"""Reading the audit log: head, tail, paging through every event, export, and which ids it holds.
+
+``AuditLog`` (``log.py``, the writer) inherits these; they need only ``self.db``. Reads run in
+short transactions (``READ_CHUNK`` rows each) so they never hold SQLite's write lock for long.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import IO, Iterator, Sequence
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ..control.db import StateDB
+from ..control.models import AuditCheckpoint, AuditEvent, AuditHead
+from ..errors import SdmError, StateError
+from .chain import GENESIS
+from .checkpoints import Checkpoint
+from .events import Event
+from .sink import SinkError, event_line
+
+EVENTS = AuditEvent.__table__
+HEAD = AuditHead.__table__
+CHECKPOINTS = AuditCheckpoint.__table__
+HEAD_ID = 1
+READ_CHUNK = 2000  # rows per short read transaction (keeps the SQLite write lock brief)
+
+
+class AuditReader:
+    db: StateDB
+
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the newest event; (0, GENESIS) for an empty log."""
+        with self.db.transaction() as s:
+            row = s.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID)).first()
+        return (int(row[0]), row[1]) if row else (0, GENESIS)
+
+    def tail(self, n: int = 20, user: str | None = None, types: Sequence[str] | None = None) -> list[Event]:
+        """The newest ``n`` events, oldest first. ``types`` entries ending in ``*`` match a prefix."""
+        q = select(EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash).order_by(EVENTS.c.seq.desc()).limit(n)
+        if user is not None:
+            q = q.where(EVENTS.c.user == user)
+        if types:
+            exact = [t for t in types if not t.endswith("*")]
+            prefixes = [t[:-1] for t in types if t.endswith("*")]
+            conds = [EVENTS.c.type.in_(exact)] if exact else []
+            conds += [EVENTS.c.type.startswith(p, autoescape=True) for p in prefixes]
+            q = q.where(or_(*conds))
+        try:
+            with self.db.transaction() as s:
+                rows = s.execute(q).all()
+        except (SQLAlchemyError, SdmError) as exc:
+            raise StateError(f"cannot read the audit log: {_reason(exc)}") from None
+        return [_event_from_row(*r) for r in reversed(rows)]
+
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of these event ids the chain already holds (spool recovery skips them)."""
+        found: set[str] = set()
+        with self.db.transaction() as s:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start:start + 500])
+                found.update(r[0] for r in s.execute(select(EVENTS.c.id).where(EVENTS.c.id.in_(chunk))))
+        return found
+
+    def iter_events(self) -> Iterator[Event]:
+        """Every event in seq order, read in short chunks (never one long read lock)."""
+        for seq, body, h in _iter_rows(self.db, (EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash)):
+            yield _event_from_row(seq, body, h)
+
+    def export_jsonl(self, stream: IO) -> int:
+        """Write the whole log in the sink's format (checkpoint lines included); returns #events.
+
+        ``stream`` may be text (``sys.stdout``) or binary. The output verifies with ``verify_jsonl``
+        and can replace a lost or damaged sink file.
+        """
+        binary = not isinstance(stream, io.TextIOBase)
+        with self.db.transaction() as s:
+            cps = {
+                r[0]: Checkpoint(*r)
+                for r in s.execute(
+                    select(CHECKPOINTS.c.seq, CHECKPOINTS.c.hash, CHECKPOINTS.c.ts, CHECKPOINTS.c.signature)
+                )
+            }
+        n = 0
+        for seq, body, h in _iter_rows(self.db, (EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash)):
+            text = event_line(seq, body, h) + "\n"
+            if seq in cps:
+                text += cps[seq].to_line() + "\n"
+            stream.write(text.encode("utf-8") if binary else text)
+            n += 1
+        stream.flush()
+        return n
+
+
+def _iter_rows(db: StateDB, columns) -> Iterator[tuple]:
+    """Rows of audit_events in seq order, READ_CHUNK per short transaction (keyset pagination).
+
+    Appends only ever add rows after the head, so paging by seq sees a consistent prefix.
+    """
+    last = 0
+    while True:
+        with db.transaction() as s:
+            rows = s.execute(
+                select(*columns).where(EVENTS.c.seq > last).order_by(EVENTS.c.seq).limit(READ_CHUNK)
+            ).all()
+        yield from rows
+        if len(rows) < READ_CHUNK:
+            return
+        last = rows[-1][0]
+
+
+def _event_from_row(seq: int, body: str, hash_: str) -> Event:
+    ev = Event.from_dict(json.loads(body))
+    ev.seq, ev.hash = seq, hash_
+    return ev
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, payload-free reason: the driver's message, not the SQL and its parameters."""
+    if isinstance(exc, SdmError):
+        return exc.message
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"state database error: {exc.orig}"
+    if isinstance(exc, SinkError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}"
