@@ -61,6 +61,7 @@ class AuditWriter:
         self._worker: asyncio.Task | None = None
         self._syncer: asyncio.Future | None = None
         self._closed = False
+        self._close_deadline: float | None = None  # while closing, retries stop after this
         self.failures = 0
         self.chained = 0  # events moved into the chain by this writer
 
@@ -244,8 +245,6 @@ class AuditWriter:
         log.error("stopping with audit events not chained; they stay in the spool and are chained at the "
                   "next gateway start: %s", exc.message)
         return True
-
-    _close_deadline: float | None = None
 
     def _spool_chained(self, mark: SpoolMark) -> None:
         try:

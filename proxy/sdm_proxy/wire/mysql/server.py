@@ -17,9 +17,9 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 
-from ... import errors as sdm_errors
 from ...unlock.client import UnlockClient
 from ..audit_writer import AuditWriter
+from ..listener import Listener, listener_setup
 from ..net import PolicyCheck, is_loopback
 from .channel import ClientChannel
 from .errors import ER_CON_COUNT_ERROR, SQLSTATE_REJECTED, ServerShutdown, err_fields
@@ -55,33 +55,17 @@ class ListenerContext:
     registry: ConnectionRegistry = field(default_factory=ConnectionRegistry)
 
 
-class MysqlListener:
-    def __init__(self, ctx: ListenerContext, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+class MysqlListener(Listener):
+    def __init__(self, ctx: ListenerContext, max_connections: int = DEFAULT_MAX_CONNECTIONS, *,
                  owns_audit: bool = False):
+        super().__init__(max_connections, ctx.audit, owns_audit)
         self.ctx = ctx
-        self.max_connections = max_connections
-        self.sessions: set[Session] = set()
-        self._tasks: set[asyncio.Task] = set()
-        self._server: asyncio.Server | None = None
-        self._owns_audit = owns_audit
         self._closing = False
 
     async def start(self, host: str, port: int) -> MysqlListener:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._channel, host, port, reuse_address=True)
         return self
-
-    @property
-    def sockets(self):
-        return self._server.sockets if self._server else ()
-
-    @property
-    def port(self) -> int:
-        return self.sockets[0].getsockname()[1]
-
-    @property
-    def host(self) -> str:
-        return self.sockets[0].getsockname()[0]
 
     def _channel(self) -> ClientChannel:
         channel = ClientChannel()
@@ -116,10 +100,6 @@ class MysqlListener:
             log.exception("mysql connection handler failed")
             channel.abort()
 
-    def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
     async def drain(self, timeout: float = 30.0) -> None:
         """Stop accepting; idle sessions end now (ERR 1053), busy ones after their current command
         (at most ``timeout`` seconds); then close whatever is left."""
@@ -137,22 +117,7 @@ class MysqlListener:
         self._closing = True
         for session in list(self.sessions):
             session.request_close(ServerShutdown(SHUTDOWN_MESSAGE), force=True)
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=5)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
-        if self._server is not None:
-            await self._server.wait_closed()
-        if self._owns_audit:
-            await self.ctx.audit.aclose()
-
-    async def __aenter__(self) -> "MysqlListener":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
+        await self._wind_down()
 
 
 async def start_mysql_listener(
@@ -179,21 +144,14 @@ async def start_mysql_listener(
     ``UsageError`` for a non-loopback address without ``tls_context``; off loopback, clients must
     use TLS.
     """
-    loopback = is_loopback(host)
-    if not loopback and tls_context is None:
-        raise sdm_errors.UsageError(
-            f"refusing to listen on {host}:{port} without TLS: the session token would cross the network "
-            "in clear (give the gateway certificate, or listen on 127.0.0.1)")
-    owns = not isinstance(audit_log, AuditWriter)
-    writer = AuditWriter(audit_log) if owns else audit_log
-    if proxy_id is None:
-        proxy_id = getattr(getattr(unlock_client, "identity", None), "proxy_id", None)
+    setup = listener_setup(host, port, tls_context=tls_context, audit_log=audit_log,
+                           unlock_client=unlock_client, proxy_id=proxy_id)
     ctx = ListenerContext(
-        unlock_client=unlock_client, audit=writer, proxy_id=proxy_id, tls_context=tls_context,
-        require_tls=not loopback, policy_check=policy_check, policy_interval=policy_interval,
+        unlock_client=unlock_client, audit=setup.audit, proxy_id=setup.proxy_id, tls_context=tls_context,
+        require_tls=setup.require_tls, policy_check=policy_check, policy_interval=policy_interval,
         auth_timeout=auth_timeout, connect_timeout=connect_timeout, max_command_packet=max_command_packet,
         server_version=server_version)
-    return await MysqlListener(ctx, max_connections, owns_audit=owns).start(host, port)
+    return await MysqlListener(ctx, max_connections, owns_audit=setup.owns_audit).start(host, port)
 
 
 __all__ = ["ListenerContext", "MysqlListener", "is_loopback", "start_mysql_listener"]

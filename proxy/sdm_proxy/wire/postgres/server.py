@@ -16,10 +16,10 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 
-from ... import errors as sdm_errors
 from ...unlock.client import UnlockClient
 from ..audit_writer import AuditWriter
-from ..net import PolicyCheck, is_loopback
+from ..listener import Listener, listener_setup
+from ..net import PolicyCheck
 from . import framing
 from .cancel import CancelRegistry
 from .errors import ADMIN_SHUTDOWN
@@ -49,36 +49,21 @@ class ListenerContext:
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
     connect_timeout: float = CONNECT_TIMEOUT
     max_statement_bytes: int = DEFAULT_MAX_STATEMENT
-    owns_audit: bool = True  # False when the caller shares its AuditWriter (it closes it, not us)
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     scram_cache: ScramKeyCache = field(default_factory=ScramKeyCache)
     route_hints: RouteHints = field(default_factory=RouteHints)
 
 
-class PostgresListener:
-    def __init__(self, ctx: ListenerContext, max_connections: int = DEFAULT_MAX_CONNECTIONS):
+class PostgresListener(Listener):
+    def __init__(self, ctx: ListenerContext, max_connections: int = DEFAULT_MAX_CONNECTIONS, *,
+                 owns_audit: bool = False):
+        super().__init__(max_connections, ctx.audit, owns_audit)
         self.ctx = ctx
-        self.max_connections = max_connections
-        self.sessions: set[Session] = set()
-        self._tasks: set[asyncio.Task] = set()
-        self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> PostgresListener:
         self._server = await asyncio.start_server(self._accept, host, port, limit=STREAM_LIMIT,
                                                   reuse_address=True)
         return self
-
-    @property
-    def sockets(self):
-        return self._server.sockets if self._server else ()
-
-    @property
-    def port(self) -> int:
-        return self.sockets[0].getsockname()[1]
-
-    @property
-    def host(self) -> str:
-        return self.sockets[0].getsockname()[0]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -105,10 +90,6 @@ class PostgresListener:
         finally:
             self._tasks.discard(task)
 
-    def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
     async def drain(self, timeout: float = 30.0) -> None:
         """Stop accepting, give live sessions ``timeout`` seconds to end, then close the rest."""
         self.stop_accepting()
@@ -121,22 +102,7 @@ class PostgresListener:
         self.stop_accepting()
         for session in list(self.sessions):
             session.request_close(ADMIN_SHUTDOWN, "terminating connection: the gateway is shutting down")
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=5)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
-        if self._server is not None:
-            await self._server.wait_closed()
-        if self.ctx.owns_audit:
-            await self.ctx.audit.aclose()
-
-    async def __aenter__(self) -> PostgresListener:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
+        await self._wind_down()
 
 
 async def start_postgres_listener(
@@ -161,18 +127,10 @@ async def start_postgres_listener(
     it, a string closes it with that reason. Raises ``UsageError`` for a non-loopback address
     without ``tls_context``.
     """
-    loopback = is_loopback(host)
-    if not loopback and tls_context is None:
-        raise sdm_errors.UsageError(
-            f"refusing to listen on {host}:{port} without TLS: the session token would cross the network "
-            "in clear (give the gateway certificate, or listen on 127.0.0.1)")
-    shared = isinstance(audit_log, AuditWriter)
-    writer = audit_log if shared else AuditWriter(audit_log)
-    if proxy_id is None:
-        proxy_id = getattr(getattr(unlock_client, "identity", None), "proxy_id", None)
+    setup = listener_setup(host, port, tls_context=tls_context, audit_log=audit_log,
+                           unlock_client=unlock_client, proxy_id=proxy_id)
     ctx = ListenerContext(
-        unlock_client=unlock_client, audit=writer, proxy_id=proxy_id, tls_context=tls_context,
-        require_tls=not loopback, policy_check=policy_check, policy_interval=policy_interval,
-        auth_timeout=auth_timeout, connect_timeout=connect_timeout, max_statement_bytes=max_statement_bytes,
-        owns_audit=not shared)
-    return await PostgresListener(ctx, max_connections).start(host, port)
+        unlock_client=unlock_client, audit=setup.audit, proxy_id=setup.proxy_id, tls_context=tls_context,
+        require_tls=setup.require_tls, policy_check=policy_check, policy_interval=policy_interval,
+        auth_timeout=auth_timeout, connect_timeout=connect_timeout, max_statement_bytes=max_statement_bytes)
+    return await PostgresListener(ctx, max_connections, owns_audit=setup.owns_audit).start(host, port)
