@@ -22,6 +22,7 @@ same text and cell. What changes is how the rows become a DataFrame:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from operator import itemgetter
 
 from . import columnar
@@ -33,6 +34,7 @@ BINARY_SAFE = frozenset({16, 17, 19, 20, 21, 23, 25, 26, 114, 701, 1042, 1043, 1
                          2950, 3802})
 
 
+@cache  # psycopg does not change under a running kernel: look once, not per statement
 def available() -> bool:
     """psycopg still has the internals this relies on (else the row path is used)."""
     try:
