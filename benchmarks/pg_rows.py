@@ -3,6 +3,8 @@ each direct to PostgreSQL vs through the gateway, interleaved so drift hits both
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 
 from .measure import median, side_by_side, timed
@@ -12,6 +14,7 @@ from .procs import reset_peak, rss_kb
 BULK_SQL = ("SELECT g AS id, g::text AS name, (g * 1.5)::float8 AS amount, "
             "timestamp '2024-01-01' + g * interval '1 second' AS ts FROM generate_series(1, {rows}) g")
 COLUMNS = 4
+SAMPLE_GAP = 0.05  # seconds between connect samples
 
 
 def bulk_sql(rows: int) -> str:
@@ -62,9 +65,12 @@ def connect(bench, n: int) -> dict:
     direct_kw, gw_kw = bench.direct_kw(), bench.gateway_kw()
     first_query(direct_kw), first_query(gw_kw)
     d, g = [], []
-    for _ in range(n):  # interleaved
+    for _ in range(n):  # interleaved, and spaced so that one side's background work (a backend
+        # exiting, the gateway's next warm spare logging in) does not land in the other's sample
         d += timed(lambda: first_query(direct_kw))
+        time.sleep(SAMPLE_GAP)
         g += timed(lambda: first_query(gw_kw))
+        time.sleep(SAMPLE_GAP)
     bench.gateway.ensure_alive()
     return {
         "samples": n, "auth_upstream": "scram-sha-256",

@@ -54,6 +54,7 @@ class GatewayConfig:
     mysql: tuple[str, int] | None = DEFAULT_MYSQL
     drain_seconds: float = DRAIN_SECONDS
     audit_sync: str = "write"  # write | fsync | commit (see wire/audit_writer.py)
+    warm_logins: bool = True  # PostgreSQL spares (see wire/postgres/spares.py)
 
 
 def enrol_local_proxy(cp: ControlPlane) -> ProxyIdentity:
@@ -89,7 +90,8 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
             pg = await start_postgres_listener(
                 *config.postgres, unlock_client=unlock_client, audit_log=audit,
                 tls_context=gateway_tls_context(cp.home.tls_dir),
-                policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id)
+                policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id,
+                warm_logins=config.warm_logins)
             listeners.append(pg)
             addresses["postgres"] = f"{config.postgres[0]}:{pg.port}"
         if config.mysql is not None:

@@ -21,7 +21,8 @@ def gateway(pg_cluster, tmp_path_factory) -> Gateway:
     async def start():
         return await start_postgres_listener(
             "127.0.0.1", 0, unlock_client=client, audit_log=state.cp.audit,
-            policy_check=make_policy_check(state.cp), policy_interval=0.5)
+            policy_check=make_policy_check(state.cp), policy_interval=0.5,
+            warm_logins=True)  # as `sdm gateway` runs by default: every wire test meets the spares
 
     listener = loop.run(start())
     gw = Gateway(state, pg_cluster, loop, listener, "127.0.0.1", listener.port, tokens, actors)

@@ -16,8 +16,10 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def early_opens(monkeypatch):
-    """Record every early open and what became of it."""
+def early_opens(monkeypatch, gateway):
+    """Record every early open and what became of it (warm spares off: a spare makes an early
+    open pointless, so the listener skips it; test_pg_spares.py covers that)."""
+    monkeypatch.setattr(gateway.listener.ctx, "spares", None)
     calls = []
     real = pg_session.open_early
 

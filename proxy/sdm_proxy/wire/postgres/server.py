@@ -25,6 +25,7 @@ from .cancel import CancelRegistry
 from .errors import ADMIN_SHUTDOWN
 from .scram import ScramKeyCache
 from .session import QUERY_TEXT_LIMIT, Session
+from .spares import WarmSpares
 from .upstream import CONNECT_TIMEOUT, STREAM_LIMIT, RouteHints
 
 log = logging.getLogger("sdm.wire.postgres")
@@ -52,6 +53,7 @@ class ListenerContext:
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     scram_cache: ScramKeyCache = field(default_factory=ScramKeyCache)
     route_hints: RouteHints = field(default_factory=RouteHints)
+    spares: WarmSpares | None = None  # warm logins (spares.py); None: every session logs in itself
 
 
 class PostgresListener(Listener):
@@ -102,6 +104,8 @@ class PostgresListener(Listener):
         self.stop_accepting()
         for session in list(self.sessions):
             session.request_close(ADMIN_SHUTDOWN, "terminating connection: the gateway is shutting down")
+        if self.ctx.spares is not None:
+            await self.ctx.spares.aclose()
         await self._wind_down()
 
 
@@ -119,13 +123,15 @@ async def start_postgres_listener(
     connect_timeout: float = CONNECT_TIMEOUT,
     max_statement_bytes: int = DEFAULT_MAX_STATEMENT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    warm_logins: bool = False,
 ) -> PostgresListener:
     """Start serving; ``port=0`` picks a free port (see ``listener.port``).
 
     ``audit_log`` is an ``AuditLog`` (or an ``AuditWriter`` to share one between listeners).
     ``policy_check(cred)`` is awaited every ``policy_interval`` seconds per connection: None keeps
     it, a string closes it with that reason. Raises ``UsageError`` for a non-loopback address
-    without ``tls_context``.
+    without ``tls_context``. ``warm_logins``: keep one logged-in spare per recently used route
+    (spares.py) so the next connect skips the database's fork and SCRAM exchange.
     """
     setup = listener_setup(host, port, tls_context=tls_context, audit_log=audit_log,
                            unlock_client=unlock_client, proxy_id=proxy_id)
@@ -133,4 +139,6 @@ async def start_postgres_listener(
         unlock_client=unlock_client, audit=setup.audit, proxy_id=setup.proxy_id, tls_context=tls_context,
         require_tls=setup.require_tls, policy_check=policy_check, policy_interval=policy_interval,
         auth_timeout=auth_timeout, connect_timeout=connect_timeout, max_statement_bytes=max_statement_bytes)
+    if warm_logins:
+        ctx.spares = WarmSpares(ctx.scram_cache, connect_timeout=connect_timeout)
     return await PostgresListener(ctx, max_connections, owns_audit=setup.owns_audit).start(host, port)

@@ -317,7 +317,9 @@ class Session:
 
     async def _login(self, token: str) -> None:
         route = (self.params["database"], self.params["user"])
-        early = self._open_early(route, token)
+        spares = self.ctx.spares
+        warm = spares is not None and spares.warm_for(self.ctx.route_hints.get(route), self.params)
+        early = None if warm else self._open_early(route, token)
         try:
             cred = await self._unlock_or_close(token)
         except BaseException:
@@ -331,12 +333,14 @@ class Session:
             early = None
         # The session keeps who/what for audit and policy checks, never the secret (DESIGN §2.1).
         self.cred = replace(cred, secret=_NO_SECRET)
-        # session.start and the upstream login run side by side (one commit less on the connect
-        # path); the client hears AuthenticationOk only once both have succeeded, so nothing is
-        # relayed unless the session is on record.
-        login = asyncio.ensure_future(connect_upstream(cred, self.params, scram_cache=self.ctx.scram_cache,
-                                                       timeout=self.ctx.connect_timeout,
-                                                       early=early[1] if early else None))
+        login = self._take_spare(cred, early)
+        if login is None:
+            # session.start and the upstream login run side by side (one commit less on the connect
+            # path); the client hears AuthenticationOk only once both have succeeded, so nothing is
+            # relayed unless the session is on record.
+            login = asyncio.ensure_future(connect_upstream(cred, self.params, scram_cache=self.ctx.scram_cache,
+                                                           timeout=self.ctx.connect_timeout,
+                                                           early=early[1] if early else None))
         del cred  # the secret's last reference from this frame: the login task holds it until done
         try:
             await self.ctx.audit.write([self._session_event("start")])
@@ -351,6 +355,19 @@ class Session:
             self.upstream = await login
         except WireError as exc:
             raise _Close(exc.sqlstate, exc.message) from None
+        if spares is not None and self.upstream.auth_method == "scram-sha-256":
+            spares.replenish(self.cred, self.params)  # for the next session of this route
+
+    def _take_spare(self, cred: UnlockedCredential, early) -> asyncio.Future | None:
+        """A warm spare for exactly this unlock (see spares.py) as a finished login, or None."""
+        conn = self.ctx.spares.take(cred, self.params) if self.ctx.spares is not None else None
+        if conn is None:
+            return None
+        if early is not None:
+            _drop_early(early[1])
+        login = asyncio.get_running_loop().create_future()
+        login.set_result(conn)
+        return login
 
     async def _unlock_or_close(self, token: str) -> UnlockedCredential:
         try:

@@ -12,6 +12,7 @@ import asyncio
 import ssl
 import struct
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ...unlock.client import DatasourceInfo, UnlockedCredential
 from ..net import upstream_tls_context
@@ -190,11 +191,13 @@ def close_opened(task: asyncio.Future) -> None:
 
 async def connect_upstream(cred: UnlockedCredential, client_params: dict[str, str], *,
                            scram_cache: ScramKeyCache | None, timeout: float = CONNECT_TIMEOUT,
-                           early: asyncio.Future | None = None) -> UpstreamConnection:
+                           early: asyncio.Future | None = None,
+                           secret_fn: Callable[[], bytes] | None = None) -> UpstreamConnection:
     """Open, secure and log in; returns a connection positioned right after ReadyForQuery.
 
     ``early``: an ``open_early`` task for this very route (startup already sent); when it failed,
-    the login opens a connection of its own."""
+    the login opens a connection of its own. ``secret_fn``: where the login gets the password when
+    it needs it (default: the unlocked secret; a warm spare passes one that refuses)."""
     ds = cred.datasource
     try:
         async with asyncio.timeout(timeout):
@@ -204,14 +207,14 @@ async def connect_upstream(cred: UnlockedCredential, client_params: dict[str, st
                     opened = await early
                 except (UpstreamLoginError, ServerProtocolError, OSError, TimeoutError):
                     opened = None
-            return await _connect(cred, client_params, scram_cache, opened)
+            return await _connect(cred, client_params, scram_cache, opened, secret_fn or cred.secret.reveal)
     except TimeoutError:
         raise UpstreamLoginError(
             f"datasource {ds.name} at {ds.host}:{ds.port} did not complete the login within {timeout:g}s") from None
 
 
 async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scram_cache,
-                   opened: Opened | None = None) -> UpstreamConnection:
+                   opened: Opened | None, secret_fn: Callable[[], bytes]) -> UpstreamConnection:
     ds = cred.datasource
     reader, writer = opened if opened is not None else await _open(ds, what="login")
     conn = UpstreamConnection(reader, writer)
@@ -219,7 +222,7 @@ async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scra
         if opened is None:
             writer.write(framing.startup_message(startup_params(ds, cred.db_user, client_params)))
         auth = UpstreamAuthenticator(
-            user=cred.db_user, secret_fn=cred.secret.reveal, cache=scram_cache,
+            user=cred.db_user, secret_fn=secret_fn, cache=scram_cache,
             cache_scope=(ds.name, ds.host, ds.port, cred.credential, cred.version, cred.db_user))
         while True:
             await writer.drain()
