@@ -7,23 +7,13 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
-from .models import Credential, Datasource, Grant, Lease, Role, RoleMember
-from .policy import AccessFacts, Decision, GrantFacts, access_decision
+from .models import Credential, Datasource, Grant, Lease, RoleMember
+from .policy import AccessFacts, Decision, access_decision
+from .unlock_facts import credential_access_facts
 
 
 def access_facts(s: DBSession, user_id: int, user_name: str, cred: Credential) -> AccessFacts:
-    roles = s.scalars(
-        select(Role.name)
-        .join(RoleMember, RoleMember.role_id == Role.id)
-        .join(Lease, Lease.role_id == Role.id)
-        .where(RoleMember.user_id == user_id, Lease.credential_id == cred.id)
-    ).all()
-    grants = s.scalars(select(Grant).where(Grant.user_id == user_id, Grant.credential_id == cred.id)).all()
-    return AccessFacts(
-        user=user_name, datasource=cred.datasource.name, credential=cred.name,
-        leasing_roles=frozenset(roles),
-        grants=tuple(GrantFacts(g.expires_at, g.revoked_at) for g in grants),
-    )
+    return credential_access_facts(s.connection(), user_id, user_name, cred.datasource.name, cred.id, cred.name)
 
 
 def decide(s: DBSession, user_id: int, user_name: str, cred: Credential, now: datetime) -> Decision:

@@ -10,7 +10,13 @@ from sqlalchemy.orm import Session as DBSession
 
 from ..audit.events import admin_event
 from ..errors import Conflict, NotFound, UsageError
-from ..validation import DATASOURCE_TYPES, TLS_MODES, check_choice, check_name, check_port
+from ..validation import (
+    DATASOURCE_TYPES,
+    TLS_MODES,
+    check_choice,
+    check_name,
+    check_port,
+)
 from ..vault.envelope import EncryptionContext, seal
 from ..vault.secret import SecretValue
 from ..vault.secret_refs import validate_secret_ref
@@ -20,10 +26,18 @@ from .models import Credential, Datasource
 MAX_SECRET_BYTES = 4096
 
 
+def datasource_not_found(name: str) -> NotFound:
+    return NotFound(f"no datasource named {name!r} (see `sdm datasource list`)")
+
+
+def credential_not_found(datasource: str, name: str) -> NotFound:
+    return NotFound(f"datasource {datasource!r} has no credential named {name!r} (see `sdm credential list`)")
+
+
 def get_datasource(s: DBSession, name: str) -> Datasource:
     ds = s.scalar(select(Datasource).where(Datasource.name == name))
     if ds is None:
-        raise NotFound(f"no datasource named {name!r} (see `sdm datasource list`)")
+        raise datasource_not_found(name)
     return ds
 
 
@@ -31,7 +45,7 @@ def get_credential(s: DBSession, datasource: str, name: str) -> Credential:
     ds = get_datasource(s, datasource)
     cred = s.scalar(select(Credential).where(Credential.datasource_id == ds.id, Credential.name == name))
     if cred is None:
-        raise NotFound(f"datasource {datasource!r} has no credential named {name!r} (see `sdm credential list`)")
+        raise credential_not_found(datasource, name)
     return cred
 
 

@@ -10,17 +10,18 @@ import base64
 import binascii
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ..errors import NotFound, ProxyRejected
 from ..unlock.message import canonical
-from .access import decide
-from .catalog import get_credential
 from .context import ControlPlane
 from .models import User
-from .policy import freshness_decision, session_decision
+from .policy import access_decision, freshness_decision, session_decision
 from .proxies import verify_proxy_signature
 from .sessions import session_facts
+from .unlock_facts import credential_access_facts, named_credential
+
+_USER_ID = select(User.__table__.c.id).where(User.__table__.c.name == bindparam("name"))
 
 
 def live_access_reason(cp: ControlPlane, *, session_id: str, user: str, datasource: str,
@@ -30,14 +31,16 @@ def live_access_reason(cp: ControlPlane, *, session_id: str, user: str, datasour
         decision = session_decision(session_facts(s, session_id), user, now)
         if not decision.allowed:
             return decision.reason
+        conn = s.connection()  # lean reads (unlock_facts), live every time like the unlock's
         try:
-            cred = get_credential(s, datasource, credential)
+            cred = named_credential(conn, datasource, credential)
         except NotFound as exc:
             return exc.message
-        user_id = s.scalar(select(User.id).where(User.name == user))
+        user_id = conn.execute(_USER_ID, {"name": user}).scalar()
         if user_id is None:
             return f"user {user} was removed"
-        decision = decide(s, user_id, user, cred, now)
+        facts = credential_access_facts(conn, user_id, user, cred.datasource.name, cred.id, cred.name)
+        decision = access_decision(facts, now)
         return None if decision.allowed else decision.reason
 
 

@@ -13,6 +13,7 @@ from ..unlock.message import proxy_id_for
 from .context import Actor, ControlPlane
 from .models import ProxyInstance
 from .policy import proxy_decision
+from .unlock_facts import proxy_key
 
 
 def enroll_proxy(cp: ControlPlane, actor: Actor, public_key: bytes) -> dict:
@@ -60,11 +61,27 @@ def proxy_view(p: ProxyInstance) -> dict:
 
 def verify_proxy_signature(s: DBSession, proxy_id: str, signature: bytes, signed_bytes: bytes) -> None:
     """The proxy half of every proxy-to-control-plane call: enrolled, not revoked, signature valid."""
-    proxy = s.get(ProxyInstance, proxy_id)
+    proxy = proxy_key(s.connection(), proxy_id)  # read live every time: a revocation counts at once
     decision = proxy_decision(proxy is not None, proxy.revoked_at if proxy else None)
     if not decision.allowed:
         raise ProxyRejected(decision.reason)
     try:
-        Ed25519PublicKey.from_public_bytes(proxy.public_key).verify(signature, signed_bytes)
+        _public_key(proxy.public_key).verify(signature, signed_bytes)
     except InvalidSignature:
         raise ProxyRejected("request signature does not match the enrolled proxy key") from None
+
+
+_KEY_CACHE_SIZE = 256
+_keys: dict[bytes, Ed25519PublicKey] = {}
+
+
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    """The parsed key object, kept per key bytes (only parsing is saved: the row, and so the
+    revocation, is still read on every call)."""
+    raw = bytes(raw)
+    key = _keys.get(raw)
+    if key is None:
+        if len(_keys) >= _KEY_CACHE_SIZE:
+            _keys.clear()
+        key = _keys[raw] = Ed25519PublicKey.from_public_bytes(raw)
+    return key

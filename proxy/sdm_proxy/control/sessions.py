@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import weakref
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -13,6 +15,8 @@ from ..errors import AuthenticationFailed, NotFound, UsageError
 from .context import Actor, ControlPlane
 from .models import Session, User
 from .policy import SessionFacts, session_decision
+from .tokens import MAX_TOKEN_LENGTH, SessionSigner, TokenClaims
+from .unlock_facts import session_row
 
 DEFAULT_SESSION_TTL = timedelta(hours=1)
 MAX_SESSION_TTL = timedelta(hours=24)
@@ -35,23 +39,45 @@ def create_session(cp: ControlPlane, actor: Actor, ttl: timedelta = DEFAULT_SESS
     return {"id": session.id, "user": actor.name, "expires_at": session.expires_at.isoformat(), "token": token}
 
 
+_NO_SESSION = SessionFacts(False, None, None, None)
+
+
 def session_facts(s: DBSession, session_id: str) -> SessionFacts:
-    row = s.execute(select(Session, User.name).join(User, User.id == Session.user_id)
-                    .where(Session.id == session_id)).first()
-    if row is None:
-        return SessionFacts(False, None, None, None)
-    session, user = row
-    return SessionFacts(True, user, session.expires_at, session.revoked_at)
+    row = session_row(s.connection(), session_id)
+    return row.facts() if row is not None else _NO_SESSION
 
 
 def authenticate_session(cp: ControlPlane, s: DBSession, token: str, now: datetime) -> Actor:
     """Signature, expiry, then the row (revocation). Raises AuthenticationFailed with the reason."""
-    claims = cp.session_signer.verify(token, now)
-    decision = session_decision(session_facts(s, claims.session_id), claims.user, now)
+    claims = _verify_token(cp.session_signer, token, now)
+    row = session_row(s.connection(), claims.session_id)  # one read: the session and its user
+    decision = session_decision(row.facts() if row is not None else _NO_SESSION, claims.user, now)
     if not decision.allowed:
         raise AuthenticationFailed(decision.reason)
-    user = s.scalar(select(User).where(User.name == claims.user))
-    return Actor(user_id=user.id, name=user.name, is_admin=user.is_admin, session_id=claims.session_id)
+    return Actor(user_id=row.user_id, name=row.user, is_admin=row.is_admin, session_id=claims.session_id)
+
+
+_VERIFIED_MAX = 1024
+_verified: "weakref.WeakKeyDictionary[SessionSigner, dict[bytes, TokenClaims]]" = weakref.WeakKeyDictionary()
+
+
+def _verify_token(signer: SessionSigner, token: str, now: datetime) -> TokenClaims:
+    """``signer.verify``, minus re-checking the Ed25519 signature of a token this signer already
+    accepted (a pure function of the token). Expiry is still checked on every call (an expired
+    token goes through the full check, which refuses it), and the caller still reads the session
+    row, so a revocation counts at once. Keyed by a digest: the token itself is not kept."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        return signer.verify(token, now)
+    cache = _verified.setdefault(signer, {})
+    digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+    claims = cache.get(digest)
+    if claims is not None and claims.expires_at > now:
+        return claims
+    claims = signer.verify(token, now)
+    if len(cache) >= _VERIFIED_MAX:
+        cache.clear()
+    cache[digest] = claims
+    return claims
 
 
 def session_view(session: Session, user: str, now: datetime) -> dict:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DBSession
 
 from ..audit.events import denied_event, unlock_event
@@ -24,13 +22,19 @@ from ..vault.envelope import open_
 from ..vault.secret import SecretValue
 from ..vault.secret_refs import resolve_secret_ref
 from ..vault.transport import seal_to_proxy
-from .access import decide, usable_credentials
-from .catalog import check_ref_outside_home, encryption_context, get_credential, get_datasource
+from .catalog import check_ref_outside_home
 from .context import Actor, ControlPlane
-from .models import UsedNonce
-from .policy import UNLOCK_CLOCK_WINDOW, freshness_decision
+from .nonces import burn_nonce
+from .policy import UNLOCK_CLOCK_WINDOW, Decision, access_decision, freshness_decision
 from .proxies import verify_proxy_signature
 from .sessions import authenticate_session
+from .unlock_facts import (
+    CredentialRow,
+    credential_access_facts,
+    datasource_access_facts,
+    datasource_credentials,
+    named_credential,
+)
 
 
 @dataclass
@@ -58,6 +62,7 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
     # One transaction (one commit on the connect path): proxy half, nonce, session half, lease,
     # audit record. A refusal rolls it all back; ``_record_denial`` then burns the nonce of a
     # correctly signed, fresh request together with the access.denied event, so it cannot be replayed.
+    # The reads are lean Core selects (``unlock_facts``): every one reads live state, none is cached.
     with cp.db.transaction() as s:
         verify_proxy_signature(s, request.proxy_id, signature, request.signed_bytes())
         decision = freshness_decision(request.issued_at(), now)
@@ -69,7 +74,7 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
         attempt.actor = actor
         cred, decision = _resolve_credential(cp, s, actor, request)
         ds = cred.datasource
-        ctx = encryption_context(cred)
+        ctx = cred.encryption_context()
         sealed, secret_ref = cred.sealed, cred.secret_ref
         answer = {
             "user": actor.name, "session_id": actor.session_id,
@@ -91,28 +96,26 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
 
 
 def _burn_nonce(s: DBSession, request: UnlockRequest, now) -> None:
-    s.execute(delete(UsedNonce).where(UsedNonce.expires_at < now))
-    if s.get(UsedNonce, request.nonce) is not None:
+    if not burn_nonce(s.connection(), request.nonce, request.proxy_id,
+                      request.issued_at() + 2 * UNLOCK_CLOCK_WINDOW, now):
         raise ProxyRejected("unlock request replayed (nonce already used)")
-    s.add(UsedNonce(nonce=request.nonce, proxy_id=request.proxy_id,
-                    expires_at=request.issued_at() + 2 * UNLOCK_CLOCK_WINDOW))
-    try:
-        s.flush()
-    except IntegrityError:  # a concurrent twin got there first
-        raise ProxyRejected("unlock request replayed (nonce already used)") from None
 
 
-def _resolve_credential(cp: ControlPlane, s: DBSession, actor: Actor, request: UnlockRequest):
+def _resolve_credential(cp: ControlPlane, s: DBSession, actor: Actor,
+                        request: UnlockRequest) -> tuple[CredentialRow, Decision]:
     """The named credential, or (when none is named) the caller's only one on the datasource."""
     now = cp.now()
+    conn = s.connection()
     if request.credential is not None:
-        cred = get_credential(s, request.datasource, request.credential)
-        decision = decide(s, actor.user_id, actor.name, cred, now)
+        cred = named_credential(conn, request.datasource, request.credential)
+        decision = access_decision(credential_access_facts(
+            conn, actor.user_id, actor.name, cred.datasource.name, cred.id, cred.name), now)
         if not decision.allowed:
             raise AccessDenied(decision.reason)
         return cred, decision
-    get_datasource(s, request.datasource)
-    usable = usable_credentials(s, actor.user_id, actor.name, now, request.datasource)
+    creds = datasource_credentials(conn, request.datasource)
+    facts = datasource_access_facts(conn, actor.user_id, actor.name, creds)
+    usable = [(c, d) for c, d in zip(creds, (access_decision(f, now) for f in facts)) if d.allowed]
     if not usable:
         raise AccessDenied(f"user {actor.name} has no lease or grant on datasource {request.datasource}")
     if len(usable) > 1:
