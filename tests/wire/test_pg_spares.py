@@ -98,13 +98,22 @@ def test_without_cached_keys_the_spare_is_not_made_and_the_route_backs_off(gatew
         pass
     gateway.wait_for(lambda: _spare_pids(spares), what="a warm spare")
     gateway.listener.ctx.scram_cache._data.clear()  # e.g. evicted, or a new salt on the server
-    with _session(gateway):  # takes the spare; the next spare would need the password
-        pass
-    gateway.wait_for(lambda: not spares._making, what="the next spare's attempt to end")
-    assert _spare_pids(spares) == [] and len(spares._failed) == 1
+    with _session(gateway) as conn:  # takes the spare; the next spare would need the password
+        conn.execute("SELECT 1")
+    gateway.wait_for(lambda: spares._failed, what="the next spare's attempt to fail")
+    assert _spare_pids(spares) == [] and not spares._making
     with _session(gateway) as conn:  # a normal login with the unlocked secret
         assert conn.execute("SELECT current_user").fetchone()[0] == pg_cluster.logins["read-only"].username
+        conn.execute("SELECT 1")  # answered after the first one's outcome (and spare decision)
     assert not spares._making and _spare_pids(spares) == [], "the route backs off after a failed spare"
+
+
+def test_the_spare_is_made_once_the_first_statement_is_answered(gateway, spares):
+    with _session(gateway) as conn:
+        assert not spares._making and not _spare_pids(spares), "not during the login"
+        conn.execute("SELECT 1")
+        conn.execute("SELECT 2")
+        assert spares._making or _spare_pids(spares), "right after the first answer"
 
 
 def test_a_rotated_credential_drops_its_old_spare(gateway, spares, pg_cluster):

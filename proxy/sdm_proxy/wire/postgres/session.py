@@ -73,6 +73,7 @@ _FALSE = frozenset({"0", "false", "off", "no", "f", "n"})
 _NO_SECRET = SecretValue(b"")
 NAME_TOO_LONG = "42622"
 POLICY_FAILURES_MAX = 3  # consecutive failed live policy checks before the connection is closed
+REPLENISH_FALLBACK = 0.5  # seconds after login when a session that ran nothing yet gets its spare made
 PARAMETER_STATUS = ord("S")
 
 
@@ -137,6 +138,7 @@ class Session:
         self._relay_proto: UpstreamRelay | None = None
         self._wake_relay = asyncio.Event()
         self.statements = 0
+        self._replenish: asyncio.TimerHandle | None = None  # the next warm spare, once due
 
     # ---- entry ------------------------------------------------------------------------------
 
@@ -356,7 +358,15 @@ class Session:
         except WireError as exc:
             raise _Close(exc.sqlstate, exc.message) from None
         if spares is not None and self.upstream.auth_method == "scram-sha-256":
-            spares.replenish(self.cred, self.params)  # for the next session of this route
+            # The next session's spare, made once this session's first statement is answered (or
+            # after REPLENISH_FALLBACK s): the database's fork must not compete with that statement.
+            self._replenish = asyncio.get_running_loop().call_later(REPLENISH_FALLBACK, self._make_spare)
+
+    def _make_spare(self) -> None:
+        if self._replenish is not None:
+            self._replenish.cancel()
+            self._replenish = None
+            self.ctx.spares.replenish(self.cred, self.params)
 
     def _take_spare(self, cred: UnlockedCredential, early) -> asyncio.Future | None:
         """A warm spare for exactly this unlock (see spares.py) as a finished login, or None."""
@@ -606,6 +616,8 @@ class Session:
         return event
 
     def _record_outcomes(self, stmts: list[Statement]) -> None:
+        if self._replenish is not None:
+            self._make_spare()
         events = []
         for s in stmts:
             if s.tag is None:
