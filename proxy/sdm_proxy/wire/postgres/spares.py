@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 from ...unlock.client import UnlockedCredential
 from ...vault.secret import SecretValue
+from . import framing
 from .errors import UpstreamLoginError, WireError
 from .upstream import RouteHint, UpstreamConnection, connect_upstream, forwarded_params
 
@@ -75,7 +76,7 @@ def _usable(conn: UpstreamConnection) -> bool:
 def _terminate(conn: UpstreamConnection) -> None:
     try:
         if not conn.writer.is_closing():
-            conn.writer.write(b"X\x00\x00\x00\x04")
+            conn.writer.write(framing.TERMINATE)
     except (OSError, RuntimeError):
         pass
     conn.close()
