@@ -55,12 +55,12 @@ class GatedLog:
         self.gate.set()
         self.failures_left = 0
 
-    def append_many(self, events, bodies=None):
+    def append_spooled(self, records):
         self.gate.wait(10)
         if self.failures_left:
             self.failures_left -= 1
             raise AuditUnavailable("audit log unavailable: test outage; the action was refused")
-        return self.log.append_many(events, bodies)
+        return self.log.append_spooled(records)
 
 
 def test_write_returns_once_spooled_and_the_chain_catches_up(audit_log, tmp_path):
@@ -212,7 +212,7 @@ def test_recovery_chains_what_a_killed_gateway_left_and_skips_live_spools(audit_
         from sdm_proxy.wire.audit_writer import AuditWriter
 
         class NeverCommits:
-            def append_many(self, events, bodies=None):
+            def append_spooled(self, records):
                 import time; time.sleep(3600)
 
         async def main():
@@ -296,3 +296,35 @@ def _rows(log: AuditLog):
 
     with log.db.transaction() as s:
         return s.execute(text("SELECT body FROM audit_events")).all()
+
+
+def test_a_chained_mark_needs_no_fsync_even_after_the_spool_starts_over(tmp_path):
+    """fsync mode waits until its mark is synced. If the chain got there first and the spool was
+    truncated (offsets restart at 0), that wait must end, not fsync forever."""
+    spool = AuditSpool(tmp_path / "spool")
+    spool.open()
+    first = spool.append([q(1)])
+    spool.chained(first)  # chained before anybody fsynced: the file starts over
+    assert not spool.needs_sync(first)
+    second = spool.append([q(2)])
+    assert spool.needs_sync(second) and second > first, "marks keep growing after the restart"
+    spool.sync()
+    assert not spool.needs_sync(second)
+    third = spool.append([q(3), q(4)])
+    spool.chained(second)  # not everything: nothing is cut
+    assert spool.needs_sync(third) and [line["query"] for line in spool_lines(tmp_path / "spool")] == [
+        "SELECT 2", "SELECT 3", "SELECT 4"]
+    spool.close()
+
+
+def test_fsync_mode_with_a_chain_faster_than_the_fsync(audit_log, tmp_path):
+    async def main():
+        spool = AuditSpool(tmp_path / "spool")
+        spool.open()
+        writer = AuditWriter(audit_log, spool=spool, sync="fsync", flush_interval=0)
+        for round_ in range(20):
+            await asyncio.wait_for(asyncio.gather(*(writer.write([q(round_ * 10 + n)]) for n in range(10))), 10)
+        await writer.aclose()
+
+    asyncio.run(main())
+    assert len(chained_queries(audit_log)) == 200

@@ -42,13 +42,23 @@ BODY_FIELDS = (
 CLIENT_FIELDS = ("notebook", "cell_id", "execution_count", "kernel_id", "addr")
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant: 10xx
+_ids: list[str] = []  # random ids made ahead, 256 per urandom call (one syscall, one hex())
+os.register_at_fork(after_in_child=_ids.clear)  # a child must never hand out its parent's ids
+
+
 def new_id() -> str:
-    """A random (version 4) UUID as text; what ``str(uuid.uuid4())`` gives, in half the time."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random (version 4) UUID as text, what ``str(uuid.uuid4())`` gives, in a fifth of the time."""
+    try:
+        return _ids.pop()  # atomic: two threads never get the same id
+    except IndexError:
+        pass
+    h = os.urandom(16 * 256).hex()
+    _ids.extend(
+        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{_VARIANT[h[i + 16]]}{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
+        for i in range(0, len(h), 32)
+    )
+    return _ids.pop()
 
 
 _second_prefix: tuple[int, str] = (-1, "")  # (unix second, its formatted text): swapped whole
@@ -105,7 +115,8 @@ class Client:
             return cls()
         if isinstance(value, Client):
             return value
-        return cls(**{k: value.get(k) for k in CLIENT_FIELDS})
+        get = value.get  # positional, in field order: every statement's client goes through here
+        return cls(get("notebook"), get("cell_id"), get("execution_count"), get("kernel_id"), get("addr"))
 
 
 @dataclass(slots=True)

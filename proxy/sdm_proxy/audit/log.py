@@ -19,9 +19,12 @@ database on the next successful append; ``export_jsonl`` can also rebuild it at 
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from hashlib import sha256
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -31,13 +34,17 @@ from sqlalchemy.orm import Session
 
 from ..control.db import StateDB
 from ..errors import AuditUnavailable, StateError
-from .chain import GENESIS, event_hash
+from .body import event_body
+from .chain import GENESIS
 from .checkpoints import Checkpoint, CheckpointSigner
-from .events import Event, canonical_json, is_valid_type
+from .events import Event, is_valid_type
 from .reader import CHECKPOINTS, EVENTS, HEAD, HEAD_ID, READ_CHUNK, AuditReader, _reason
 from .sink import JsonlSink, SinkError, event_line
+from .store import insert_events
 
 __all__ = ["AuditLog", "CheckpointSigner", "Checkpoint"]
+
+log = logging.getLogger("sdm.audit")
 
 
 
@@ -51,7 +58,7 @@ class _Refuse(Exception):
 
 @dataclass
 class _Batch:
-    rows: list[dict] = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)  # audit_events rows, columns as in store.ROW
     checkpoints: list[Checkpoint] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # sink lines, in order
     head: tuple[int, str] | None = None  # new head, if it moves
@@ -101,13 +108,35 @@ class AuditLog(AuditReader):
                 raise refused("audit event without id or ts")
         outcome = {"committed": False}
         try:
-            self._write(lambda s, seq, prev: self._chain(events, seq, prev, bodies), outcome)
+            self._write(lambda s, seq, prev: self._chain(_records(events, bodies), seq, prev, events), outcome)
         except AuditUnavailable:
             if not outcome["committed"]:
                 for ev in events:  # nothing was stored: leave no misleading seq/hash behind
                     ev.seq = ev.prev_hash = ev.hash = None
             raise
         return events
+
+    def append_spooled(self, records: Sequence[tuple]) -> int:
+        """Chain events the gateway spooled, as ``(id, ts, type, user, body)`` with the canonical
+        body serialised with ``prev_hash`` null (``wire/audit_writer.py``); returns how many.
+
+        All or none reach the database: a failure before the commit raises ``AuditUnavailable``.
+        A sink failure after the commit is only logged: the events are chained, so they must not
+        be chained again, and the sink catches up from the database on the next write.
+        """
+        for id_, ts, type_, _, _ in records:
+            if not is_valid_type(type_) or len(type_) > 64:
+                raise refused(f"invalid audit event type {type_!r}")
+            if not isinstance(id_, str) or not isinstance(ts, str):
+                raise refused("audit event without id or ts")
+        outcome = {"committed": False}
+        try:
+            self._write(lambda s, seq, prev: self._chain(records, seq, prev), outcome)
+        except AuditUnavailable as exc:
+            if not outcome["committed"]:
+                raise
+            log.warning("%s", exc.message)
+        return len(records)
 
     def append_in(self, s: Session, events: Iterable[Event]) -> list[Event]:
         """Chain and insert events inside the caller's open transaction, so a change and its
@@ -120,8 +149,8 @@ class AuditLog(AuditReader):
                 raise refused(f"invalid audit event type {ev.type!r}")
         try:
             seq, prev = self._lock_head(s)
-            batch = self._chain(events, seq, prev)
-            s.execute(insert(EVENTS), batch.rows)
+            batch = self._chain(_records(events, None), seq, prev, events)
+            insert_events(s, batch.rows)
             if batch.checkpoints:
                 s.execute(insert(CHECKPOINTS), [_cp_row(cp) for cp in batch.checkpoints])
             s.execute(update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=batch.head[0], hash=batch.head[1]))
@@ -136,7 +165,7 @@ class AuditLog(AuditReader):
     def _mirror_committed(self, batch: _Batch) -> None:
         """After ``append_in``'s commit: append its lines to the sink when the sink ends right
         before them (the usual case: no DB round trip); otherwise catch up from the database."""
-        first, last = batch.rows[0]["seq"], batch.head[0]
+        first, last = batch.rows[0][0], batch.head[0]
         with self._lock:
             self._committed_upto = max(self._committed_upto, last)
             try:
@@ -197,28 +226,45 @@ class AuditLog(AuditReader):
         self._write(build)
         return result[0] if result else None
 
-    def _chain(self, events: list[Event], seq: int, prev: str, bodies: Sequence[str] | None = None) -> _Batch:
-        # The hot loop: per event one dict, one json.dumps, one sha256. Keep it lean.
+    def _chain(self, records: Sequence[tuple], seq: int, prev: str, events: Sequence[Event] | None = None) -> _Batch:
+        """Link ``records`` ``(id, ts, type, user, body or None)`` after ``(seq, prev)``.
+
+        A body is the canonical body serialised with ``prev_hash`` null (the spool's), and the link
+        is spliced in rather than serialising again; with ``events`` (the same events as objects)
+        those get their ``seq``, ``prev_hash`` and ``hash``, and a missing body is serialised.
+        """
+        # The hot loop (GIL held, while the event loop wants it too): per event one splice, one
+        # sha256, one row tuple, one sink line. Keep it lean.
         batch = _Batch()
         rows, lines, cps = batch.rows, batch.lines, batch.checkpoints
-        signer, every = self.signer, self.checkpoint_every
-        if bodies is not None and len(bodies) != len(events):
-            bodies = None
-        for i, ev in enumerate(events):
+        every = self.checkpoint_every if self.signer is not None else 0
+        prev_raw = bytes.fromhex(prev)  # chain.event_hash, unrolled: hash(n) = sha256(prev || body)
+        for i, (id_, ts, type_, user, body) in enumerate(records):
             seq += 1
-            body = _link(bodies[i], ev, prev) if bodies is not None else None
-            ev.prev_hash = prev
-            if body is None:
-                body = canonical_json(ev.body_dict())
-            h = event_hash(prev, body)
-            ev.hash, ev.seq = h, seq
-            rows.append(
-                {"seq": seq, "id": ev.id, "ts": ev.ts, "type": ev.type, "user": ev.user,
-                 "body": body, "prev_hash": prev, "hash": h}
-            )  # fmt: skip
-            lines.append(event_line(seq, body, h))
-            if signer is not None and seq % every == 0:
-                cp = signer.checkpoint(seq, h)
+            ev = None if events is None else events[i]
+            if body is not None:
+                # Sorted keys put "prev_hash" right after "id"; the event's own random id anchors
+                # the splice at the top level (string values cannot hold an unescaped quote, and
+                # nested objects never carry that id). Any other shape: serialise anew.
+                unlinked, body = body, None
+                if ev is None or ev.prev_hash is None:
+                    linked = unlinked.replace(f'"id":"{id_}","prev_hash":null', f'"id":"{id_}","prev_hash":"{prev}"', 1)
+                    if len(linked) != len(unlinked):
+                        body = linked
+                if body is None and ev is None:
+                    ev = Event.from_dict(json.loads(unlinked))
+            if ev is not None:
+                ev.prev_hash = prev
+                if body is None:
+                    body = event_body(ev)
+            prev_raw = sha256(prev_raw + body.encode("utf-8")).digest()
+            h = prev_raw.hex()
+            if events is not None:
+                ev.hash, ev.seq = h, seq
+            rows.append((seq, id_, ts, type_, user, body, prev, h))
+            lines.append(f'{{"seq":{seq},{body[1:-1]},"hash":"{h}"}}')  # sink.event_line, inlined
+            if every and seq % every == 0:
+                cp = self.signer.checkpoint(seq, h)
                 cps.append(cp)
                 lines.append(cp.to_line())
             prev = h
@@ -246,7 +292,7 @@ class AuditLog(AuditReader):
                     batch = build(s, seq, prev)
                     if batch is not None:
                         if batch.rows:
-                            s.execute(insert(EVENTS), batch.rows)
+                            insert_events(s, batch.rows)
                         if batch.checkpoints:
                             s.execute(insert(CHECKPOINTS), [_cp_row(cp) for cp in batch.checkpoints])
                         if batch.head is not None:
@@ -313,18 +359,10 @@ class AuditLog(AuditReader):
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def _link(unlinked: str, ev: Event, prev: str) -> str | None:
-    """The body with ``prev_hash`` set, spliced into its serialisation with ``prev_hash`` null.
-
-    Canonical JSON sorts keys, so ``"id"`` is directly followed by ``"prev_hash"``; the event's own
-    random id anchors the splice at the top level (string values cannot hold an unescaped quote, and
-    nested objects never carry that id). None when the text does not have that shape: serialise anew.
-    """
-    if ev.prev_hash is not None:
-        return None
-    anchor = f'"id":"{ev.id}","prev_hash":null'
-    linked = unlinked.replace(anchor, f'"id":"{ev.id}","prev_hash":"{prev}"', 1)
-    return linked if len(linked) != len(unlinked) else None
+def _records(events: Sequence[Event], bodies: Sequence[str] | None) -> list[tuple]:
+    if bodies is None or len(bodies) != len(events):
+        return [(ev.id, ev.ts, ev.type, ev.user, None) for ev in events]
+    return [(ev.id, ev.ts, ev.type, ev.user, body) for ev, body in zip(events, bodies)]
 
 
 def _cp_row(cp: Checkpoint) -> dict:

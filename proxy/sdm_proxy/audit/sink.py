@@ -81,7 +81,7 @@ class _LockedSink:
 
     def write_lines(self, lines: Iterable[str], last_seq: int) -> None:
         """Append lines, flush and fsync. On failure cut the file back so no torn line remains."""
-        data = "".join(line + "\n" for line in lines).encode("utf-8")
+        data = "\n".join([*lines, ""]).encode("utf-8")  # each line and its newline, copied once
         if not data:
             return
         start = os.lseek(self.fd, 0, os.SEEK_END)

@@ -25,9 +25,8 @@ import json
 import logging
 import os
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from ..errors import AuditUnavailable
 from .events import Event, canonical_json
@@ -39,9 +38,11 @@ SEGMENT_BYTES = 16 << 20  # move to a new file once this much is written and cha
 RECOVERY_BATCH = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolMark:
-    """A position in the spool: everything written before it sits in ``segment`` up to ``offset``."""
+class SpoolMark(NamedTuple):
+    """A position in the spool: everything written before it sits in ``segment`` up to ``offset``.
+
+    ``offset`` counts every byte ever written to the segment, also those cut away when it started
+    over, so marks only grow. A tuple: marks compare (and ``max()``) in spool order for free."""
 
     segment: int
     offset: int
@@ -51,7 +52,12 @@ class _Segment:
     def __init__(self, path: Path, fd: int):
         self.path = path
         self.fd = fd
-        self.size = 0
+        self.end = 0  # bytes ever written (marks' offsets); one attribute, so other threads read it whole
+        self.start = 0  # ... of which this many were cut away (the file holds end - start)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
 
 
 class AuditSpool:
@@ -69,7 +75,7 @@ class AuditSpool:
 
     @property
     def mark(self) -> SpoolMark:
-        return SpoolMark(self._current, self._segments[self._current].size)
+        return SpoolMark(self._current, self._segments[self._current].end)
 
     def append(self, events: Iterable[Event]) -> SpoolMark:
         """Write the events; raises ``AuditUnavailable`` when they cannot be written (fail closed)."""
@@ -77,14 +83,21 @@ class AuditSpool:
 
     def append_bodies(self, bodies: list[str]) -> SpoolMark:
         """Write events already serialised as their canonical bodies (one line each)."""
+        return self.append_chunks([("\n".join(bodies) + "\n").encode("utf-8")])[-1]
+
+    def append_chunks(self, chunks: list[bytes]) -> list[SpoolMark]:
+        """Write several callers' lines (each chunk whole lines) with one ``write(2)``; returns the
+        mark after each chunk. All or nothing: on failure the file is cut back, no torn line stays."""
         seg = self._segments.get(self._current)
         if seg is None:
             raise AuditUnavailable("audit log unavailable: the audit spool is closed; the action was refused")
-        data = ("\n".join(bodies) + "\n").encode("utf-8")
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(seg.fd, view):]
+            written = os.write(seg.fd, data)
+            if written != len(data):  # short write: finish it (or fail below)
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(seg.fd, view):]
         except OSError as exc:
             try:  # leave no torn line behind: the statement will not run, so neither may its record
                 os.ftruncate(seg.fd, seg.size)
@@ -93,12 +106,18 @@ class AuditSpool:
             raise AuditUnavailable(
                 f"audit log unavailable: cannot write the audit spool {seg.path}: {exc.strerror or exc}; "
                 "the action was refused") from None
-        seg.size += len(data)
-        return SpoolMark(self._current, seg.size)
+        current, offset = self._current, seg.end
+        seg.end += len(data)
+        if len(chunks) == 1:
+            return [SpoolMark(current, seg.end)]
+        marks = []
+        for chunk in chunks:
+            offset += len(chunk)
+            marks.append(SpoolMark(current, offset))
+        return marks
 
     def needs_sync(self, mark: SpoolMark) -> bool:
-        s = self._synced
-        return (mark.segment, mark.offset) > (s.segment, s.offset)
+        return mark > self._synced
 
     def sync(self) -> SpoolMark:
         """fdatasync the current segment (older ones were synced before the spool left them)."""
@@ -106,7 +125,7 @@ class AuditSpool:
         seg = self._segments.get(mark.segment)
         if seg is not None:
             os.fdatasync(seg.fd)
-        if (mark.segment, mark.offset) > (self._synced.segment, self._synced.offset):
+        if mark > self._synced:
             self._synced = mark
         return mark
 
@@ -115,13 +134,14 @@ class AuditSpool:
         for number in [n for n in self._segments if n < mark.segment]:
             self._drop(number)
         seg = self._segments.get(mark.segment)
-        if seg is None or mark.offset < seg.size:
+        if seg is None or mark.offset < seg.end:
             return
+        # Chained events need no fsync any more (the chain's commit is durable): a statement
+        # waiting for one in fsync mode may go on.
+        self._synced = max(self._synced, mark)
         if mark.segment == self._current and seg.size < SEGMENT_BYTES:
             os.ftruncate(seg.fd, 0)  # idle: start over in the same file (O_APPEND writes at 0)
-            seg.size = 0
-            if self._synced.segment == mark.segment:
-                self._synced = SpoolMark(mark.segment, 0)
+            seg.start = seg.end
         elif mark.segment == self._current:
             self._roll()
             self._drop(mark.segment)

@@ -9,12 +9,21 @@ raises ``AuditUnavailable`` otherwise (the caller then refuses: fail closed, DES
 - ``fsync``: the spool is also fdatasynced first (one fsync shared by every statement waiting);
 - ``commit``: chained and committed (database and sink fsync) first: about 1 ms per statement.
 
-``post(events)`` is for outcomes recorded after the fact (query.end, session.end): never blocks.
+``post(events)`` is for outcomes recorded after the fact (query.end, session.end): never blocks. In
+spool modes its lines ride along with the next ``write``'s ``write(2)`` (or go at the end of the
+loop's current pass, whichever comes first): one system call per statement instead of two. That
+only moves the outcome's spooling later by less than a loop pass; it was already written after the
+statement ran.
 
-One worker moves queued events into ``AuditLog.append_many`` (group commit) from a thread, so many
-concurrent statements share one commit. In spool modes a failed commit is retried (the events are
-safe in the spool); past ``max_backlog`` queued events new statements wait for the chain to catch up
-(bounded memory, backpressure) and are refused if it does not within ``CATCH_UP_WAIT``.
+One worker moves queued events into the chain (group commit) from a thread, so many concurrent
+statements share one commit. In spool modes a failed commit is retried (the events are safe in the
+spool); past ``max_backlog`` queued events new statements wait for the chain to catch up (bounded
+memory, backpressure) and are refused if it does not within ``CATCH_UP_WAIT``.
+
+In spool modes the queue holds plain tuples ``(id, ts, type, user, body)`` (``AuditLog.
+append_spooled``), not the ``Event`` objects: those die with their statement, and the queue holds
+nothing the garbage collector must walk again and again (at 20,000 statements a second that walk
+cost a quarter of the time).
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from ..audit.events import Event, canonical_json
+from ..audit.body import event_body
+from ..audit.events import Event
 from ..audit.spool import AuditSpool, SpoolMark
 from ..errors import AuditUnavailable, SdmError
 
@@ -39,28 +49,41 @@ CATCH_UP_WAIT = 10.0  # longest a statement waits for the chain to catch up befo
 
 class AuditWriter:
     def __init__(self, audit_log, *, spool: AuditSpool | None = None, sync: str = "write",
-                 max_batch: int = 1000, post_delay: float = 0.05, flush_interval: float = 0.02,
-                 max_backlog: int = 5000):
+                 max_batch: int = 5000, post_delay: float = 0.05, flush_interval: float = 0.02,
+                 max_backlog: int = 10000):
         if sync not in SYNC_MODES:
             raise ValueError(f"audit sync mode must be one of {', '.join(SYNC_MODES)}")
         self._log = audit_log
         self._spool = spool if sync != "commit" else None
         self.sync = sync if self._spool is not None else "commit"
+        # Events per commit at most. Big batches matter: every commit rewrites the index pages
+        # its events touch (random UUIDs: nearly one page each), and the WAL checkpoint again.
         self._max_batch = max_batch
         # After-the-fact records wait this long for company (commit mode: the next durable write).
         self._delay = flush_interval if self._spool is not None else post_delay
-        # Past this many queued events (~1.6 KB each in memory) statements wait for the chain to
+        # Past this many queued events (~1 KB each in memory) statements wait for the chain to
         # catch up (backpressure); if it does not within CATCH_UP_WAIT, they are refused.
         self._max_backlog = max_backlog
         self._caught_up: asyncio.Event | None = None
-        # (events, their spooled bodies or None, a waiter or None, spool mark or None)
-        self._queue: deque[tuple[list[Event], list[str] | None, asyncio.Future | None, SpoolMark | None]] = deque()
-        self._urgent = 0  # queued items somebody awaits
-        self._queued_events = 0
+        # Spool modes: records (id, ts, type, user, body), in spool order. Commit mode: (events,
+        # a waiter or None).
+        self._queue: deque[tuple] = deque()
+        self._queued_events = 0  # commit mode (spool modes: len(self._queue), one record per event)
+        self._urgent = 0  # commit mode: queued items somebody awaits
+        # Spool modes: (records queued in all, before this mark; the mark's segment and offset), to
+        # trim the spool once those are chained. Plain ints: the GC stops looking at them at once.
+        self._marks: deque[tuple[int, int, int]] = deque()
+        self._queued_total = 0
+        self._chained_total = 0
+        self._trim = True  # False once records were given up on: the spool must then keep everything
+        # post()ed (records, their spool lines) not yet spooled: they go with the next write's write(2)
+        self._pending: list[tuple[list[tuple], bytes]] = []
+        self._pending_flush = False  # a flush of _pending is scheduled on the loop
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._syncer: asyncio.Future | None = None
         self._closed = False
+        self._cancelled = False  # the worker was cancelled: the draining thread stops
         self._close_deadline: float | None = None  # while closing, retries stop after this
         self.failures = 0
         self.chained = 0  # events moved into the chain by this writer
@@ -74,14 +97,13 @@ class AuditWriter:
             raise AuditUnavailable(SHUTTING_DOWN)
         if self._spool is None:
             fut = asyncio.get_running_loop().create_future()
-            self._enqueue(events, None, fut, None)
+            self._enqueue_events(events, fut)
             await fut
             return
-        if self._queued_events >= self._max_backlog:
+        if len(self._queue) >= self._max_backlog:
             await self._wait_for_catch_up()
-        bodies = [canonical_json(ev.body_dict()) for ev in events]
-        mark = self._spool_append(bodies)
-        self._enqueue(events, bodies, None, mark)
+        records = _records(events)
+        mark = self._spool_write((records, _lines(records)))
         if self.sync == "fsync":
             await self._fsynced(mark)
 
@@ -90,14 +112,49 @@ class AuditWriter:
         events = list(events)
         if not events:
             return
-        mark = bodies = None
-        if self._spool is not None:
-            bodies = [canonical_json(ev.body_dict()) for ev in events]
-            try:
-                mark = self._spool_append(bodies)
-            except AuditUnavailable as exc:  # the outcome still reaches the chain from memory
-                log.error("could not spool %d after-the-fact audit event(s): %s", len(events), exc.message)
-        self._enqueue(events, bodies, None, mark)
+        if self._spool is None:
+            self._enqueue_events(events, None)
+            return
+        records = _records(events)
+        self._pending.append((records, _lines(records)))
+        if not self._pending_flush:
+            self._pending_flush = True
+            asyncio.get_running_loop().call_soon(self._flush_pending)
+
+    def _flush_pending(self) -> None:
+        self._pending_flush = False
+        if self._pending:
+            self._spool_write(None)
+
+    def _spool_write(self, own: tuple[list[tuple], bytes] | None) -> SpoolMark | None:
+        """Spool the pending post()ed records and then ``own`` with one write(2), and queue them.
+
+        Raises AuditUnavailable when ``own`` could not be written (its statement is refused);
+        post()ed events that could not be written still reach the chain from memory."""
+        items = self._pending
+        self._pending = []
+        if own is not None:
+            items.append(own)
+        try:
+            marks = self._spool.append_chunks([data for _, data in items])
+        except AuditUnavailable as exc:
+            if own is not None:
+                items.pop()
+            if items:
+                log.error("could not spool %d after-the-fact audit event(s): %s",
+                          sum(len(recs) for recs, _ in items), exc.message)
+                for recs, _ in items:
+                    self._enqueue_records(recs, None)
+            if own is not None:
+                raise
+            return None
+        try:
+            self._spool.maybe_roll()
+        except OSError as exc:  # the events are written; only the next segment failed to open
+            log.error("could not start a new audit spool segment: %s", exc.strerror or exc)
+        for (recs, _), mark in zip(items, marks):
+            self._enqueue_records(recs, mark)
+        return marks[-1]
 
     async def _wait_for_catch_up(self) -> None:
         if self._caught_up is None:
@@ -105,23 +162,15 @@ class AuditWriter:
         self._caught_up.clear()
         try:
             async with asyncio.timeout(CATCH_UP_WAIT):
-                while self._queued_events >= self._max_backlog:
+                while len(self._queue) >= self._max_backlog:
                     await self._caught_up.wait()
                     self._caught_up.clear()
         except TimeoutError:
             raise AuditUnavailable(
-                f"audit log unavailable: {self._queued_events} events wait for the state database, which "
+                f"audit log unavailable: {len(self._queue)} events wait for the state database, which "
                 "is not keeping up (see the gateway log); the action was refused") from None
         if self._closed:
             raise AuditUnavailable(SHUTTING_DOWN)
-
-    def _spool_append(self, bodies: list[str]) -> SpoolMark:
-        mark = self._spool.append_bodies(bodies)
-        try:
-            self._spool.maybe_roll()
-        except OSError as exc:  # the events are written; only the next segment failed to open
-            log.error("could not start a new audit spool segment: %s", exc.strerror or exc)
-        return mark
 
     async def _fsynced(self, mark: SpoolMark) -> None:
         """Wait until the spool is fsynced past ``mark`` (concurrent callers share one fsync)."""
@@ -134,29 +183,42 @@ class AuditWriter:
                 raise AuditUnavailable(f"audit log unavailable: cannot fsync the audit spool: "
                                        f"{exc.strerror or exc}; the action was refused") from None
 
-    def _enqueue(self, events: list[Event], bodies: list[str] | None, fut: asyncio.Future | None,
-                 mark: SpoolMark | None) -> None:
+    def _enqueue_records(self, records: list[tuple], mark: SpoolMark | None) -> None:
         first = not self._queue
-        self._queue.append((events, bodies, fut, mark))
+        self._queue.extend(records)
+        self._queued_total += len(records)
+        if mark is not None:
+            self._marks.append((self._queued_total, mark[0], mark[1]))
+        self._kick(first)
+
+    def _enqueue_events(self, events: list[Event], fut: asyncio.Future | None) -> None:
+        first = not self._queue
+        self._queue.append((events, fut))
         self._queued_events += len(events)
         if fut is not None:
             self._urgent += 1
+        self._kick(first or fut is not None)
+
+    def _kick(self, now: bool) -> None:
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="sdm-audit-writer")
-        if first or fut is not None or self._queued_events >= self._max_batch:
+        if now or self._waiting() >= self._max_batch:
             self._wake.set()
 
     async def _run(self) -> None:
         retry_delay = 0.0
+        waited = False  # the queued events already waited (for the previous commit): go at once
         while True:
             if not self._queue:
                 if self._closed:
                     return
+                waited = False
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if not self._urgent and not self._closed and self._queued_events < self._max_batch:
+            if (not waited or retry_delay) and not self._urgent and not self._closed \
+                    and self._waiting() < self._max_batch:
                 # Nobody waits: give more events a moment to join this commit.
                 self._wake.clear()
                 try:
@@ -164,75 +226,98 @@ class AuditWriter:
                         await self._wake.wait()
                 except TimeoutError:
                     pass
-            taken = self._take_batch()
-            batch, bodies = self._unchained(taken)
-            try:
-                await asyncio.to_thread(self._log.append_many, batch, bodies)
-            except asyncio.CancelledError:
-                self._fail_waiters(taken, AuditUnavailable(SHUTTING_DOWN))
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure refuses (fail closed)
-                self.failures += 1
-                if not isinstance(exc, AuditUnavailable):
-                    reason = exc.message if isinstance(exc, SdmError) else type(exc).__name__
-                    exc = AuditUnavailable(f"audit log unavailable: {reason}; the action was refused")
-                if self._spool is not None and not self._giving_up(exc):
-                    # Safe in the spool: keep them (in order) and try again a little later.
-                    self._requeue(taken)
-                    retry_delay = min(RETRY_MAX_DELAY, max(0.05, retry_delay * 2))
-                    log.error("audit events not yet chained (%d waiting, retrying in %.2fs): %s",
-                              self._queued_events, retry_delay, exc.message)
-                    continue
-                if not any(fut for _, _, fut, _ in taken):
-                    log.error("could not record %d audit event(s) after the fact: %s", len(batch), exc)
-                self._fail_waiters(taken, exc)
-                continue
-            retry_delay = 0.0
-            self.chained += len(batch)
-            if self._caught_up is not None and self._queued_events < self._max_backlog:
-                self._caught_up.set()
-            marks = [mark for _, _, _, mark in taken if mark is not None]
-            if marks:
-                self._spool_chained(max(marks, key=lambda m: (m.segment, m.offset)))
-            for _, _, fut, _ in taken:
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+            if self._spool is not None:
+                retry_delay = await self._chain_spooled(retry_delay)
+            else:
+                await self._chain_events()
+                retry_delay = 0.0
+            waited = bool(self._queue)
+            self._let_in()
 
-    def _take_batch(self) -> list:
+    def _waiting(self) -> int:
+        return len(self._queue) if self._spool is not None else self._queued_events
+
+    def _let_in(self) -> None:
+        if self._caught_up is not None and self._waiting() < self._max_backlog:
+            self._caught_up.set()  # statements held back by a full backlog may go on
+
+    async def _chain_spooled(self, retry_delay: float) -> float:
+        """Chain spooled records (a worker thread drains the queue); returns the delay before the
+        next try."""
+        try:
+            await asyncio.to_thread(self._drain, asyncio.get_running_loop())
+        except asyncio.CancelledError:
+            self._cancelled = True  # the thread stops after its batch; the rest stays in the spool
+            raise
+        except _BatchFailed as failed:
+            self.failures += 1
+            exc = _unavailable(failed.cause)
+            if self._giving_up(exc):
+                self._trim = False  # they stay in the spool (untrimmed from here on): the next start chains them
+                return 0.0
+            self._queue.extendleft(reversed(failed.batch))  # keep them, in order, and try again later
+            retry_delay = min(RETRY_MAX_DELAY, max(0.05, retry_delay * 2))
+            log.error("audit events not yet chained (%d waiting, retrying in %.2fs): %s",
+                      len(self._queue), retry_delay, exc.message)
+            return retry_delay
+        return 0.0
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Worker thread: chain batch after batch while records wait, without going back to the
+        event loop in between (it may be busy for a while; the database would idle meanwhile).
+
+        Only this thread takes from the queue while it runs; the loop only appends (deque
+        operations are atomic). Progress goes back to the loop in order (``_spool_progress``)."""
+        queue, limit = self._queue, self._max_batch
+        while queue and not self._cancelled:
+            batch = [queue.popleft() for _ in range(min(len(queue), limit))]
+            try:
+                self._log.append_spooled(batch)
+            except Exception as exc:  # noqa: BLE001 - the loop decides: retry later, or give up
+                raise _BatchFailed(batch, exc) from None
+            try:
+                loop.call_soon_threadsafe(self._spool_progress, len(batch))
+            except RuntimeError:  # the loop is gone (shut down): the spool keeps the rest
+                return
+
+    def _spool_progress(self, n: int) -> None:
+        """(Loop) ``n`` more records are chained: trim the spool, let held-back statements in."""
+        self.chained += n
+        self._chained_total += n
+        mark = None
+        marks = self._marks
+        while marks and marks[0][0] <= self._chained_total:
+            mark = marks.popleft()
+        if mark is not None and self._trim:
+            self._spool_chained(SpoolMark(mark[1], mark[2]))
+        self._let_in()
+
+    async def _chain_events(self) -> None:
+        """Commit mode: one batch of events into the chain; their waiters learn how it went."""
         taken: list = []
-        size = 0
-        while self._queue and (not taken or size + len(self._queue[0][0]) <= self._max_batch):
-            item = self._queue.popleft()
+        queue, limit, size = self._queue, self._max_batch, 0
+        while queue and (not taken or size + len(queue[0][0]) <= limit):
+            item = queue.popleft()
             taken.append(item)
             size += len(item[0])
-            self._queued_events -= len(item[0])
-            if item[2] is not None:
+            if item[1] is not None:
                 self._urgent -= 1
-        return taken
-
-    @staticmethod
-    def _unchained(taken: list) -> tuple[list[Event], list[str] | None]:
-        """The events still to chain (a retried batch may have been committed in part), with their
-        spooled bodies when every one has one."""
-        events: list[Event] = []
-        bodies: list[str] | None = []
-        for evs, bods, _, _ in taken:
-            for i, ev in enumerate(evs):
-                if ev.seq is None:
-                    events.append(ev)
-                    if bodies is not None:
-                        if bods is None:
-                            bodies = None
-                        else:
-                            bodies.append(bods[i])
-        return events, bodies
-
-    def _requeue(self, taken: list) -> None:
-        for item in reversed(taken):
-            self._queue.appendleft(item)
-            self._queued_events += len(item[0])
-            if item[2] is not None:
-                self._urgent += 1
+        self._queued_events -= size
+        batch = [ev for evs, _ in taken for ev in evs]
+        try:
+            await asyncio.to_thread(self._log.append_many, batch)
+        except asyncio.CancelledError:
+            _settle(taken, AuditUnavailable(SHUTTING_DOWN))
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure refuses (fail closed)
+            self.failures += 1
+            exc = _unavailable(exc)
+            if not any(fut for _, fut in taken):
+                log.error("could not record %d audit event(s) after the fact: %s", len(batch), exc)
+            _settle(taken, exc)
+            return
+        self.chained += len(batch)
+        _settle(taken, None)
 
     def _giving_up(self, exc: AuditUnavailable) -> bool:
         """While closing, stop retrying after a deadline: the spool keeps the events for next start."""
@@ -252,14 +337,9 @@ class AuditWriter:
         except OSError as exc:  # only housekeeping failed: recovery skips events the chain holds
             log.warning("could not trim the audit spool: %s", exc.strerror or exc)
 
-    @staticmethod
-    def _fail_waiters(taken: list, exc: Exception) -> None:
-        for _, _, fut, _ in taken:
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-
     async def aclose(self) -> None:
         """Chain what is queued, then stop the worker (and close the spool)."""
+        self._flush_pending()
         self._closed = True
         if self._worker is not None and not self._worker.done():
             self._wake.set()
@@ -271,3 +351,36 @@ class AuditWriter:
             self._caught_up.set()  # statements still waiting to be let in: refused (shutting down)
         if self._spool is not None:
             self._spool.close()
+
+
+def _records(events: list[Event]) -> list[tuple]:
+    return [(ev.id, ev.ts, ev.type, ev.user, event_body(ev)) for ev in events]
+
+
+def _lines(records: list[tuple]) -> bytes:
+    """The spool lines of these records (encoded here, so a bad one fails its own caller)."""
+    if len(records) == 1:
+        return (records[0][4] + "\n").encode("utf-8")
+    return ("\n".join(r[4] for r in records) + "\n").encode("utf-8")
+
+
+class _BatchFailed(Exception):
+    def __init__(self, batch: list[tuple], cause: Exception):
+        super().__init__(str(cause))
+        self.batch, self.cause = batch, cause
+
+
+def _unavailable(exc: Exception) -> AuditUnavailable:
+    if isinstance(exc, AuditUnavailable):
+        return exc
+    reason = exc.message if isinstance(exc, SdmError) else type(exc).__name__
+    return AuditUnavailable(f"audit log unavailable: {reason}; the action was refused")
+
+
+def _settle(taken: list, exc: Exception | None) -> None:
+    for _, fut in taken:
+        if fut is not None and not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
