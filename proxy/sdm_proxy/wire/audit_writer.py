@@ -44,6 +44,9 @@ log = logging.getLogger("sdm.wire.audit")
 SYNC_MODES = ("write", "fsync", "commit")
 SHUTTING_DOWN = "audit log unavailable: the gateway is shutting down; the action was refused"
 RETRY_MAX_DELAY = 2.0
+# Records that justify a commit at once: fewer gather for the flush interval first (at a trickle,
+# back-to-back commits of a few events would cost the relay more CPU than they save latency).
+BUSY_BATCH = 256
 CATCH_UP_WAIT = 10.0  # longest a statement waits for the chain to catch up before it is refused
 
 
@@ -231,7 +234,7 @@ class AuditWriter:
             else:
                 await self._chain_events()
                 retry_delay = 0.0
-            waited = bool(self._queue)
+            waited = self._waiting() >= BUSY_BATCH
             self._let_in()
 
     def _waiting(self) -> int:
@@ -269,7 +272,11 @@ class AuditWriter:
         Only this thread takes from the queue while it runs; the loop only appends (deque
         operations are atomic). Progress goes back to the loop in order (``_spool_progress``)."""
         queue, limit = self._queue, self._max_batch
+        batch_done = False
         while queue and not self._cancelled:
+            if len(queue) < BUSY_BATCH and batch_done:
+                return  # a trickle: let the loop gather it for a while (one commit per flush interval)
+            batch_done = True
             batch = [queue.popleft() for _ in range(min(len(queue), limit))]
             try:
                 self._log.append_spooled(batch)
