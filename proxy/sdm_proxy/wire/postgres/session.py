@@ -46,6 +46,7 @@ from .errors import (
 )
 from .machine import FrontMachine, Input, Phase
 from .relay import CLIENT_WRITE_HIGH, UpstreamRelay
+from .spares import WarmSpares
 from .tracker import CLIENT_PARSED, Statement, StatementTracker
 from .upstream import (
     REQUIRED_ENCODING,
@@ -74,6 +75,7 @@ _NO_SECRET = SecretValue(b"")
 NAME_TOO_LONG = "42622"
 POLICY_FAILURES_MAX = 3  # consecutive failed live policy checks before the connection is closed
 REPLENISH_FALLBACK = 0.5  # seconds after login when a session that ran nothing yet gets its spare made
+REPLENISH_DELAY = 0.02  # seconds after the first answer when the next warm spare is made
 PARAMETER_STATUS = ord("S")
 
 
@@ -139,6 +141,8 @@ class Session:
         self._wake_relay = asyncio.Event()
         self.statements = 0
         self._replenish: asyncio.TimerHandle | None = None  # the next warm spare, once due
+        self._spare_due = False  # the first answer went out: the spare's time is set
+        self._spares: WarmSpares | None = None  # where this session's replenish goes
 
     # ---- entry ------------------------------------------------------------------------------
 
@@ -358,15 +362,21 @@ class Session:
         except WireError as exc:
             raise _Close(exc.sqlstate, exc.message) from None
         if spares is not None and self.upstream.auth_method == "scram-sha-256":
-            # The next session's spare, made once this session's first statement is answered (or
-            # after REPLENISH_FALLBACK s): the database's fork must not compete with that statement.
+            # The next session's spare, made shortly after this session's first statement is
+            # answered (or REPLENISH_FALLBACK s after login): the database's fork must not compete
+            # with that statement, nor with what the client does with its first result.
+            self._spares = spares
             self._replenish = asyncio.get_running_loop().call_later(REPLENISH_FALLBACK, self._make_spare)
 
+    def _spare_soon(self) -> None:
+        """The first answer went out: make the spare REPLENISH_DELAY from now."""
+        self._replenish.cancel()
+        self._replenish = asyncio.get_running_loop().call_later(REPLENISH_DELAY, self._make_spare)
+        self._spare_due = True
+
     def _make_spare(self) -> None:
-        if self._replenish is not None:
-            self._replenish.cancel()
-            self._replenish = None
-            self.ctx.spares.replenish(self.cred, self.params)
+        self._replenish = None
+        self._spares.replenish(self.cred, self.params)
 
     def _take_spare(self, cred: UnlockedCredential, early) -> asyncio.Future | None:
         """A warm spare for exactly this unlock (see spares.py) as a finished login, or None."""
@@ -616,8 +626,8 @@ class Session:
         return event
 
     def _record_outcomes(self, stmts: list[Statement]) -> None:
-        if self._replenish is not None:
-            self._make_spare()
+        if self._replenish is not None and not self._spare_due:
+            self._spare_soon()
         events = []
         for s in stmts:
             if s.tag is None:
