@@ -14,13 +14,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from sdm_proxy.audit import AuditLog, CheckpointSigner
+from sdm_proxy.audit import AuditLog
 from sdm_proxy.audit.events import query_event
 from sdm_proxy.audit.spool import AuditSpool, recover_spools
 from sdm_proxy.audit.verify import verify_db
-from sdm_proxy.control.db import StateDB, make_engine, upgrade
 from sdm_proxy.errors import AuditUnavailable
 from sdm_proxy.wire.audit_writer import AuditWriter
+
+from tests.support.audit_log import sqlite_audit_log
 
 
 def q(n: int):
@@ -30,12 +31,8 @@ def q(n: int):
 
 @pytest.fixture
 def audit_log(tmp_path):
-    url = f"sqlite:///{tmp_path}/state.db"
-    upgrade(make_engine(url, create=True))
-    db = StateDB(url)
-    signer = CheckpointSigner.load_or_create(tmp_path / "keys" / "audit-signing.pem")
-    yield AuditLog(db, jsonl_path=tmp_path / "audit.jsonl", signer=signer, checkpoint_every=10)
-    db.dispose()
+    with sqlite_audit_log(tmp_path, checkpoint_every=10) as log:
+        yield log
 
 
 def chained_queries(log: AuditLog) -> list[str]:

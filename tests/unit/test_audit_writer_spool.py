@@ -21,6 +21,8 @@ from sdm_proxy.control.db import StateDB, make_engine, upgrade
 from sdm_proxy.errors import AuditUnavailable
 from sdm_proxy.wire.audit_writer import AuditWriter, _records
 
+from tests.support.audit_log import sqlite_audit_log
+
 
 def q(n: int):
     return query_event(user="u", session_id="s", proxy_id="p", datasource="d", credential="c", db_user="x",
@@ -29,12 +31,8 @@ def q(n: int):
 
 @pytest.fixture
 def audit_log(tmp_path):
-    url = f"sqlite:///{tmp_path}/state.db"
-    upgrade(make_engine(url, create=True))
-    db = StateDB(url)
-    signer = CheckpointSigner.load_or_create(tmp_path / "keys" / "audit-signing.pem")
-    yield AuditLog(db, jsonl_path=tmp_path / "audit.jsonl", signer=signer, checkpoint_every=7)
-    db.dispose()
+    with sqlite_audit_log(tmp_path, checkpoint_every=7) as log:
+        yield log
 
 
 def queries(log: AuditLog) -> list[str]:
