@@ -39,6 +39,16 @@ class Gateway:
     def events(self, type_: str | None = None) -> list[dict]:
         return self.state.events(type_)
 
+    def query_events(self, marker: str, expect: int = 1, limit: float = 15.0) -> list[dict]:
+        """`query` audit events whose statement contains ``marker``, once ``expect`` of them are
+        chained (the gateway chains spooled statement events in batches, a few ms after they run)."""
+        deadline = time.monotonic() + limit
+        while True:
+            found = [e for e in self.events("query") if marker in (e.get("query") or "")]
+            if len(found) >= expect or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
     def kernel_env(self, user: str = "analyst", **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("SDM_", "JUPYTERHUB_", "PG"))}

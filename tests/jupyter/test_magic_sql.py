@@ -23,17 +23,6 @@ def kernel(gw, kernel_factory):
     return k
 
 
-def queries(gw, marker: str, expect: int = 1, limit: float = 15.0) -> list[dict]:
-    """`query` audit events whose statement contains ``marker``, once ``expect`` of them are chained
-    (the gateway chains spooled statement events in batches, a few ms after they run)."""
-    deadline = time.monotonic() + limit
-    while True:
-        found = [e for e in gw.events("query") if marker in (e.get("query") or "")]
-        if len(found) >= expect or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
 def test_sql_returns_dataframe_with_row_count(kernel, gw):
     r = kernel.ok("df = %sdm sql prod SELECT current_user AS who, count(*) AS n FROM orders GROUP BY 1\n"
                   "print(type(df).__name__, df.to_dict('records'))")
@@ -64,7 +53,7 @@ def test_bind_parameters_are_values_not_sql(kernel, gw):
                   "print(b['n'][0])")
     assert r.stdout.strip().endswith("0")
     # The statement the gateway saw has a placeholder; the injected text never became SQL.
-    logged = queries(gw, "WHERE name = $1 OR id = -1")
+    logged = gw.query_events("WHERE name = $1 OR id = -1")
     assert logged and all("OR '1'='1" not in e["query"] for e in logged)
 
 
@@ -83,7 +72,7 @@ def test_connect_engine_and_read_sql_are_attributed(kernel, gw):
     r = kernel.ok("print(pd.read_sql('SELECT current_user AS who, 41 + 1 AS marker_connect', engine)"
                   ".to_dict('records'))", cell_id="cell-read-sql")
     assert "[{'who': 'sdm_readonly', 'marker_connect': 42}]" in r.stdout
-    [event] = queries(gw, "marker_connect")
+    [event] = gw.query_events("marker_connect")
     assert event["user"] == "analyst" and event["credential"] == "read-only"
     assert event["client"]["cell_id"] == "cell-read-sql"
     assert event["client"]["notebook"] == NOTEBOOK
@@ -96,10 +85,10 @@ def test_connect_engine_and_read_sql_are_attributed(kernel, gw):
 
 def test_magic_statements_carry_cell_id_or_execution_count(kernel, gw):
     kernel.ok("%sdm sql prod SELECT 'tagged' AS marker_with_cell", cell_id="c-0042")
-    [tagged] = queries(gw, "marker_with_cell")
+    [tagged] = gw.query_events("marker_with_cell")
     assert tagged["client"]["cell_id"] == "c-0042" and tagged["client"]["notebook"] == NOTEBOOK
     kernel.ok("%sdm sql prod SELECT 'untagged' AS marker_without_cell")  # no cellId metadata
-    [untagged] = queries(gw, "marker_without_cell")
+    [untagged] = gw.query_events("marker_without_cell")
     assert untagged["client"]["cell_id"] == str(untagged["client"]["execution_count"])
 
 

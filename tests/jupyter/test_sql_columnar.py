@@ -202,23 +202,14 @@ def test_errors_are_the_same(engine, client, sql):
     assert run(engine, client, "SELECT 1 AS still_fine", columnar=True).frame().shape == (1, 1)
 
 
-def _query_events(gw, marker: str, expect: int, limit: float = 15.0) -> list[dict]:
-    deadline = time.monotonic() + limit
-    while True:
-        found = [e for e in gw.events("query") if marker in (e.get("query") or "")]
-        if len(found) >= expect or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
 def test_one_audited_statement_with_the_cell_tags(engine, client, gw):
     tags = {"sdm_cell": "cell-columnar-7", "sdm_execution_count": 7, "sdm_notebook": "work/fast.ipynb"}
     result = run(engine, client, "SELECT g AS marker_columnar_audit, g::float8 AS x FROM generate_series(1, 1234) g",
                  columnar=True, tags=tags)
     assert result.binary and result.frame().shape == (1234, 2)
-    [event] = _query_events(gw, "marker_columnar_audit", 1)
+    [event] = gw.query_events("marker_columnar_audit", 1)
     time.sleep(0.5)  # nothing else arrives (the describe step is not a statement run)
-    assert len(_query_events(gw, "marker_columnar_audit", 1)) == 1
+    assert len(gw.query_events("marker_columnar_audit", 1)) == 1
     assert event["client"]["cell_id"] == "cell-columnar-7" and event["client"]["notebook"] == "work/fast.ipynb"
     assert event["client"]["execution_count"] == 7
     assert event["query"].endswith("/*sdm_cell='cell-columnar-7',sdm_execution_count='7',"
@@ -245,7 +236,7 @@ def test_magic_result_equals_row_path_and_is_attributed(kernel, gw):
     kernel.ok(f"old = %sdm sql prod {sql} -- marker_magic_rows")
     r = kernel.ok("pd.testing.assert_frame_equal(new, old, check_exact=True)\nprint(dict(new.dtypes))")
     assert "'ts': dtype('<M8[" in r.stdout and "'maybe': dtype('float64')" in r.stdout
-    [event] = _query_events(gw, "marker_magic_columnar", 1)
+    [event] = gw.query_events("marker_magic_columnar", 1)
     assert event["client"]["cell_id"] == "cell-fast-1" and event["client"]["notebook"] == "work/columnar.ipynb"
     deadline = time.monotonic() + 15
     while not (ends := [e for e in gw.events("query.end")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,3 +22,13 @@ def sqlite_audit_log(root: Path, *, checkpoint_every: int) -> Iterator[AuditLog]
         yield AuditLog(db, jsonl_path=root / "audit.jsonl", signer=signer, checkpoint_every=checkpoint_every)
     finally:
         db.dispose()
+
+
+def chained_queries(log: AuditLog) -> list[str]:
+    """The ``query`` text of every chained event, in chain order."""
+    return [e.query for e in log.iter_events()]
+
+
+def spool_lines(directory: Path) -> list[dict]:
+    """Every event line of the spool files in ``directory``, parsed, in file order."""
+    return [json.loads(line) for f in sorted(directory.glob("*.spool")) for line in f.read_text().splitlines()]

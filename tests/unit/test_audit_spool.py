@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import pytest
 from sdm_proxy.audit import AuditLog
@@ -21,7 +20,7 @@ from sdm_proxy.audit.verify import verify_db
 from sdm_proxy.errors import AuditUnavailable
 from sdm_proxy.wire.audit_writer import AuditWriter
 
-from tests.support.audit_log import sqlite_audit_log
+from tests.support.audit_log import chained_queries, spool_lines, sqlite_audit_log
 
 
 def q(n: int):
@@ -33,14 +32,6 @@ def q(n: int):
 def audit_log(tmp_path):
     with sqlite_audit_log(tmp_path, checkpoint_every=10) as log:
         yield log
-
-
-def chained_queries(log: AuditLog) -> list[str]:
-    return [e.query for e in log.iter_events()]
-
-
-def spool_lines(directory: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted(directory.glob("*.spool")) for line in f.read_text().splitlines()]
 
 
 class GatedLog:

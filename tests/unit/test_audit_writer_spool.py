@@ -21,7 +21,7 @@ from sdm_proxy.control.db import StateDB, make_engine, upgrade
 from sdm_proxy.errors import AuditUnavailable
 from sdm_proxy.wire.audit_writer import AuditWriter, _records
 
-from tests.support.audit_log import sqlite_audit_log
+from tests.support.audit_log import chained_queries, spool_lines, sqlite_audit_log
 
 
 def q(n: int):
@@ -35,12 +35,8 @@ def audit_log(tmp_path):
         yield log
 
 
-def queries(log: AuditLog) -> list[str]:
-    return [e.query for e in log.iter_events()]
-
-
 def spooled(directory: Path) -> list[str]:
-    return [json.loads(line)["query"] for f in sorted(directory.glob("*.spool")) for line in f.read_text().splitlines()]
+    return [line["query"] for line in spool_lines(directory)]
 
 
 def verified(log: AuditLog, tmp_path: Path, n: int) -> None:
@@ -75,7 +71,7 @@ def test_a_posted_outcome_rides_with_the_next_write(audit_log, tmp_path, monkeyp
         await writer.aclose()
 
     asyncio.run(main())
-    assert queries(audit_log) == ["SELECT 0", "SELECT 100", "SELECT 1", "SELECT 101"]
+    assert chained_queries(audit_log) == ["SELECT 0", "SELECT 100", "SELECT 1", "SELECT 101"]
     verified(audit_log, tmp_path, 4)
 
 
@@ -105,7 +101,7 @@ def test_a_failed_shared_write_refuses_only_the_statement_and_keeps_the_outcome(
     with caplog.at_level(logging.ERROR, logger="sdm.wire.audit"):
         asyncio.run(main())
     assert "could not spool 1 after-the-fact audit event(s)" in caplog.text
-    assert queries(audit_log) == ["SELECT 0", "SELECT 100"], "the outcome reached the chain from memory"
+    assert chained_queries(audit_log) == ["SELECT 0", "SELECT 100"], "the outcome reached the chain from memory"
 
 
 class SlowLog:
@@ -171,7 +167,7 @@ def test_spooled_records_are_validated_before_anything_is_written(audit_log, tmp
         audit_log.append_spooled(records + [("id", "ts", "audit.checkpoint", None, "{}")])
     with pytest.raises(AuditUnavailable, match="without id or ts"):
         audit_log.append_spooled([(None, "ts", "query", None, "{}")])
-    assert queries(audit_log) == []
+    assert chained_queries(audit_log) == []
 
 
 def test_a_sink_failure_after_the_commit_is_logged_not_retried(audit_log, tmp_path, monkeypatch, caplog):
@@ -186,7 +182,7 @@ def test_a_sink_failure_after_the_commit_is_logged_not_retried(audit_log, tmp_pa
         assert audit_log.append_spooled(_records([q(1), q(2)])) == 2
     monkeypatch.undo()
     assert "No space left on device" in caplog.text
-    assert queries(audit_log) == ["SELECT 0", "SELECT 1", "SELECT 2"]
+    assert chained_queries(audit_log) == ["SELECT 0", "SELECT 1", "SELECT 2"]
     audit_log.append_spooled(_records([q(3)]))  # the sink catches up
     verified(audit_log, tmp_path, 4)
 
@@ -199,7 +195,7 @@ def test_multi_row_inserts_cut_any_batch_size(audit_log, tmp_path, monkeypatch, 
     for n in (1, 2, 3, 7, 8, 9, 17, 25, 1500):
         audit_log.append_spooled(_records([q(total + i) for i in range(n)]))
         total += n
-    assert queries(audit_log) == [f"SELECT {i}" for i in range(total)]
+    assert chained_queries(audit_log) == [f"SELECT {i}" for i in range(total)]
     verified(audit_log, tmp_path, total)
 
 

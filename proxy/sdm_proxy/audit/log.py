@@ -101,14 +101,11 @@ class AuditLog(AuditReader):
         events = list(events)
         if not events:
             return events
-        for ev in events:
-            if not is_valid_type(ev.type) or len(ev.type) > 64:
-                raise refused(f"invalid audit event type {ev.type!r}")
-            if not isinstance(ev.id, str) or not isinstance(ev.ts, str):
-                raise refused("audit event without id or ts")
+        records = _records(events, bodies)
+        _check_records(records)
         outcome = {"committed": False}
         try:
-            self._write(lambda s, seq, prev: self._chain(_records(events, bodies), seq, prev, events), outcome)
+            self._write(lambda s, seq, prev: self._chain(records, seq, prev, events), outcome)
         except AuditUnavailable:
             if not outcome["committed"]:
                 for ev in events:  # nothing was stored: leave no misleading seq/hash behind
@@ -124,11 +121,7 @@ class AuditLog(AuditReader):
         A sink failure after the commit is only logged: the events are chained, so they must not
         be chained again, and the sink catches up from the database on the next write.
         """
-        for id_, ts, type_, _, _ in records:
-            if not is_valid_type(type_) or len(type_) > 64:
-                raise refused(f"invalid audit event type {type_!r}")
-            if not isinstance(id_, str) or not isinstance(ts, str):
-                raise refused("audit event without id or ts")
+        _check_records(records)
         outcome = {"committed": False}
         try:
             self._write(lambda s, seq, prev: self._chain(records, seq, prev), outcome)
@@ -357,6 +350,15 @@ class AuditLog(AuditReader):
             sink.write_lines(lines, last)
 
 # ---- helpers -------------------------------------------------------------------------------------
+
+
+def _check_records(records: Sequence[tuple]) -> None:
+    """Refuse a batch holding a record that cannot be chained (before anything is written)."""
+    for id_, ts, type_, _, _ in records:
+        if not is_valid_type(type_) or len(type_) > 64:
+            raise refused(f"invalid audit event type {type_!r}")
+        if not isinstance(id_, str) or not isinstance(ts, str):
+            raise refused("audit event without id or ts")
 
 
 def _records(events: Sequence[Event], bodies: Sequence[str] | None) -> list[tuple]:
