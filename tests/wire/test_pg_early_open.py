@@ -9,7 +9,7 @@ import dataclasses
 
 import psycopg
 import pytest
-from sdm_proxy.wire.postgres import session as pg_session
+from sdm_proxy.wire.postgres import session_login as pg_login
 from sdm_proxy.wire.postgres.upstream import RouteHint
 
 pytestmark = pytest.mark.postgres
@@ -21,7 +21,7 @@ def early_opens(monkeypatch, gateway):
     open pointless, so the listener skips it; test_pg_spares.py covers that)."""
     monkeypatch.setattr(gateway.listener.ctx, "spares", None)
     calls = []
-    real = pg_session.open_early
+    real = pg_login.open_early
 
     async def recording(hint, params, timeout):
         call = {"hint": hint, "opened": None}
@@ -29,7 +29,7 @@ def early_opens(monkeypatch, gateway):
         call["opened"] = await real(hint, params, timeout)
         return call["opened"]
 
-    monkeypatch.setattr(pg_session, "open_early", recording)
+    monkeypatch.setattr(pg_login, "open_early", recording)
     return calls
 
 

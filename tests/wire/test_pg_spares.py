@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from sdm_proxy.control import catalog
 from sdm_proxy.vault.secret import SecretValue
-from sdm_proxy.wire.postgres import session as pg_session
+from sdm_proxy.wire.postgres import session_login as pg_login
 from sdm_proxy.wire.postgres.spares import WarmSpares
 
 pytestmark = pytest.mark.postgres
@@ -110,7 +110,7 @@ def test_without_cached_keys_the_spare_is_not_made_and_the_route_backs_off(gatew
 
 
 def test_the_spare_is_made_after_the_first_statement_is_answered(gateway, spares, monkeypatch):
-    monkeypatch.setattr(pg_session, "REPLENISH_FALLBACK", 3600.0)  # only the first answer can trigger it
+    monkeypatch.setattr(pg_login, "REPLENISH_FALLBACK", 3600.0)  # only the first answer can trigger it
     with _session(gateway) as conn:
         assert not spares._making and not _spare_pids(spares), "not during the login"
         conn.execute("SELECT 1")

@@ -12,8 +12,9 @@ Layers, as for PostgreSQL (DESIGN §8, h11/asyncpg style):
 * ``tlsbio``   -- server-side TLS over MemoryBIO (clients pipeline their ClientHello).
 
 Those are pure (no sockets, no asyncio). The asyncio glue on top: ``channel`` (the two transports),
-``upstream`` (the gateway's own login to the database), ``session`` (one per client connection),
-``registry`` (gateway connection ids for KILL) and ``server`` (the listener).
+``upstream`` (the gateway's own login to the database), ``session`` (one per client connection; one
+mixin module per phase: ``session_login``, ``session_commands``, ``session_kill``, ``session_policy``,
+``session_audit``, ``session_close``), ``registry`` (gateway connection ids for KILL) and ``server`` (the listener).
 """
 
 from .server import MysqlListener, start_mysql_listener

@@ -1,0 +1,83 @@
+"""The audit records of a MySQL session: session.start/end, query and query.end, access.denied."""
+
+from __future__ import annotations
+
+import time
+
+from ...audit import events as audit
+from ..sqlcomment import parse_tags
+from .commands import Command, Query, StmtExecute
+from .errors import ER_QUERY_INTERRUPTED
+from .responses import ResponseScanner
+
+PROTOCOL = "mysql"
+QUERY_TEXT_LIMIT = 1 << 20  # audit records keep at most 1 MiB of statement text
+_CANCELLED_CODES = frozenset({ER_QUERY_INTERRUPTED, 1927, 3024})  # interrupted, killed, max_execution_time
+
+
+class SessionAudit:
+    """Mixed into ``Session`` (its state is set up in ``Session.__init__``): building and posting events."""
+
+    def _client_fields(self, text: str | None = None) -> dict:
+        fields: dict = {"addr": self.peer}
+        if text:
+            fields.update(parse_tags(text))
+        return fields
+
+    def _session_event(self, kind: str, status: str = audit.OK, error: str | None = None) -> audit.Event:
+        cred = self.cred
+        return audit.session_event(
+            kind, user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
+            datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
+            protocol=PROTOCOL, client=self._client_fields(), status=status, error=error,
+            details={"connection_id": self.connection_id, "upstream_thread": self.upstream_thread}
+            if kind == "end" else {"connection_id": self.connection_id})
+
+    def _query_event(self, cmd: Command, text: str | None = None) -> audit.Event:
+        cred = self.cred
+        details = None
+        if text is None:
+            if isinstance(cmd, StmtExecute):
+                real = self.statements.resolve(cmd.statement_id)
+                text = self.statements.sql_for(cmd.statement_id)
+                if text is None:
+                    text = f"<unknown prepared statement {cmd.statement_id}>"
+                details = {"prepared_statement": real if real is not None else cmd.statement_id}
+            else:
+                text = cmd.describe()
+                if not isinstance(cmd, Query):
+                    details = {"command": cmd.name}
+        shown = text
+        if len(shown) > QUERY_TEXT_LIMIT:
+            shown = shown[:QUERY_TEXT_LIMIT] + f"... [truncated: {len(text)} characters in all]"
+        event = audit.query_event(
+            user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
+            datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
+            protocol=PROTOCOL, query=shown, client=self._client_fields(text))
+        event.details = details
+        return event
+
+    def _post_outcome(self, event: audit.Event, started: float, scanner: ResponseScanner | None, *,
+                      failure: str | None = None) -> None:
+        if failure is not None:
+            rows = (scanner.rows or None) if scanner is not None else None
+            status = audit.CANCELLED if self._ended or self._goodbye else audit.ERROR
+            self._post_end(event, started, rows, status, failure)
+            return
+        err = scanner.error
+        if err is not None:
+            status = audit.CANCELLED if err.code in _CANCELLED_CODES else audit.ERROR
+            self._post_end(event, started, scanner.rows or None, status, f"({err.code}) {err.message}")
+        else:
+            self._post_end(event, started, scanner.rows or scanner.affected_rows, audit.OK, None)
+
+    def _post_end(self, event: audit.Event, started: float, rows: int | None, status: str,
+                  error: str | None) -> None:
+        self.ctx.audit.post([audit.query_end_event(event, duration_ms=(time.perf_counter() - started) * 1000,
+                                                   rows=rows, status=status, error=error)])
+
+    def _post_denied(self, reason: str) -> None:
+        req = self._login
+        self.ctx.audit.post([audit.denied_event(
+            user=None, reason=reason, proxy_id=self.ctx.proxy_id, datasource=req.datasource if req else None,
+            credential=req.credential if req else None, protocol=PROTOCOL, client={"addr": self.peer})])

@@ -1,0 +1,199 @@
+"""The command phase of a MySQL session: read, classify, audit (fail closed), relay, record the outcome.
+
+One command at a time. QUIT, CHANGE_USER, RESET_CONNECTION and KILL are the gateway's own business
+(KILL in ``session_kill``, CHANGE_USER in ``session_login``); the rest is relayed byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ... import errors as sdm_errors
+from ...audit import events as audit
+from .channel import ConnectionLost
+from .commands import (
+    ChangeUserCommand,
+    Com,
+    Command,
+    GatewayCommand,
+    ProcessKill,
+    Query,
+    ResponseKind,
+    StmtPrepare,
+    classify,
+)
+from .errors import (
+    CR_SERVER_LOST,
+    ER_UNKNOWN_ERROR,
+    SQLSTATE_GENERAL,
+    ClientProtocolError,
+    CommandRefused,
+    ConnectionEnded,
+    ServerProtocolError,
+)
+from .kill import parse_kill
+from .machine import CommandReceived, LoginRequest
+from .packets import Packet, frame
+from .responses import ResponseScanner
+from .session_close import _Close, _message
+
+# Commands that run nothing worth a record of their own (their effect is audited elsewhere:
+# a prepared statement when it is executed, a cursor's rows with its execute).
+_NOT_AUDITED = frozenset({Com.PING, Com.STATISTICS, Com.SET_OPTION, Com.STMT_PREPARE, Com.STMT_CLOSE,
+                          Com.STMT_RESET, Com.STMT_SEND_LONG_DATA, Com.STMT_FETCH, Com.QUIT, Com.CHANGE_USER})
+
+
+class CommandPhase:
+    """Mixed into ``Session`` (its state is set up in ``Session.__init__``): the command loop and relay."""
+
+    async def _serve(self) -> tuple[str, str | None]:
+        watch = asyncio.create_task(self._watch(), name=f"mysql-watch-{self.connection_id}")
+        try:
+            return await self._commands()
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    async def _commands(self) -> tuple[str, str | None]:
+        front = self.front
+        while True:
+            if self._goodbye is not None:
+                error, status, reason = self._goodbye
+                raise _Close(error, status=status, reason=reason, seq=0)
+            try:
+                event = front.next_event()
+            except ClientProtocolError as exc:
+                raise _Close(exc, seq=1) from None  # a command we could not read: answer as if to it
+            if event is None:
+                self._flush()
+                data = await self.client.read()
+                if data is None:
+                    continue
+                if not data:
+                    return audit.OK, None  # the client hung up between commands
+                try:
+                    front.receive_data(data)
+                except ClientProtocolError as exc:
+                    raise _Close(exc, seq=1) from None
+                continue
+            if self._ended is not None:
+                status, reason = self._ended
+                raise _Close(ConnectionEnded(f"connection closed by the gateway: {reason}"),
+                             status=status, reason=reason)
+            if isinstance(event, LoginRequest):  # the token for a COM_CHANGE_USER
+                await self._change_user(event)
+                continue
+            if not isinstance(event, CommandReceived):
+                raise ClientProtocolError("unexpected packet")
+            self._cmd, self._answered = event.packet, False
+            try:
+                keep = await self._command(event.packet)
+            except BaseException:
+                self._cmd = None  # _answered stays: it decides whether a last ERR can still be sent
+                raise
+            self._cmd, self._answered = None, False
+            if not keep:
+                return audit.OK, None
+
+    async def _command(self, packet: Packet) -> bool:
+        """One client command; False when the connection should end (COM_QUIT)."""
+        front = self.front
+        try:
+            cmd = classify(packet.payload, capabilities=front.capabilities)
+            kill = parse_kill(cmd.sql) if isinstance(cmd, (Query, StmtPrepare)) else None
+            if kill is not None and isinstance(cmd, StmtPrepare):
+                raise CommandRefused("KILL cannot be prepared through the gateway")
+        except CommandRefused as exc:
+            front.reply_error(exc, packet)
+            return True
+        if cmd.code == Com.QUIT:
+            front.quit()
+            return False
+        if isinstance(cmd, ChangeUserCommand):
+            front.change_user(cmd, packet)
+            return True
+        if isinstance(cmd, ProcessKill):
+            await self._kill(packet, cmd, cmd.thread_id, False, cmd.describe())
+            return True
+        if kill is not None:
+            await self._kill(packet, cmd, kill.thread_id, kill.query_only, cmd.sql)
+            return True
+        payload = packet.payload
+        if isinstance(cmd, GatewayCommand):  # COM_RESET_CONNECTION: the gateway's own packet upstream
+            payload = bytes((Com.RESET_CONNECTION,))
+            self.statements.clear()
+        event = None
+        if cmd.code not in _NOT_AUDITED:
+            event = self._query_event(cmd)
+            if not await self._audit_or_refuse(event, packet):
+                return True
+        await self._relay(packet, cmd, payload, event)
+        return True
+
+    async def _audit_or_refuse(self, event: audit.Event, packet: Packet) -> bool:
+        """Write the record before the statement runs; if the log is down, refuse it (fail closed)."""
+        try:
+            await self.ctx.audit.write([event])
+        except sdm_errors.AuditUnavailable as exc:
+            self.front.reply_error(CommandRefused(f"statement refused: {exc.message}", code=ER_UNKNOWN_ERROR,
+                                                  sqlstate=SQLSTATE_GENERAL), packet)
+            return False
+        self.commands += 1
+        return True
+
+    async def _relay(self, packet: Packet, cmd: Command, payload: bytes, event: audit.Event | None) -> None:
+        up = self.up
+        started = time.perf_counter()
+        if up is None:
+            raise self._lost(ConnectionLost("no database connection"))
+        scanner = None
+        try:
+            if cmd.response is ResponseKind.NONE:
+                up.send(frame(payload, 0))
+                self.statements.record(cmd, None)
+                return
+            scanner = ResponseScanner(cmd.response, capabilities=self.front.capabilities, seq=packet.next_seq)
+            self._flush()  # anything the front queued (nothing, normally) goes before the answer
+            up.expect(scanner)
+            up.send(frame(payload, 0))
+            await up.drain()
+            await up.relay()
+        except (ConnectionLost, ServerProtocolError) as exc:
+            up.reset()
+            if event is not None:
+                self._post_outcome(event, started, scanner, failure=self._failure_reason(exc))
+            raise self._lost(exc) from None
+        finally:
+            if scanner is not None and up.forwarded:
+                self._answered = True
+        self.statements.record(cmd, scanner)
+        if scanner.status:
+            self.status_flags = scanner.status
+        if event is not None:
+            self._post_outcome(event, started, scanner)
+
+    def _failure_reason(self, exc: BaseException) -> str:
+        if self._ended is not None:
+            return f"connection closed by the gateway: {self._ended[1]}"
+        if self._goodbye is not None:
+            return self._goodbye[2]
+        if self._client_gone:
+            return "the client closed the connection"
+        return _message(exc)
+
+    def _lost(self, exc: BaseException) -> _Close:
+        """The end of the connection when a relay broke: who broke it decides what the client hears."""
+        if self._ended is not None:
+            status, reason = self._ended
+            return _Close(ConnectionEnded(f"connection closed by the gateway: {reason}"), status=status,
+                          reason=reason)
+        if self._goodbye is not None:
+            error, status, reason = self._goodbye
+            return _Close(error, status=status, reason=reason)
+        if self._client_gone:
+            return _Close(None, reason="the client closed the connection")
+        if isinstance(exc, ServerProtocolError):
+            return _Close(exc)
+        return _Close(ConnectionEnded("lost the connection to the database", code=CR_SERVER_LOST,
+                                      sqlstate=SQLSTATE_GENERAL), reason="the database closed the connection")

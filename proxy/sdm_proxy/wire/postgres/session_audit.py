@@ -1,0 +1,93 @@
+"""The audit events of one PostgreSQL session: session start/end, each statement and its outcome,
+and the access.denied of a login that never got as far as the unlock."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...audit import events as audit
+from ..sqlcomment import parse_tags
+from .upstream import dropped_params
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ...unlock.client import UnlockedCredential
+    from .server import ListenerContext
+    from .tracker import Statement, StatementTracker
+
+PROTOCOL = "postgres"
+QUERY_TEXT_LIMIT = 1 << 20  # audit records keep at most 1 MiB of statement text
+
+
+class SessionAudit:
+    """Part of ``Session``: builds and posts its audit events (used by every phase)."""
+
+    if TYPE_CHECKING:  # the Session state read here (set in Session.__init__ and the login)
+        ctx: ListenerContext
+        peer: str | None
+        params: dict[str, str]
+        cred: UnlockedCredential | None
+        tracker: StatementTracker
+        _replenish: asyncio.TimerHandle | None
+        _spare_due: bool
+
+        # from LoginPhase:
+        def _spare_soon(self) -> None: ...
+
+    def _client_fields(self, text: str | None = None) -> dict:
+        fields: dict = {"addr": self.peer}
+        if text:
+            fields.update(parse_tags(text))
+        return fields
+
+    def _session_event(self, kind: str, status: str = audit.OK, error: str | None = None) -> audit.Event:
+        cred = self.cred
+        return audit.session_event(
+            kind, user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
+            datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
+            protocol=PROTOCOL, client=self._client_fields(), status=status, error=error,
+            details=self._start_details() if kind == "start" else None)
+
+    def _start_details(self) -> dict | None:
+        dropped = dropped_params(self.params)
+        return {"dropped_startup_parameters": dropped} if dropped else None
+
+    def _query_event(self, stmt: Statement) -> audit.Event:
+        cred = self.cred
+        text = stmt.text
+        if len(text) > QUERY_TEXT_LIMIT:
+            text = text[:QUERY_TEXT_LIMIT] + f"... [truncated: {len(stmt.text)} characters in all]"
+        event = audit.query_event(
+            user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
+            datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
+            protocol=PROTOCOL, query=text, client=self._client_fields(stmt.text))
+        details = {}
+        if stmt.kind == "execute" and stmt.statement:
+            details["prepared_statement"] = stmt.statement
+        elif stmt.kind == "query" and self.tracker.has_named_statements:
+            # SQL `EXECUTE name` may run a statement prepared over the protocol: record its text.
+            targets = self.tracker.sql_execute_targets(stmt.text)
+            if targets:
+                details["executes"] = targets
+        if details:
+            event.details = details
+        return event
+
+    def _record_outcomes(self, stmts: list[Statement]) -> None:
+        if self._replenish is not None and not self._spare_due:
+            self._spare_soon()
+        events = []
+        for s in stmts:
+            if s.tag is None:
+                continue
+            rows = s.rows if s.rows is not None else (s.counted or None)
+            events.append(audit.query_end_event(s.tag, duration_ms=s.duration_ms, rows=rows,
+                                                status=s.status, error=s.error))
+        self.ctx.audit.post(events)
+
+    def _post_denied(self, reason: str) -> None:
+        params = self.params
+        self.ctx.audit.post([audit.denied_event(
+            user=None, reason=reason, proxy_id=self.ctx.proxy_id, datasource=params.get("database"),
+            credential=params.get("user"), protocol=PROTOCOL, client={"addr": self.peer})])
