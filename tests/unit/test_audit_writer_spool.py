@@ -243,3 +243,48 @@ def test_a_given_body_is_not_trusted_for_an_event_that_already_has_a_prev_hash(a
     audit_log.append_many(evs, bodies)
     assert [e.prev_hash for e in audit_log.iter_events()] == [evs[0].prev_hash, evs[0].hash]
     verified(audit_log, tmp_path, 2)
+
+
+class CommitsThenFails:
+    """An AuditLog whose first append commits and then reports a failure (a connection lost in the
+    middle of COMMIT): the writer cannot tell, retries, and must not chain those events twice."""
+
+    def __init__(self, log: AuditLog):
+        self.log, self.failed = log, False
+
+    def append_spooled(self, records):
+        self.log.append_spooled(records)
+        if not self.failed:
+            self.failed = True
+            raise AuditUnavailable("audit log unavailable: connection lost during commit; the action was refused")
+        return len(records)
+
+    def known_ids(self, events):
+        return self.log.known_ids(events)
+
+
+def test_a_batch_retried_after_a_failed_commit_is_not_chained_twice(audit_log, tmp_path, caplog):
+    spool_dir = tmp_path / "spool"
+    flaky = CommitsThenFails(audit_log)
+
+    async def main():
+        spool = AuditSpool(spool_dir)
+        spool.open()
+        writer = AuditWriter(flaky, spool=spool, flush_interval=0.001)
+        for n in range(10):
+            ev = q(n)
+            await writer.write([ev])
+            writer.post([query_end_event(ev, duration_ms=0.5, rows=1)])
+        await asyncio.sleep(0.3)  # the first batch commits, "fails", and is retried after 50 ms
+        await writer.aclose()
+        return writer.failures
+
+    with caplog.at_level(logging.WARNING, logger="sdm.wire.audit"):
+        assert asyncio.run(main()) == 1
+    assert flaky.failed
+    events = list(audit_log.iter_events())
+    ids = [e.id for e in events]
+    assert len(ids) == len(set(ids)) == 20
+    assert [e.query for e in events if e.type == "query"] == [f"SELECT {n}" for n in range(10)]
+    assert "chained after all" in caplog.text
+    verified(audit_log, tmp_path, 20)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import io
 import json
-from typing import IO, Iterator, Sequence
+from typing import IO, Iterable, Iterator, Sequence
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..control.db import StateDB
@@ -55,14 +55,34 @@ class AuditReader:
             raise StateError(f"cannot read the audit log: {_reason(exc)}") from None
         return [_event_from_row(*r) for r in reversed(rows)]
 
-    def known_ids(self, ids: Sequence[str]) -> set[str]:
-        """Which of these event ids the chain already holds (spool recovery skips them)."""
+    def known_ids(self, events: Iterable[Event]) -> set[str]:
+        """Which of these events (by id) the chain already holds (spool recovery skips them).
+
+        ``id`` has no index (random ids made every insert slow). A row keeps its event's own
+        ``ts``, so a match lies at or after the first row whose ``ts`` reaches the smallest one
+        asked about: ids are read from there on in seq order, ``READ_CHUNK`` at a time, and matched
+        here. Recovery asks about recent events, so that stretch is short."""
+        wanted = {ev.id: ev.ts for ev in events if isinstance(ev.ts, str)}  # no ts: never chained
+        if not wanted:
+            return set()
+        first = self._first_seq_since(min(wanted.values()))
         found: set[str] = set()
-        with self.db.transaction() as s:
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start:start + 500])
-                found.update(r[0] for r in s.execute(select(EVENTS.c.id).where(EVENTS.c.id.in_(chunk))))
+        if first is None:
+            return found
+        for _, id_ in _iter_rows(self.db, (EVENTS.c.seq, EVENTS.c.id), after=first - 1):
+            if id_ in wanted:
+                found.add(id_)
+                if len(found) == len(wanted):
+                    break
         return found
+
+    def _first_seq_since(self, ts: str) -> int | None:
+        """The seq of the first event with ``ts`` at or after this one, read by the ``ts`` index.
+
+        ``seq + 0``: a bare ``min(seq)`` lets SQLite (and PostgreSQL's planner) walk the primary key
+        from seq 1 until a row matches, which for a recent ``ts`` is most of the log."""
+        with self.db.transaction() as s:
+            return s.execute(select(func.min(EVENTS.c.seq + 0)).where(EVENTS.c.ts >= ts)).scalar()
 
     def iter_events(self) -> Iterator[Event]:
         """Every event in seq order, read in short chunks (never one long read lock)."""
@@ -94,12 +114,13 @@ class AuditReader:
         return n
 
 
-def _iter_rows(db: StateDB, columns) -> Iterator[tuple]:
-    """Rows of audit_events in seq order, READ_CHUNK per short transaction (keyset pagination).
+def _iter_rows(db: StateDB, columns, *, after: int = 0) -> Iterator[tuple]:
+    """Rows of audit_events past seq ``after`` in seq order (``columns`` start with seq),
+    READ_CHUNK per short transaction (keyset pagination).
 
     Appends only ever add rows after the head, so paging by seq sees a consistent prefix.
     """
-    last = 0
+    last = after
     while True:
         with db.transaction() as s:
             rows = s.execute(

@@ -222,12 +222,13 @@ def _read_events(f, path: Path):
 
 
 def _chain_missing(audit_log, events: list[Event]) -> int:
-    added = 0
-    for start in range(0, len(events), RECOVERY_BATCH):
-        chunk = events[start:start + RECOVERY_BATCH]
-        known = audit_log.known_ids([ev.id for ev in chunk])
-        missing = [ev for ev in chunk if ev.id not in known]
-        if missing:
-            audit_log.append_many(missing)
-            added += len(missing)
-    return added
+    # One look-up for the whole file: it reads the chain from the file's oldest ts on, once.
+    known = audit_log.known_ids(events)
+    missing = []
+    for ev in events:
+        if ev.id not in known:  # the chain has no unique id any more: this is the guard
+            known.add(ev.id)  # a line seen twice is chained once
+            missing.append(ev)
+    for start in range(0, len(missing), RECOVERY_BATCH):
+        audit_log.append_many(missing[start:start + RECOVERY_BATCH])
+    return len(missing)

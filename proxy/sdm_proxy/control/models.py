@@ -185,7 +185,9 @@ class AuditEvent(Base):
 
     __tablename__ = "audit_events"
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    id: Mapped[str] = mapped_column(String(36), unique=True)
+    # Not indexed: random ids put every insert on a random index page (see migration 0002);
+    # spool recovery finds recent ids through ``ts`` (``AuditReader.known_ids``).
+    id: Mapped[str] = mapped_column(String(36))
     ts: Mapped[str] = mapped_column(String(40), index=True)
     type: Mapped[str] = mapped_column(String(64), index=True)
     user: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)

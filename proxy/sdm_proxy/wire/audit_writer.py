@@ -33,6 +33,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from ..audit.body import event_body
 from ..audit.events import Event
@@ -90,6 +91,9 @@ class AuditWriter:
         self._close_deadline: float | None = None  # while closing, retries stop after this
         self.failures = 0
         self.chained = 0  # events moved into the chain by this writer
+        # A batch failed: its commit may have happened all the same (a connection lost mid-commit),
+        # so the retry first drops what the chain already holds (ids are not unique in the table).
+        self._recheck = False
 
     async def write(self, events: Iterable[Event]) -> None:
         """Record before the action; raises AuditUnavailable when that is not possible."""
@@ -279,13 +283,26 @@ class AuditWriter:
             batch_done = True
             batch = [queue.popleft() for _ in range(min(len(queue), limit))]
             try:
-                self._log.append_spooled(batch)
+                todo = self._not_chained(batch) if self._recheck else batch
+                if todo:
+                    self._log.append_spooled(todo)
+                self._recheck = False
             except Exception as exc:  # noqa: BLE001 - the loop decides: retry later, or give up
+                self._recheck = True
                 raise _BatchFailed(batch, exc) from None
             try:
                 loop.call_soon_threadsafe(self._spool_progress, len(batch))
             except RuntimeError:  # the loop is gone (shut down): the spool keeps the rest
                 return
+
+    def _not_chained(self, batch: list[tuple]) -> list[tuple]:
+        """(Worker thread) The records of a retried batch that the chain does not hold yet."""
+        known = self._log.known_ids([_Stamp(r[0], r[1]) for r in batch])
+        if not known:
+            return batch
+        log.warning("%d audit event(s) of a batch that failed were chained after all; not chaining "
+                    "them again", len(known))
+        return [r for r in batch if r[0] not in known]
 
     def _spool_progress(self, n: int) -> None:
         """(Loop) ``n`` more records are chained: trim the spool, let held-back statements in."""
@@ -369,6 +386,13 @@ def _lines(records: list[tuple]) -> bytes:
     if len(records) == 1:
         return (records[0][4] + "\n").encode("utf-8")
     return ("\n".join(r[4] for r in records) + "\n").encode("utf-8")
+
+
+class _Stamp(NamedTuple):
+    """What ``AuditLog.known_ids`` reads of an event."""
+
+    id: str
+    ts: str
 
 
 class _BatchFailed(Exception):
