@@ -1,6 +1,7 @@
 """Row 2 of the issue: ``pgbench -S`` (one primary-key SELECT per transaction, simple protocol) at 1
-and 16 clients against PostgreSQL direct, PgBouncer in session mode, and the gateway, in that order
-for each client count. Added latency per query = a path's average latency minus direct's."""
+and 16 clients against PostgreSQL direct, PgBouncer in session mode, a bare Python byte forwarder
+(``forwarder.py``: the event loop's own cost, for reference) and the gateway, in that order for each
+client count. Added latency per query = a path's average latency minus direct's."""
 
 from __future__ import annotations
 
@@ -44,14 +45,14 @@ def parse_output(stdout: str) -> dict:
 def section(bench, seconds: float, scale: int) -> dict:
     bench.pgbench_init(scale)
     port, pgbouncer = bench.pgbouncer()
-    targets = ["direct"] + (["pgbouncer"] if port else []) + ["gateway"]
+    targets = ["direct"] + (["pgbouncer"] if port else []) + ["forwarder", "gateway"]
     out: dict = {"mode": "pgbench -n -S -M simple", "seconds_per_run": seconds, "scale": scale,
                  "pgbouncer": pgbouncer if port else None, "pgbouncer_missing": None if port else pgbouncer}
     for clients in CLIENT_COUNTS:
         runs = {target: run_pgbench(bench, target, clients, seconds=seconds) for target in targets}
         bench.gateway.ensure_alive()
         direct = runs["direct"].get("latency_ms")
-        for target in ("pgbouncer", "gateway"):
+        for target in ("pgbouncer", "forwarder", "gateway"):
             latency = runs.get(target, {}).get("latency_ms")
             if direct is not None and latency is not None:
                 runs[target]["added_latency_us"] = round((latency - direct) * 1000, 1)
@@ -64,7 +65,8 @@ def compare(runs: dict) -> dict:
     """Gateway vs PgBouncer: TPS ratio and added-latency ratio (None when PgBouncer is missing)."""
     gw, pgb = runs.get("gateway", {}), runs.get("pgbouncer", {})
     out = {"tps_ratio_vs_pgbouncer": None, "added_latency_ratio_vs_pgbouncer": None,
-           "tps_ratio_vs_direct": None}
+           "tps_ratio_vs_direct": None, "forwarder_tps_ratio_vs_pgbouncer": None,
+           "forwarder_added_latency_ratio_vs_pgbouncer": None}
     if gw.get("tps") and runs.get("direct", {}).get("tps"):
         out["tps_ratio_vs_direct"] = round(gw["tps"] / runs["direct"]["tps"], 3)
     if gw.get("tps") and pgb.get("tps"):
@@ -72,4 +74,10 @@ def compare(runs: dict) -> dict:
     g_added, p_added = gw.get("added_latency_us"), pgb.get("added_latency_us")
     if g_added is not None and p_added is not None and p_added > 0:
         out["added_latency_ratio_vs_pgbouncer"] = round(g_added / p_added, 2)
+    fwd = runs.get("forwarder", {})
+    if fwd.get("tps") and pgb.get("tps"):
+        out["forwarder_tps_ratio_vs_pgbouncer"] = round(fwd["tps"] / pgb["tps"], 3)
+    f_added = fwd.get("added_latency_us")
+    if f_added is not None and p_added is not None and p_added > 0:
+        out["forwarder_added_latency_ratio_vs_pgbouncer"] = round(f_added / p_added, 2)
     return out

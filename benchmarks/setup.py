@@ -26,6 +26,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from .forwarder import start_forwarder
 from .procs import clean_env, cmdline, free_port
 from .pgbouncer import ensure_pgbouncer, pgbouncer_version, start_pgbouncer, terminate
 
@@ -195,6 +196,7 @@ class Bench:
         self.stack.callback(shutil.rmtree, self.work, ignore_errors=True)
         self._pgbouncer: tuple[int | None, str] | None = None
         self._pgbench_scale: int | None = None
+        self._forwarder: int | None = None
 
     def __enter__(self) -> "Bench":
         try:
@@ -241,6 +243,8 @@ class Bench:
             kw = self.gateway_kw()
         elif target == "pgbouncer":
             kw = {**self.direct_kw(), "port": self.pgbouncer()[0]}
+        elif target == "forwarder":
+            kw = {**self.direct_kw(), "port": self.forwarder()}
         else:
             kw = self.direct_kw()
         password = kw.pop("password")
@@ -271,6 +275,14 @@ class Bench:
         self._pgbench_scale = scale
 
     # ---- PgBouncer -------------------------------------------------------------------------------
+    def forwarder(self) -> int:
+        """Port of the bare Python forwarder (``benchmarks/forwarder.py``) to the cluster, started once."""
+        if self._forwarder is None:
+            proc, port = start_forwarder(self.pg.port)
+            self.stack.callback(terminate, proc)
+            self._forwarder = port
+        return self._forwarder
+
     def pgbouncer(self) -> tuple[int | None, str]:
         """(port, version) of a running PgBouncer in session mode, or (None, why not)."""
         if self._pgbouncer is None:

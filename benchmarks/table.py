@@ -96,6 +96,13 @@ def pgbench(r: dict) -> list[Row]:
                     other=cell(c16.get("pgbouncer", {}), "tps"),
                     ratio=_x(ratio, 0.8) + (" PgBouncer's" if ratio is not None else ""), bar="≥ 0.8× PgBouncer's",
                     met=None if ratio is None else ratio >= 0.8, value=ratio, threshold=0.8, better="higher"))
+    f1, f16 = c1.get("forwarder", {}), c16.get("forwarder", {})
+    if f1 or f16:  # reference only: what the event loop alone costs, no bar
+        r1 = c1.get("comparison", {}).get("forwarder_added_latency_ratio_vs_pgbouncer")
+        r16 = c16.get("comparison", {}).get("forwarder_tps_ratio_vs_pgbouncer")
+        rows.append(Row("pgbench_forwarder", "pgbench -S through a bare Python forwarder (reference, not the product)",
+                        gateway=f"1 client: {cell(f1, 'latency')}; 16 clients: {cell(f16, 'tps')}",
+                        ratio=f"{_x(r1)} PgBouncer's latency; {_x(r16)} its TPS", bar="none (reference)"))
     return rows
 
 

@@ -100,3 +100,14 @@ def test_result_files_table_machine_and_no_secrets(bench_run):
     # passwords (pw_...), session tokens (sdms....) and API keys (sdmk_...) never reach a results file
     for text in (md, (out / "latest.json").read_text(), proc.stdout):
         assert not re.search(r"pw_[\w-]{8}|sdms\.\w|sdmk_\w", text)
+
+
+def test_pgbench_ran_through_every_path_including_the_reference_forwarder(bench_run):
+    _out, results, _proc = bench_run
+    pgbench = results["sections"]["pgbench"]
+    for clients in ("c1", "c16"):
+        for target in ("direct", "forwarder", "gateway"):
+            run = pgbench[clients][target]
+            assert "error" not in run and run["tps"] > 0 and run["failed"] == 0, (clients, target, run)
+    row = next(r for r in results["table"] if r["key"] == "pgbench_forwarder")
+    assert row["met"] is None and "reference" in row["label"]
