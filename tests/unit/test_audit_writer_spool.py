@@ -288,3 +288,34 @@ def test_a_batch_retried_after_a_failed_commit_is_not_chained_twice(audit_log, t
     assert [e.query for e in events if e.type == "query"] == [f"SELECT {n}" for n in range(10)]
     assert "chained after all" in caplog.text
     verified(audit_log, tmp_path, 20)
+
+
+def test_an_event_that_can_never_be_chained_is_refused_or_dropped_and_nothing_stalls(audit_log, tmp_path, caplog):
+    """An unknown event type (a bug) would fail its batch on every retry and stall the queue behind
+    it: write() refuses it (its statement does not run), post() logs and drops it."""
+    spool_dir = tmp_path / "spool"
+
+    def bad(n: int):
+        ev = q(n)
+        ev.type = "query.bogus"
+        return ev
+
+    async def main():
+        spool = AuditSpool(spool_dir)
+        spool.open()
+        writer = AuditWriter(audit_log, spool=spool, flush_interval=0.001)
+        with pytest.raises(AuditUnavailable, match="invalid audit event type 'query.bogus'"):
+            await writer.write([bad(0)])
+        good = q(1)
+        await writer.write([good])
+        writer.post([bad(2), query_end_event(good, duration_ms=0.5, rows=1)])
+        await writer.write([q(3)])
+        await writer.aclose()
+        return writer.failures
+
+    with caplog.at_level(logging.ERROR, logger="sdm.wire.audit"):
+        assert asyncio.run(main()) == 0
+    events = list(audit_log.iter_events())
+    assert [(e.type, e.query) for e in events] == [("query", "SELECT 1"), ("query.end", None), ("query", "SELECT 3")]
+    assert "not recorded: invalid audit event type 'query.bogus'" in caplog.text
+    verified(audit_log, tmp_path, 3)

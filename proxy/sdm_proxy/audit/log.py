@@ -102,7 +102,7 @@ class AuditLog(AuditReader):
         if not events:
             return events
         records = _records(events, bodies)
-        _check_records(records)
+        check_records(records)
         outcome = {"committed": False}
         try:
             self._write(lambda s, seq, prev: self._chain(records, seq, prev, events), outcome)
@@ -121,7 +121,7 @@ class AuditLog(AuditReader):
         A sink failure after the commit is only logged: the events are chained, so they must not
         be chained again, and the sink catches up from the database on the next write.
         """
-        _check_records(records)
+        check_records(records)
         outcome = {"committed": False}
         try:
             self._write(lambda s, seq, prev: self._chain(records, seq, prev), outcome)
@@ -352,13 +352,22 @@ class AuditLog(AuditReader):
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def _check_records(records: Sequence[tuple]) -> None:
+def record_problem(record: tuple) -> str | None:
+    """Why a record ``(id, ts, type, user, body)`` can never be chained, or None."""
+    id_, ts, type_ = record[0], record[1], record[2]
+    if not is_valid_type(type_) or len(type_) > 64:
+        return f"invalid audit event type {type_!r}"
+    if not isinstance(id_, str) or not isinstance(ts, str):
+        return "audit event without id or ts"
+    return None
+
+
+def check_records(records: Sequence[tuple]) -> None:
     """Refuse a batch holding a record that cannot be chained (before anything is written)."""
-    for id_, ts, type_, _, _ in records:
-        if not is_valid_type(type_) or len(type_) > 64:
-            raise refused(f"invalid audit event type {type_!r}")
-        if not isinstance(id_, str) or not isinstance(ts, str):
-            raise refused("audit event without id or ts")
+    for record in records:
+        problem = record_problem(record)
+        if problem is not None:
+            raise refused(problem)
 
 
 def _records(events: Sequence[Event], bodies: Sequence[str] | None) -> list[tuple]:

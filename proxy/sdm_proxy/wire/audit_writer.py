@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 from ..audit.body import event_body
 from ..audit.events import Event
+from ..audit.log import check_records, record_problem
 from ..audit.spool import AuditSpool, SpoolMark
 from ..errors import AuditUnavailable, SdmError
 
@@ -110,6 +111,7 @@ class AuditWriter:
         if len(self._queue) >= self._max_backlog:
             await self._wait_for_catch_up()
         records = _records(events)
+        check_records(records)  # one that can never be chained is refused here, not retried forever
         mark = self._spool_write((records, _lines(records)))
         if self.sync == "fsync":
             await self._fsynced(mark)
@@ -122,7 +124,9 @@ class AuditWriter:
         if self._spool is None:
             self._enqueue_events(events, None)
             return
-        records = _records(events)
+        records = _chainable(_records(events))
+        if not records:
+            return
         self._pending.append((records, _lines(records)))
         if not self._pending_flush:
             self._pending_flush = True
@@ -379,6 +383,17 @@ class AuditWriter:
 
 def _records(events: list[Event]) -> list[tuple]:
     return [(ev.id, ev.ts, ev.type, ev.user, event_body(ev)) for ev in events]
+
+
+def _chainable(records: list[tuple]) -> list[tuple]:
+    """The records that can be chained. Another one (a bug: an unknown event type) would make its
+    batch fail on every retry and stall the whole queue behind it, so it is logged and left out."""
+    bad = [(r, problem) for r in records if (problem := record_problem(r)) is not None]
+    if not bad:
+        return records
+    for r, problem in bad:
+        log.error("audit event %s not recorded: %s", r[0], problem)
+    return [r for r in records if record_problem(r) is None]
 
 
 def _lines(records: list[tuple]) -> bytes:
