@@ -19,7 +19,8 @@ from sdm_proxy.audit.events import query_end_event, query_event
 from sdm_proxy.audit.spool import AuditSpool
 from sdm_proxy.control.db import StateDB, make_engine, upgrade
 from sdm_proxy.errors import AuditUnavailable
-from sdm_proxy.wire.audit_writer import AuditWriter, _records
+from sdm_proxy.audit.records import records_of
+from sdm_proxy.wire.audit_writer import AuditWriter
 
 from tests.support.audit_log import chained_queries, spool_lines, sqlite_audit_log
 
@@ -150,7 +151,7 @@ def test_spooled_records_chain_like_events(audit_log, tmp_path):
     """append_spooled splices the link into the spooled body; a body of another shape (a stale
     prev_hash, say) is serialised anew. Either way the chain verifies and holds the same event."""
     evs = [q(n) for n in range(5)]
-    records = _records(evs)
+    records = records_of(evs)
     stale = json.loads(records[2][4])
     stale["prev_hash"] = "ab" * 32
     records[2] = records[2][:4] + (json.dumps(stale, sort_keys=True, separators=(",", ":"), ensure_ascii=False),)
@@ -162,7 +163,7 @@ def test_spooled_records_chain_like_events(audit_log, tmp_path):
 
 
 def test_spooled_records_are_validated_before_anything_is_written(audit_log, tmp_path):
-    records = _records([q(1)])
+    records = records_of([q(1)])
     with pytest.raises(AuditUnavailable, match="invalid audit event type"):
         audit_log.append_spooled(records + [("id", "ts", "audit.checkpoint", None, "{}")])
     with pytest.raises(AuditUnavailable, match="without id or ts"):
@@ -172,18 +173,18 @@ def test_spooled_records_are_validated_before_anything_is_written(audit_log, tmp
 
 def test_a_sink_failure_after_the_commit_is_logged_not_retried(audit_log, tmp_path, monkeypatch, caplog):
     """The records are in the database: raising would make the writer chain them a second time."""
-    audit_log.append_spooled(_records([q(0)]))
+    audit_log.append_spooled(records_of([q(0)]))
 
     def enospc(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(sink_module.os, "write", enospc)
     with caplog.at_level(logging.WARNING, logger="sdm.audit"):
-        assert audit_log.append_spooled(_records([q(1), q(2)])) == 2
+        assert audit_log.append_spooled(records_of([q(1), q(2)])) == 2
     monkeypatch.undo()
     assert "No space left on device" in caplog.text
     assert chained_queries(audit_log) == ["SELECT 0", "SELECT 1", "SELECT 2"]
-    audit_log.append_spooled(_records([q(3)]))  # the sink catches up
+    audit_log.append_spooled(records_of([q(3)]))  # the sink catches up
     verified(audit_log, tmp_path, 4)
 
 
@@ -193,7 +194,7 @@ def test_multi_row_inserts_cut_any_batch_size(audit_log, tmp_path, monkeypatch, 
         monkeypatch.setattr(store, "_sizes", sizes)
     total = 0
     for n in (1, 2, 3, 7, 8, 9, 17, 25, 1500):
-        audit_log.append_spooled(_records([q(total + i) for i in range(n)]))
+        audit_log.append_spooled(records_of([q(total + i) for i in range(n)]))
         total += n
     assert chained_queries(audit_log) == [f"SELECT {i}" for i in range(total)]
     verified(audit_log, tmp_path, total)

@@ -38,6 +38,7 @@ from .body import event_body
 from .chain import GENESIS
 from .checkpoints import Checkpoint, CheckpointSigner
 from .events import Event, is_valid_type
+from .records import check_records
 from .reader import CHECKPOINTS, EVENTS, HEAD, HEAD_ID, READ_CHUNK, AuditReader, _reason
 from .sink import JsonlSink, SinkError, event_line
 from .store import insert_events
@@ -350,24 +351,6 @@ class AuditLog(AuditReader):
             sink.write_lines(lines, last)
 
 # ---- helpers -------------------------------------------------------------------------------------
-
-
-def record_problem(record: tuple) -> str | None:
-    """Why a record ``(id, ts, type, user, body)`` can never be chained, or None."""
-    id_, ts, type_ = record[0], record[1], record[2]
-    if not is_valid_type(type_) or len(type_) > 64:
-        return f"invalid audit event type {type_!r}"
-    if not isinstance(id_, str) or not isinstance(ts, str):
-        return "audit event without id or ts"
-    return None
-
-
-def check_records(records: Sequence[tuple]) -> None:
-    """Refuse a batch holding a record that cannot be chained (before anything is written)."""
-    for record in records:
-        problem = record_problem(record)
-        if problem is not None:
-            raise refused(problem)
 
 
 def _records(events: Sequence[Event], bodies: Sequence[str] | None) -> list[tuple]:

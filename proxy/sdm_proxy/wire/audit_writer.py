@@ -35,9 +35,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from ..audit.body import event_body
 from ..audit.events import Event
-from ..audit.log import check_records, record_problem
+from ..audit.records import chainable, check_records, records_of, spool_lines
 from ..audit.spool import AuditSpool, SpoolMark
 from ..errors import AuditUnavailable, SdmError
 
@@ -110,9 +109,9 @@ class AuditWriter:
             return
         if len(self._queue) >= self._max_backlog:
             await self._wait_for_catch_up()
-        records = _records(events)
+        records = records_of(events)
         check_records(records)  # one that can never be chained is refused here, not retried forever
-        mark = self._spool_write((records, _lines(records)))
+        mark = self._spool_write((records, spool_lines(records)))
         if self.sync == "fsync":
             await self._fsynced(mark)
 
@@ -124,10 +123,10 @@ class AuditWriter:
         if self._spool is None:
             self._enqueue_events(events, None)
             return
-        records = _chainable(_records(events))
+        records = chainable(records_of(events))
         if not records:
             return
-        self._pending.append((records, _lines(records)))
+        self._pending.append((records, spool_lines(records)))
         if not self._pending_flush:
             self._pending_flush = True
             asyncio.get_running_loop().call_soon(self._flush_pending)
@@ -379,28 +378,6 @@ class AuditWriter:
             self._caught_up.set()  # statements still waiting to be let in: refused (shutting down)
         if self._spool is not None:
             self._spool.close()
-
-
-def _records(events: list[Event]) -> list[tuple]:
-    return [(ev.id, ev.ts, ev.type, ev.user, event_body(ev)) for ev in events]
-
-
-def _chainable(records: list[tuple]) -> list[tuple]:
-    """The records that can be chained. Another one (a bug: an unknown event type) would make its
-    batch fail on every retry and stall the whole queue behind it, so it is logged and left out."""
-    bad = [(r, problem) for r in records if (problem := record_problem(r)) is not None]
-    if not bad:
-        return records
-    for r, problem in bad:
-        log.error("audit event %s not recorded: %s", r[0], problem)
-    return [r for r in records if record_problem(r) is None]
-
-
-def _lines(records: list[tuple]) -> bytes:
-    """The spool lines of these records (encoded here, so a bad one fails its own caller)."""
-    if len(records) == 1:
-        return (records[0][4] + "\n").encode("utf-8")
-    return ("\n".join(r[4] for r in records) + "\n").encode("utf-8")
 
 
 class _Stamp(NamedTuple):
