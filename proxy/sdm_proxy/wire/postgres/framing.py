@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 
 from .errors import ClientProtocolError, ServerProtocolError, WireError
 
+try:  # the DataRow header hop, compiled at install time (_rowhop.c); the same loop in Python otherwise
+    from ._rowhop import hop as _hop_datarows
+except ImportError:  # pragma: no cover - installed without a C compiler
+    _hop_datarows = None
+
 # ---- constants -----------------------------------------------------------------------------------
 
 PROTOCOL_V3 = 3 << 16
@@ -241,11 +246,21 @@ class MessageSplitter:
         full, observe, limits = self._full, self._observe, self._limits
         unpack = _HDR.unpack_from
         datarow = self._datarow
+        hop = _hop_datarows
         while n - off >= 5:
             t, length = unpack(data, off)
             if t == datarow:
-                # The hot path: a run of DataRows, nothing but header hops and a count. (Kept this
-                # tight on purpose: it is the only per-row Python work on the relay.)
+                # The hot path: a run of DataRows, nothing but header hops and a count.
+                if hop is not None:  # compiled: no per-row Python work on the relay
+                    off, walked, bad = hop(data, off, datarow)
+                    rows += walked
+                    if bad >= 0:
+                        self._bad(t, bad)
+                    if off > n:  # the last row continues in the next chunk
+                        self._skip = off - n
+                        off = n
+                        break
+                    continue
                 while True:
                     if length < 4:
                         self._bad(t, length)
