@@ -7,7 +7,10 @@ messages, the same forwarded bytes, the same row counts and the same errors.
 
 from __future__ import annotations
 
+import shutil
 import struct
+import sysconfig
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +20,7 @@ from sdm_proxy.wire.postgres import framing
 from sdm_proxy.wire.postgres.errors import ServerProtocolError
 
 hop = framing._hop_datarows
-pytestmark = pytest.mark.skipif(hop is None, reason="the C extension was not built (no compiler at install)")
+needs_hop = pytest.mark.skipif(hop is None, reason="the C extension was not built (no compiler at install)")
 
 D = ord("D")
 
@@ -65,41 +68,49 @@ stream = st.tuples(st.lists(segment, max_size=8), st.one_of(st.just(b""), garbag
     lambda s: (lambda body, at: body[:at] + s[1] + body[at:])(b"".join(s[0]), s[2] % (len(b"".join(s[0])) + 1)))
 
 
+@needs_hop
 @settings(max_examples=400, deadline=None)
 @given(data=stream, points=st.lists(st.integers(min_value=0, max_value=4000), max_size=8))
+@needs_hop
 def test_the_compiled_hop_splits_like_the_python_loop(monkeypatch_session, data, points):
     chunks = cut(data, points)
     assert split_all(chunks, True, monkeypatch_session) == split_all(chunks, False, monkeypatch_session)
 
 
+@needs_hop
 def test_counts_a_run_and_stops_at_the_next_type():
     rows = b"".join(msg("D", b"\x00\x01\x00\x00\x00\x01" + bytes([48 + i])) for i in range(5))
     data = rows + msg("C", b"SELECT 5\0")
     assert hop(data, 0, D) == (len(rows), 5, -1)
 
 
+@needs_hop
 def test_a_row_cut_by_the_chunk_end_is_walked_past_the_end():
     data = msg("D", b"x" * 10) + msg("D", b"y" * 100)[:20]
     off, rows, bad = hop(data, 0, D)
     assert (rows, bad) == (2, -1) and off == 15 + 105 and off > len(data)
 
 
+@needs_hop
 def test_stops_without_a_whole_header():
     data = msg("D", b"x") + b"D\x00\x00"
     assert hop(data, 0, D) == (6, 1, -1)
 
 
 @pytest.mark.parametrize("length", [0, 1, 3])
+@needs_hop
 def test_reports_a_length_below_four_where_it_is(length):
     data = msg("D", b"ab") + b"D" + struct.pack("!I", length) + b"zz"
     assert hop(data, 0, D) == (7, 1, length)
 
 
+@needs_hop
 def test_a_huge_length_does_not_overflow():
     data = b"D" + struct.pack("!I", 0xFFFFFFFF)
     assert hop(data, 0, D) == (1 + 0xFFFFFFFF, 1, -1)
 
 
+@needs_hop
 def test_bad_arguments_are_refused_not_crashed():
     with pytest.raises(ValueError):
         hop(b"D\x00\x00\x00\x04", -1, D)
@@ -109,8 +120,18 @@ def test_bad_arguments_are_refused_not_crashed():
     assert hop(b"D\x00\x00\x00\x04", 10, D) == (10, 0, -1)
 
 
+@needs_hop
 def test_the_splitter_uses_it_and_raises_the_protocol_error(monkeypatch):
     monkeypatch.setattr(framing, "_hop_datarows", hop)
     splitter = framing.MessageSplitter(full="CZ", observe="T", count_rows=True, error=ServerProtocolError)
     with pytest.raises(ServerProtocolError, match="invalid message length 2"):
         splitter.feed(msg("D", b"ok") + b"D" + struct.pack("!I", 2))
+
+
+def test_the_extension_is_built_wherever_a_c_compiler_is():
+    """The fallback must not hide a broken build: with a compiler and Python's headers, pip builds it."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = sysconfig.get_paths()["include"]
+    if shutil.which(compiler) is None or not (Path(headers) / "Python.h").exists():
+        pytest.skip(f"no C compiler ({compiler}) or no Python headers here: the Python loop is used")
+    assert hop is not None, "sdm_proxy.wire.postgres._rowhop was not built: reinstall with pip install -e ./proxy"
