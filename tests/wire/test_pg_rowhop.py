@@ -71,7 +71,6 @@ stream = st.tuples(st.lists(segment, max_size=8), st.one_of(st.just(b""), garbag
 @needs_hop
 @settings(max_examples=400, deadline=None)
 @given(data=stream, points=st.lists(st.integers(min_value=0, max_value=4000), max_size=8))
-@needs_hop
 def test_the_compiled_hop_splits_like_the_python_loop(monkeypatch_session, data, points):
     chunks = cut(data, points)
     assert split_all(chunks, True, monkeypatch_session) == split_all(chunks, False, monkeypatch_session)
