@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import ssl
@@ -42,3 +43,9 @@ def upstream_tls_context(mode: str, ca_file: str | None, error: type[Exception])
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def close_login(task: asyncio.Future) -> None:
+    """An abandoned upstream login (a done callback): close it if it finished anyway."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()

@@ -76,3 +76,11 @@ def parse_tags(sql: str) -> dict[str, object]:
         else:
             tags[field] = value
     return tags
+
+
+def client_fields(peer: str | None, text: str | None = None) -> dict:
+    """An audit event's client fields: the peer address, plus the statement's tags if any."""
+    fields: dict = {"addr": peer}
+    if text:
+        fields.update(parse_tags(text))
+    return fields

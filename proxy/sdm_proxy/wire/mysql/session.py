@@ -44,13 +44,12 @@ from .errors import (
 from .machine import FrontConnection, LoginRequest, Phase
 from .packets import Packet
 
-# The F401 exemptions: names that lived here before the split stay importable from this module.
-from .session_audit import _CANCELLED_CODES, PROTOCOL, QUERY_TEXT_LIMIT, SessionAudit  # noqa: F401
-from .session_close import ClosingPhase, _Close, _message  # noqa: F401
-from .session_commands import _NOT_AUDITED, CommandPhase  # noqa: F401
+from .session_audit import SessionAudit
+from .session_close import ClosingPhase, _Close
+from .session_commands import CommandPhase
 from .session_kill import KillCommand
-from .session_login import LoginPhase, _close_login, _Token  # noqa: F401
-from .session_policy import REVOKED_LINGER, AccessWatch  # noqa: F401
+from .session_login import LoginPhase, _Token
+from .session_policy import AccessWatch
 
 if TYPE_CHECKING:
     from .server import ListenerContext

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from ...audit import events as audit
-from ..sqlcomment import parse_tags
+from ..sqlcomment import client_fields
 from .commands import Command, Query, StmtExecute
 from .errors import ER_QUERY_INTERRUPTED
 from .responses import ResponseScanner
@@ -19,10 +19,7 @@ class SessionAudit:
     """Mixed into ``Session`` (its state is set up in ``Session.__init__``): building and posting events."""
 
     def _client_fields(self, text: str | None = None) -> dict:
-        fields: dict = {"addr": self.peer}
-        if text:
-            fields.update(parse_tags(text))
-        return fields
+        return client_fields(self.peer, text)
 
     def _session_event(self, kind: str, status: str = audit.OK, error: str | None = None) -> audit.Event:
         cred = self.cred

@@ -12,6 +12,7 @@ import asyncio
 from ... import errors as sdm_errors
 from ...audit import events as audit
 from ...unlock.client import UnlockedCredential
+from ..net import close_login
 from .channel import UpstreamChannel
 from .errors import ClientProtocolError, LoginRefused, WireError
 from .machine import LoginRequest, StartTLS
@@ -34,11 +35,6 @@ class _Token:
 
     __str__ = __repr__
 
-
-def _close_login(task: asyncio.Future) -> None:
-    """An abandoned upstream login: close it if it finished anyway."""
-    if not task.cancelled() and task.exception() is None:
-        task.result().close()
 
 
 class LoginPhase:
@@ -126,7 +122,7 @@ class LoginPhase:
             await self.ctx.audit.write([self._session_event("start")])
         except BaseException as exc:
             login.cancel()
-            login.add_done_callback(_close_login)
+            login.add_done_callback(close_login)
             if isinstance(exc, sdm_errors.AuditUnavailable):
                 raise _Close(exc) from None
             raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...audit import events as audit
-from ..sqlcomment import parse_tags
+from ..sqlcomment import client_fields
 from .upstream import dropped_params
 
 if TYPE_CHECKING:
@@ -36,10 +36,7 @@ class SessionAudit:
         def _spare_soon(self) -> None: ...
 
     def _client_fields(self, text: str | None = None) -> dict:
-        fields: dict = {"addr": self.peer}
-        if text:
-            fields.update(parse_tags(text))
-        return fields
+        return client_fields(self.peer, text)
 
     def _session_event(self, kind: str, status: str = audit.OK, error: str | None = None) -> audit.Event:
         cred = self.cred

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ... import errors as sdm_errors
 from ...audit import events as audit
 from ...unlock.client import UnlockedCredential
+from ..net import close_login
 from ...vault.secret import SecretValue
 from .errors import CANNOT_CONNECT_NOW, WireError, sqlstate_for
 from .session_audit import PROTOCOL
@@ -35,11 +36,6 @@ def _drop_early(task: asyncio.Future) -> None:
     task.cancel()
     task.add_done_callback(close_opened)
 
-
-def _close_login(task: asyncio.Future) -> None:
-    """An abandoned upstream login: close it if it finished anyway."""
-    if not task.cancelled() and task.exception() is None:
-        task.result().close()
 
 
 class LoginPhase:
@@ -110,7 +106,7 @@ class LoginPhase:
             await self.ctx.audit.write([self._session_event("start")])
         except BaseException as exc:
             login.cancel()
-            login.add_done_callback(_close_login)
+            login.add_done_callback(close_login)
             if isinstance(exc, sdm_errors.AuditUnavailable):
                 raise _Close(CANNOT_CONNECT_NOW, exc.message) from None
             raise
