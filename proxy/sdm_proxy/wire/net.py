@@ -49,3 +49,14 @@ def close_login(task: asyncio.Future) -> None:
     """An abandoned upstream login (a done callback): close it if it finished anyway."""
     if not task.cancelled() and task.exception() is None:
         task.result().close()
+
+
+async def record_beside_login(record: Awaitable[None], login: asyncio.Future) -> None:
+    """Await a session's ``session.start`` record while its upstream login runs beside it. If the
+    record fails (or this task is cancelled), the login is abandoned: cancelled, or closed once done."""
+    try:
+        await record
+    except BaseException:
+        login.cancel()
+        login.add_done_callback(close_login)
+        raise

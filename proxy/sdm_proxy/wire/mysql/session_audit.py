@@ -18,15 +18,12 @@ _CANCELLED_CODES = frozenset({ER_QUERY_INTERRUPTED, 1927, 3024})  # interrupted,
 class SessionAudit:
     """Mixed into ``Session`` (its state is set up in ``Session.__init__``): building and posting events."""
 
-    def _client_fields(self, text: str | None = None) -> dict:
-        return client_fields(self.peer, text)
-
     def _session_event(self, kind: str, status: str = audit.OK, error: str | None = None) -> audit.Event:
         cred = self.cred
         return audit.session_event(
             kind, user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
             datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
-            protocol=PROTOCOL, client=self._client_fields(), status=status, error=error,
+            protocol=PROTOCOL, client=client_fields(self.peer), status=status, error=error,
             details={"connection_id": self.connection_id, "upstream_thread": self.upstream_thread}
             if kind == "end" else {"connection_id": self.connection_id})
 
@@ -50,7 +47,7 @@ class SessionAudit:
         event = audit.query_event(
             user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
             datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
-            protocol=PROTOCOL, query=shown, client=self._client_fields(text))
+            protocol=PROTOCOL, query=shown, client=client_fields(self.peer, text))
         event.details = details
         return event
 

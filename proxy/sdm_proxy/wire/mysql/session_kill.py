@@ -9,6 +9,7 @@ import time
 
 from ... import errors as sdm_errors
 from ...audit import events as audit
+from ..sqlcomment import client_fields
 from .commands import Com, Command, Query, ResponseKind
 from .errors import (
     ER_KILL_DENIED_ERROR,
@@ -40,7 +41,7 @@ class KillCommand:
             self.ctx.audit.post([audit.denied_event(
                 user=cred.user, reason=message, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
                 datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
-                protocol=PROTOCOL, query=text[:QUERY_TEXT_LIMIT], client=self._client_fields(text))])
+                protocol=PROTOCOL, query=text[:QUERY_TEXT_LIMIT], client=client_fields(self.peer, text))])
             front.reply_error(CommandRefused(message, code=ER_KILL_DENIED_ERROR, sqlstate=SQLSTATE_GENERAL), packet)
             return
         tcred = target.cred

@@ -12,7 +12,7 @@ import asyncio
 from ... import errors as sdm_errors
 from ...audit import events as audit
 from ...unlock.client import UnlockedCredential
-from ..net import close_login
+from ..net import record_beside_login
 from .channel import UpstreamChannel
 from .errors import ClientProtocolError, LoginRefused, WireError
 from .machine import LoginRequest, StartTLS
@@ -119,13 +119,9 @@ class LoginPhase:
             timeout=self.ctx.connect_timeout))
         del cred  # the login task holds the secret until it is done
         try:
-            await self.ctx.audit.write([self._session_event("start")])
-        except BaseException as exc:
-            login.cancel()
-            login.add_done_callback(close_login)
-            if isinstance(exc, sdm_errors.AuditUnavailable):
-                raise _Close(exc) from None
-            raise
+            await record_beside_login(self.ctx.audit.write([self._session_event("start")]), login)
+        except sdm_errors.AuditUnavailable as exc:
+            raise _Close(exc) from None
         self._started_event = True
         try:
             up = await login

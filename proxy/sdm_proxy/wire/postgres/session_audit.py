@@ -35,15 +35,12 @@ class SessionAudit:
         # from LoginPhase:
         def _spare_soon(self) -> None: ...
 
-    def _client_fields(self, text: str | None = None) -> dict:
-        return client_fields(self.peer, text)
-
     def _session_event(self, kind: str, status: str = audit.OK, error: str | None = None) -> audit.Event:
         cred = self.cred
         return audit.session_event(
             kind, user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
             datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
-            protocol=PROTOCOL, client=self._client_fields(), status=status, error=error,
+            protocol=PROTOCOL, client=client_fields(self.peer), status=status, error=error,
             details=self._start_details() if kind == "start" else None)
 
     def _start_details(self) -> dict | None:
@@ -58,7 +55,7 @@ class SessionAudit:
         event = audit.query_event(
             user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
             datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
-            protocol=PROTOCOL, query=text, client=self._client_fields(stmt.text))
+            protocol=PROTOCOL, query=text, client=client_fields(self.peer, stmt.text))
         details = {}
         if stmt.kind == "execute" and stmt.statement:
             details["prepared_statement"] = stmt.statement

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ... import errors as sdm_errors
 from ...audit import events as audit
 from ...unlock.client import UnlockedCredential
-from ..net import close_login
+from ..net import record_beside_login
 from ...vault.secret import SecretValue
 from .errors import CANNOT_CONNECT_NOW, WireError, sqlstate_for
 from .session_audit import PROTOCOL
@@ -103,13 +103,9 @@ class LoginPhase:
                                                            early=early[1] if early else None))
         del cred  # the secret's last reference from this frame: the login task holds it until done
         try:
-            await self.ctx.audit.write([self._session_event("start")])
-        except BaseException as exc:
-            login.cancel()
-            login.add_done_callback(close_login)
-            if isinstance(exc, sdm_errors.AuditUnavailable):
-                raise _Close(CANNOT_CONNECT_NOW, exc.message) from None
-            raise
+            await record_beside_login(self.ctx.audit.write([self._session_event("start")]), login)
+        except sdm_errors.AuditUnavailable as exc:
+            raise _Close(CANNOT_CONNECT_NOW, exc.message) from None
         self._started_event = True
         try:
             self.upstream = await login
