@@ -105,6 +105,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
             addresses["mysql"] = f"{config.mysql[0]}:{my.port}"
         app = create_app(cp)
         app.state.listeners = {k: v for k, v in addresses.items() if k != "api"}
+        app.state.audit_writer = audit  # readers of the log wait for what this gateway recorded
         server = _ApiServer(uvicorn.Config(
             app, host=config.api_host, port=config.api_port, log_level="warning",
             access_log=False, lifespan="off", **api_tls))

@@ -7,6 +7,7 @@ import dataclasses
 import binascii
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 
 from ..audit.verify import verify_db
 from ..control import catalog, grants, proxies, roles, users
@@ -14,6 +15,7 @@ from ..control.context import Actor
 from ..errors import UsageError
 from ..validation import parse_duration
 from ..vault.secret import SecretValue
+from .audit_reads import audit_settled
 from .auth import api_key_actor
 from .schemas import (CredentialCreate, CredentialRotate, DatasourceCreate, GrantCreate, LeaseCreate,
                       ProxyEnroll, RoleAssign, RoleCreate, UserCreate)
@@ -165,9 +167,11 @@ def revoke_proxy(proxy_id: str, request: Request, actor: Actor = Depends(api_key
 
 
 @router.get("/audit")
-def audit_tail(request: Request, n: int = 50, actor: Actor = Depends(api_key_actor)) -> list[dict]:
+async def audit_tail(request: Request, n: int = 50, actor: Actor = Depends(api_key_actor)) -> list[dict]:
     actor.require_admin("reading the whole audit log")
-    return [e.to_dict() for e in _cp(request).audit.tail(max(1, min(n, 10000)))]
+    await audit_settled(request)
+    events = await run_in_threadpool(_cp(request).audit.tail, max(1, min(n, 10000)))
+    return [e.to_dict() for e in events]
 
 
 @router.get("/audit/verify")

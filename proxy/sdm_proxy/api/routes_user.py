@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 
 from ..control import sessions
 from ..control.access import usable_credentials, usable_view
 from ..control.context import Actor
 from ..validation import parse_duration
+from .audit_reads import audit_settled
 from .auth import api_key_actor, current_actor
 from .schemas import SessionCreate
 
@@ -50,6 +52,9 @@ def my_datasources(request: Request, actor: Actor = Depends(current_actor)) -> l
 
 
 @router.get("/activity")
-def my_activity(request: Request, n: int = 50, actor: Actor = Depends(current_actor)) -> list[dict]:
+async def my_activity(request: Request, n: int = 50, actor: Actor = Depends(current_actor)) -> list[dict]:
     n = max(1, min(n, 1000))
-    return [e.to_dict() for e in request.app.state.cp.audit.tail(n, user=actor.name)]
+    await audit_settled(request)
+    events = await run_in_threadpool(request.app.state.cp.audit.tail, n, user=actor.name)
+    return [e.to_dict() for e in events]
+

@@ -38,6 +38,7 @@ from typing import NamedTuple
 from ..audit.events import Event
 from ..audit.records import chainable, check_records, records_of, spool_lines
 from ..audit.spool import AuditSpool, SpoolMark
+from .audit_settle import Settlement
 from ..errors import AuditUnavailable, SdmError
 
 log = logging.getLogger("sdm.wire.audit")
@@ -48,6 +49,7 @@ RETRY_MAX_DELAY = 2.0
 # Records that justify a commit at once: fewer gather for the flush interval first (at a trickle,
 # back-to-back commits of a few events would cost the relay more CPU than they save latency).
 BUSY_BATCH = 256
+SETTLE_WAIT = 2.0  # longest a reader (activity, audit tail) waits for the chain to take in what was recorded
 CATCH_UP_WAIT = 10.0  # longest a statement waits for the chain to catch up before it is refused
 
 
@@ -74,11 +76,11 @@ class AuditWriter:
         self._queue: deque[tuple] = deque()
         self._queued_events = 0  # commit mode (spool modes: len(self._queue), one record per event)
         self._urgent = 0  # commit mode: queued items somebody awaits
+        self._readers = 0  # settled() calls waiting
         # Spool modes: (records queued in all, before this mark; the mark's segment and offset), to
         # trim the spool once those are chained. Plain ints: the GC stops looking at them at once.
         self._marks: deque[tuple[int, int, int]] = deque()
-        self._queued_total = 0
-        self._chained_total = 0
+        self._settle = Settlement()  # records queued / taken off the queue, for settled() and the marks
         self._trim = True  # False once records were given up on: the spool must then keep everything
         # post()ed (records, their spool lines) not yet spooled: they go with the next write's write(2)
         self._pending: list[tuple[list[tuple], bytes]] = []
@@ -130,6 +132,19 @@ class AuditWriter:
         if not self._pending_flush:
             self._pending_flush = True
             asyncio.get_running_loop().call_soon(self._flush_pending)
+
+    async def settled(self, timeout: float = SETTLE_WAIT) -> bool:
+        """Wait (at most ``timeout`` s) until every event recorded before this call is chained, so
+        a reader of the log sees them; False if the chain did not catch up in time."""
+        if self._pending:
+            self._flush_pending()
+        self._readers += 1  # the worker skips the flush-interval wait while somebody reads
+        try:
+            if self._wake is not None:
+                self._wake.set()
+            return await self._settle.wait(timeout)
+        finally:
+            self._readers -= 1
 
     def _flush_pending(self) -> None:
         self._pending_flush = False
@@ -196,15 +211,16 @@ class AuditWriter:
     def _enqueue_records(self, records: list[tuple], mark: SpoolMark | None) -> None:
         first = not self._queue
         self._queue.extend(records)
-        self._queued_total += len(records)
+        self._settle.enqueued(len(records))
         if mark is not None:
-            self._marks.append((self._queued_total, mark[0], mark[1]))
+            self._marks.append((self._settle.queued, mark[0], mark[1]))
         self._kick(first)
 
     def _enqueue_events(self, events: list[Event], fut: asyncio.Future | None) -> None:
         first = not self._queue
         self._queue.append((events, fut))
         self._queued_events += len(events)
+        self._settle.enqueued(len(events))
         if fut is not None:
             self._urgent += 1
         self._kick(first or fut is not None)
@@ -227,7 +243,9 @@ class AuditWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if (not waited or retry_delay) and not self._urgent and not self._closed \
+            # A reader waiting (settled()) skips the gathering wait, never a retry's back-off.
+            hurry = self._urgent or (self._readers and not retry_delay)
+            if (not waited or retry_delay) and not hurry and not self._closed \
                     and self._waiting() < self._max_batch:
                 # Nobody waits: give more events a moment to join this commit.
                 self._wake.clear()
@@ -310,10 +328,10 @@ class AuditWriter:
     def _spool_progress(self, n: int) -> None:
         """(Loop) ``n`` more records are chained: trim the spool, let held-back statements in."""
         self.chained += n
-        self._chained_total += n
+        self._settle.finished(n)
         mark = None
         marks = self._marks
-        while marks and marks[0][0] <= self._chained_total:
+        while marks and marks[0][0] <= self._settle.done:
             mark = marks.popleft()
         if mark is not None and self._trim:
             self._spool_chained(SpoolMark(mark[1], mark[2]))
@@ -343,6 +361,8 @@ class AuditWriter:
                 log.error("could not record %d audit event(s) after the fact: %s", len(batch), exc)
             _settle(taken, exc)
             return
+        finally:
+            self._settle.finished(size)  # chained or refused: either way nobody waits for them any more
         self.chained += len(batch)
         _settle(taken, None)
 
