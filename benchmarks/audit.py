@@ -5,14 +5,17 @@
     events for ``pgbench_accounts`` are counted in ``$SDM_HOME/state.db`` (before/after, so events of
     earlier sections do not count), lost = transactions pgbench completed - events recorded, and
     ``sdm audit verify`` must exit 0. The gateway is then started again for later sections.
-(b) component capacity: ``benchmarks.audit_rate.measure(work_dir, events, producers)`` (the audit
-    log alone, many producers), when that module exists.
+(b) component capacity: ``python -m benchmarks.audit_rate`` (the audit log alone, many producers)
+    in a process of its own, with the gateway's default ``--audit-chainer thread``, and again with
+    ``--chainer process`` (the chainer forked before the event loop starts) for reference.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,25 +76,19 @@ def end_to_end(bench, transactions_per_client: int, scale: int) -> dict:
     }
 
 
-def component(work: Path, events: int, producers: int) -> dict:
+def component(work: Path, events: int, producers: int, chainer: str = "thread") -> dict:
     asked = {"events": events, "producers": producers}
-    try:
-        from benchmarks.audit_rate import measure
-    except ModuleNotFoundError as exc:
-        if exc.name in ("benchmarks.audit_rate", "benchmarks"):
-            return {"error": "benchmarks.audit_rate not available", **asked}
-        return {"error": f"benchmarks.audit_rate does not import: {exc}", **asked}
-    except ImportError as exc:
-        return {"error": f"benchmarks.audit_rate does not import: {exc}", **asked}
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    try:
-        result = dict(measure(work, events, producers))
-    except Exception as exc:  # noqa: BLE001 - reported, the other sections go on
-        return {"error": f"{type(exc).__name__}: {exc}"[:500], **asked}
-    return {**asked, "wall_s": round(time.perf_counter() - t0, 2), **result}
+    run = subprocess.run([sys.executable, "-m", "benchmarks.audit_rate", str(events), "--producers", str(producers),
+                          "--chainer", chainer, "--work", str(work)],
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=1800)
+    if run.returncode != 0:  # reported, the other sections go on
+        return {"error": (run.stderr.strip().splitlines() or ["no output"])[-1][:500], **asked}
+    return {**asked, "wall_s": round(time.perf_counter() - t0, 2), **json.loads(run.stdout)}
 
 
 def section(bench, transactions_per_client: int, scale: int, events: int, producers: int) -> dict:
     return {"end_to_end": end_to_end(bench, transactions_per_client, scale),
-            "component": component(bench.work / "audit-rate", events, producers)}
+            "component": component(bench.work / "audit-rate", events, producers),
+            "component_process": component(bench.work / "audit-rate-process", events, producers, "process")}

@@ -7,6 +7,10 @@ runs (``AuditWriter.write``) and its ``query.end`` outcome posted after it (``Au
 them, through the gateway's own writer (``open_audit_writer``: spool + batched chain into a real
 SQLite state database and JSON-lines sink). The clock stops when every event is chained (after
 ``aclose``); then the chain is counted and verified.
+
+``chainer`` is the gateway's ``--audit-chainer``: ``thread`` (the default) or ``process``, which
+forks the audit chainer before the event loop starts, as ``sdm gateway`` does; so run this in a
+process of its own (``python -m benchmarks.audit_rate``; ``benchmarks/audit.py`` does).
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ async def _produce(writer, producer: int, count: int) -> None:
             await asyncio.sleep(0)  # let the other sessions (and the writer) run, as sockets would
 
 
-def measure(work_dir: Path, events: int = 200_000, producers: int = 64, sync: str = "write") -> dict:
+def measure(work_dir: Path, events: int = 200_000, producers: int = 64, sync: str = "write",
+            chainer: str = "thread") -> dict:
     """Returns queries_per_s (audited queries per second; events_per_s counts both events of each),
     lost, verified and the raw counts."""
     from sdm_proxy.audit.verify import verify_db
-    from sdm_proxy.gateway import open_audit_writer
+    from sdm_proxy.gateway import GatewayConfig, open_audit_writer, start_chainer
 
     from tests.support.gateway_state import GatewayState
 
@@ -50,8 +55,10 @@ def measure(work_dir: Path, events: int = 200_000, producers: int = 64, sync: st
     per = max(1, events // producers)
     sent = per * producers
 
+    forked = start_chainer(cp, GatewayConfig(audit_sync=sync, audit_chainer=chainer))
+
     async def run() -> float:
-        writer = open_audit_writer(cp, sync)
+        writer = open_audit_writer(cp, sync, forked)
         t0 = time.perf_counter()
         await asyncio.gather(*(_produce(writer, p, per) for p in range(producers)))
         await writer.aclose()
@@ -59,9 +66,13 @@ def measure(work_dir: Path, events: int = 200_000, producers: int = 64, sync: st
 
     try:
         import uvloop
-        elapsed = uvloop.run(run())
     except ImportError:
-        elapsed = asyncio.run(run())
+        uvloop = None
+    try:
+        elapsed = uvloop.run(run()) if uvloop else asyncio.run(run())
+    finally:
+        if forked is not None:
+            forked.close()
     db_path = cp.home.root / "state.db"
     with sqlite3.connect(db_path) as conn:
         counts = dict(conn.execute("SELECT type, count(*) FROM audit_events WHERE type IN ('query', 'query.end') "
@@ -70,7 +81,8 @@ def measure(work_dir: Path, events: int = 200_000, producers: int = 64, sync: st
     state.close()
     recorded = counts.get("query", 0)
     return {
-        "sync": sync, "producers": producers, "queries_sent": sent, "queries_recorded": recorded,
+        "sync": sync, "chainer": "process" if forked is not None else "thread", "producers": producers,
+        "queries_sent": sent, "queries_recorded": recorded,
         "query_end_recorded": counts.get("query.end", 0), "lost": sent - recorded + (sent - counts.get("query.end", 0)),
         "seconds": round(elapsed, 3), "queries_per_s": round(sent / elapsed),
         "events_per_s": round(2 * sent / elapsed), "verified": bool(report.ok),
@@ -78,10 +90,17 @@ def measure(work_dir: Path, events: int = 200_000, producers: int = 64, sync: st
 
 
 if __name__ == "__main__":
+    import argparse
     import json
     import sys
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    with tempfile.TemporaryDirectory() as tmp:
-        print(json.dumps(measure(Path(tmp), int(sys.argv[1]) if len(sys.argv) > 1 else 100_000), indent=2))
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("events", type=int, nargs="?", default=100_000)
+    p.add_argument("--producers", type=int, default=64)
+    p.add_argument("--chainer", choices=("thread", "process"), default="thread")
+    p.add_argument("--work", type=Path, help="directory for the state (default: a temporary one)")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory(dir=a.work) as tmp:
+        print(json.dumps(measure(Path(tmp), a.events, a.producers, chainer=a.chainer), indent=2))

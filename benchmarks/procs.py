@@ -55,3 +55,38 @@ def cmdline(pid: int) -> list[str]:
 
 def mb(kib: int | None) -> float | None:
     return None if kib is None else round(kib / 1024, 1)
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (the gateway's audit chainer)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def private_kb(pid: int) -> int:
+    """Memory only this process holds (USS: private clean + dirty pages, KiB): what a forked child
+    adds to its parent's RSS (the pages they still share are counted in the parent's RSS)."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Private_Clean", "Private_Dirty"):
+            total += int(value.split()[0])
+    return total
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live children."""
+    total = cpu_s(pid)
+    for child in children(pid):
+        try:
+            total += cpu_s(child)
+        except FileNotFoundError:  # exited meanwhile
+            pass
+    return total

@@ -19,6 +19,7 @@ from functools import partial
 import uvicorn
 
 from .api.app import create_app
+from .audit.chainer import ChainerProcess
 from .audit.spool import AuditSpool, recover_spools
 from .control.context import Actor, ControlPlane
 from .control.live_access import live_access_reason
@@ -54,6 +55,7 @@ class GatewayConfig:
     mysql: tuple[str, int] | None = DEFAULT_MYSQL
     drain_seconds: float = DRAIN_SECONDS
     audit_sync: str = "write"  # write | fsync | commit (see wire/audit_writer.py)
+    audit_chainer: str = "thread"  # thread | process: where spooled events are chained (audit/chainer.py)
     warm_logins: bool = True  # PostgreSQL spares (see wire/postgres/spares.py)
 
 
@@ -71,7 +73,8 @@ def in_process_unlock_client(cp: ControlPlane, identity: ProxyIdentity) -> InPro
                                  lambda token: cp.session_signer.verify(token, cp.now()))
 
 
-async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
+async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity,
+                chainer: ChainerProcess | None = None) -> None:
     from .wire.net import is_loopback
     from .wire.postgres.tls import gateway_tls_context
 
@@ -79,7 +82,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
     # Off loopback the API carries API keys, tokens and (admin) passwords: serve it over TLS only.
     api_tls = {} if is_loopback(config.api_host) else {
         "ssl_certfile": str(cp.home.tls_dir / "gateway.pem"), "ssl_keyfile": str(cp.home.tls_dir / "gateway-key.pem")}
-    audit = open_audit_writer(cp, config.audit_sync)  # one writer shared by every listener
+    audit = open_audit_writer(cp, config.audit_sync, chainer)  # one writer shared by every listener
     listeners = []
     addresses = {"api": f"{'https' if api_tls else 'http'}://{config.api_host}:{config.api_port}"}
     try:
@@ -136,20 +139,33 @@ async def _announce_when_up(server: uvicorn.Server, cp: ControlPlane, addresses:
     log.info("gateway up: %s", addresses)
 
 
-def open_audit_writer(cp: ControlPlane, sync: str) -> AuditWriter:
-    """Chain what a gateway that died left in its spool, then open this gateway's own spool."""
+def open_audit_writer(cp: ControlPlane, sync: str, chainer: ChainerProcess | None = None) -> AuditWriter:
+    """Chain what a gateway that died left in its spool, then open this gateway's own spool
+    (chained by ``chainer`` when there is one, else by a thread of this process)."""
     recover_spools(cp.home.audit_spool_dir, cp.audit)
     if sync == "commit":
         return AuditWriter(cp.audit, sync="commit")
     spool = AuditSpool(cp.home.audit_spool_dir)
     spool.open()
-    return AuditWriter(cp.audit, spool=spool, sync=sync)
+    return AuditWriter(chainer or cp.audit, spool=spool, sync=sync)
+
+
+def start_chainer(cp: ControlPlane, config: GatewayConfig) -> ChainerProcess | None:
+    """Fork the audit chainer now, before the event loop and its threads exist (fork is safe only then)."""
+    if config.audit_chainer != "process" or config.audit_sync == "commit":
+        return None  # commit mode chains each statement before it runs: no spool, nothing to hand over
+    return ChainerProcess.start(cp.audit)
 
 
 def run(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
-    try:  # uvloop (the `fast` extra) when installed: a faster loop for the relay
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(cp, config, identity))
-    else:
-        uvloop.run(serve(cp, config, identity))
+    chainer = start_chainer(cp, config)
+    try:
+        try:  # uvloop (the `fast` extra) when installed: a faster loop for the relay
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(cp, config, identity, chainer))
+        else:
+            uvloop.run(serve(cp, config, identity, chainer))
+    finally:
+        if chainer is not None:
+            chainer.close()

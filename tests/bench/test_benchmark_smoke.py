@@ -62,6 +62,9 @@ def test_the_gateway_measured_is_the_real_sdm_gateway_process(bench_run):
     memory = results["sections"]["memory"]
     assert memory["idle_sessions"]["sessions"] == IDLE and memory["idle_sessions"]["answered_after_hold"] == IDLE
     assert memory["streaming"]["peak_rss_mb"] > 0
+    for phase in (memory["streaming"], memory["idle_sessions"]):  # an audit chainer would be counted too
+        assert phase["chainer_private_mb"] is None, phase  # the default --audit-chainer thread forks none
+        assert phase["total_peak_mb"] == phase["peak_rss_mb"], phase
 
 
 def test_audit_lost_nothing_and_the_chain_verifies(bench_run):
@@ -70,11 +73,10 @@ def test_audit_lost_nothing_and_the_chain_verifies(bench_run):
     assert e2e["sent"] == e2e["expected"] == 16 * AUDIT_TX
     assert e2e["recorded"] == e2e["sent"] and e2e["lost"] == 0
     assert e2e["verified"] and e2e["verify"]["exit_code"] == 0
-    component = results["sections"]["audit"]["component"]
-    if "error" in component:  # benchmarks.audit_rate is optional
-        assert component["error"] == "benchmarks.audit_rate not available", component
-    else:
-        assert component["lost"] == 0, component
+    for key, chainer in (("component", "thread"), ("component_process", "process")):
+        component = results["sections"]["audit"][key]
+        assert component["chainer"] == chainer, component  # `process` forks, as `sdm gateway` does
+        assert component["lost"] == 0 and component["verified"], component
 
 
 def test_dataframes_have_every_row_and_the_same_values(bench_run):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def running_gateway(pg_cluster, tmp_path):
+def running_gateway(pg_cluster, tmp_path, request):
+    chainer = getattr(request, "param", "thread")  # --audit-chainer
     home = tmp_path / "home"
     ok(home, "init")
     ok(home, "datasource", "add", "pg", "--type", "postgres", "--host", pg_cluster.host,
@@ -36,7 +38,7 @@ def running_gateway(pg_cluster, tmp_path):
     ann_key = ok(home, "user", "key", "ann").stdout.strip()
     api, pg = free_port(), free_port()
     proc = subprocess.Popen([str(SDM_BIN), "gateway", "--api", f"127.0.0.1:{api}", "--postgres", f"127.0.0.1:{pg}",
-                             "--mysql", "off"],
+                             "--mysql", "off", "--audit-chainer", chainer],
                             env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while not (home / "gateway.json").exists():
@@ -72,14 +74,45 @@ def test_connect_refuses_credentials_the_caller_lacks(running_gateway):
     assert res.rc == 1 and "you hold no credential 'superuser' on pg" in res.stderr
 
 
-def test_sigterm_stops_cleanly_and_signs_a_checkpoint(running_gateway):
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _exited(pid: int, limit: float = 10.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("running_gateway", ["thread", "process"], indirect=True)
+def test_sigterm_stops_cleanly_and_signs_a_checkpoint(running_gateway, request):
     home, ann_key, api, pg, proc = running_gateway
     url = ok(home, "connect", "pg", api_key=ann_key).stdout.strip()
     with psycopg.connect(url) as conn:
         conn.execute("SELECT 1")
+    chainers = _children(proc.pid)  # `sdm` runs the gateway in its own process
+    forks = 1 if request.node.callspec.params["running_gateway"] == "process" else 0
+    assert len(chainers) == forks, "--audit-chainer process forks one audit chainer, thread none"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, -signal.SIGTERM), err
+    assert all(_exited(pid) for pid in chainers), "the audit chainer outlived the gateway"
     assert b"Traceback" not in err, err
     assert not (home / "gateway.json").exists()
     verify = ok(home, "audit", "verify").stdout
@@ -96,7 +129,8 @@ def _start_gateway(home, api, pg):
     return proc
 
 
-def test_kill_9_loses_no_audit_event_of_a_statement_that_ran(running_gateway):
+@pytest.mark.parametrize("running_gateway", ["thread", "process"], indirect=True)
+def test_kill_9_loses_no_audit_event_of_a_statement_that_ran(running_gateway, request):
     """Statements wait only for the spool write; a gateway killed before its next batch commit still
     leaves every event on disk, and the next start chains them (DESIGN §2.4, nothing lost)."""
     home, ann_key, api, pg, proc = running_gateway
@@ -107,8 +141,11 @@ def test_kill_9_loses_no_audit_event_of_a_statement_that_ran(running_gateway):
         conn = conns[n % 4]
         assert conn.execute(f"SELECT 'mark-{n}'").fetchone()[0] == f"mark-{n}"
         ran.append(f"mark-{n}")
+    chainers = _children(proc.pid)  # `sdm` runs the gateway in its own process
+    assert len(chainers) == (1 if request.node.callspec.params["running_gateway"] == "process" else 0)
     proc.kill()  # SIGKILL right after the last result: no drain, no closing commit
     proc.wait()
+    assert all(_exited(pid) for pid in chainers), "the audit chainer must die with the gateway (PDEATHSIG)"
     for conn in conns:
         conn.close()
     spooled = list((home / "audit-spool").glob("*.spool"))

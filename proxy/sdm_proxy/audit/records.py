@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from ..errors import AuditUnavailable
 from .body import event_body
 from .events import Event, is_valid_type
 
 log = logging.getLogger("sdm.wire.audit")  # what the gateway's audit writer reports under
+
+
+class Stamp(NamedTuple):
+    """What ``known_ids`` reads of an event (a record's first two fields)."""
+
+    id: str
+    ts: str
 
 
 def records_of(events: list[Event]) -> list[tuple]:

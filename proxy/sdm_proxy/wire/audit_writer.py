@@ -33,10 +33,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from ..audit.events import Event
-from ..audit.records import chainable, check_records, records_of, spool_lines
+from ..audit.records import Stamp, chainable, check_records, records_of, spool_lines
 from ..audit.spool import AuditSpool, SpoolMark
 from .audit_settle import Settlement
 from ..errors import AuditUnavailable, SdmError
@@ -318,7 +317,7 @@ class AuditWriter:
 
     def _not_chained(self, batch: list[tuple]) -> list[tuple]:
         """(Worker thread) The records of a retried batch that the chain does not hold yet."""
-        known = self._log.known_ids([_Stamp(r[0], r[1]) for r in batch])
+        known = self._log.known_ids([Stamp(r[0], r[1]) for r in batch])
         if not known:
             return batch
         log.warning("%d audit event(s) of a batch that failed were chained after all; not chaining "
@@ -398,13 +397,6 @@ class AuditWriter:
             self._caught_up.set()  # statements still waiting to be let in: refused (shutting down)
         if self._spool is not None:
             self._spool.close()
-
-
-class _Stamp(NamedTuple):
-    """What ``AuditLog.known_ids`` reads of an event."""
-
-    id: str
-    ts: str
 
 
 class _BatchFailed(Exception):
