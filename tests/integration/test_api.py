@@ -162,3 +162,22 @@ def test_openapi_document_lists_the_routes(env):
 
 def test_unknown_route_is_problem_json(env):
     assert_problem(call(env, "GET", "/v1/nope"), 404, "http_error")
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_parsed(env):
+    from sdm_proxy.api.body_limit import MAX_BODY_BYTES
+
+    huge = b"{" + b" " * MAX_BODY_BYTES + b"}"
+    assert_problem(call(env, "POST", "/v1/unlock", content=huge), 413, "too_large", "1024 KiB")
+
+    def chunked():  # no Content-Length: read up to the limit, then refused
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    assert_problem(call(env, "POST", "/v1/sessions", env.ann_key, content=chunked()), 413, "too_large")
+    # a body under the limit still reaches the route whole (here: valid JSON padded with spaces)
+    padded = b'{"ttl": "30m"}' + b" " * (MAX_BODY_BYTES - 100)
+    created = httpx.post(env.api.url + "/v1/sessions", content=padded, timeout=10,
+                         headers={"Authorization": f"Bearer {env.ann_key}", "content-type": "application/json"})
+    assert created.status_code == 201, created.text
+    assert call(env, "GET", "/healthz").json()["status"] == "ok"

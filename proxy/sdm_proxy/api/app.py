@@ -20,6 +20,7 @@ from ..control.live_access import check_from_proxy
 from ..control.unlock import unlock
 from ..errors import SdmError
 from . import routes_admin, routes_user
+from .body_limit import BodySizeLimit
 
 log = logging.getLogger("sdm.api")
 
@@ -30,6 +31,7 @@ def problem(status: int, code: str, message: str) -> JSONResponse:
 
 def create_app(cp: ControlPlane) -> FastAPI:
     app = FastAPI(title="sdm gateway control API", version=__version__)
+    app.add_middleware(BodySizeLimit)  # bodies from strangers: bounded before anything parses them
     app.state.cp = cp
     app.include_router(routes_user.router)
     app.include_router(routes_admin.router)
