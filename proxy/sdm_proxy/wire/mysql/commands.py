@@ -25,9 +25,10 @@ from .errors import (
     ClientProtocolError,
     CommandRefused,
 )
-from .messages import ChangeUser, parse_change_user
+from .handshake import ChangeUser, parse_change_user
 from .packets import PayloadReader
-from .responses import ResponseKind, ResponseScanner
+from .response_control import ResponseKind
+from .responses import ResponseScanner
 
 __all__ = [
     "LAST_PREPARED_STATEMENT", "ChangeUserCommand", "Com", "Command", "FieldList", "GatewayCommand", "InitDb",

@@ -29,6 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .auth_packets import (
+    CLEAR_PASSWORD,
+    build_clear_password_switch,
+    parse_clear_password,
+)
 from .commands import ChangeUserCommand
 from .errors import (
     ER_HANDSHAKE_ERROR,
@@ -38,22 +43,16 @@ from .errors import (
     ClientProtocolError,
     InsecureTransport,
 )
-from .messages import (
-    CLEAR_PASSWORD,
+from .flags import Cap, Status, front_capabilities
+from .handshake import (
     DEFAULT_SERVER_VERSION,
-    Cap,
     HandshakeResponse,
     SSLRequest,
-    Status,
-    build_clear_password_switch,
-    build_err_for,
     build_handshake,
-    build_ok,
-    front_capabilities,
     new_scramble,
-    parse_clear_password,
     parse_client_hello,
 )
+from .ok_err_eof import build_err_for, build_ok
 from .packets import (
     MAX_COMMAND_PACKET,
     MAX_HANDSHAKE_PACKET,

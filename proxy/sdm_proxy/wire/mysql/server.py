@@ -23,7 +23,8 @@ from ..listener import Listener, listener_setup
 from ..net import PolicyCheck, is_loopback
 from .channel import ClientChannel
 from .errors import ER_CON_COUNT_ERROR, SQLSTATE_REJECTED, ServerShutdown, err_fields
-from .messages import DEFAULT_SERVER_VERSION, build_err
+from .handshake import DEFAULT_SERVER_VERSION
+from .ok_err_eof import build_err
 from .packets import MAX_COMMAND_PACKET, frame
 from .registry import ConnectionRegistry
 from .session import Session

@@ -12,7 +12,7 @@ from ...audit import events as audit
 from .channel import ConnectionLost
 from .errors import ConnectionEnded, WireError
 from .machine import Phase
-from .messages import ERR_HEADER, parse_err
+from .ok_err_eof import ERR_HEADER, parse_err
 from .upstream import COM_QUIT
 
 

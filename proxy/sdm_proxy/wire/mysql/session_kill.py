@@ -19,7 +19,7 @@ from .errors import (
     CommandRefused,
     WireError,
 )
-from .messages import ERR_HEADER, OK_HEADER, build_ok, parse_err
+from .ok_err_eof import ERR_HEADER, OK_HEADER, build_ok, parse_err
 from .packets import Packet, frame_packets
 from .session_audit import PROTOCOL, QUERY_TEXT_LIMIT
 from .upstream import run_one_statement

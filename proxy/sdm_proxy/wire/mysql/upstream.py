@@ -19,7 +19,8 @@ from ...unlock.client import DatasourceInfo, UnlockedCredential
 from ..net import upstream_tls_context
 from .auth import UpstreamLogin
 from .errors import ServerProtocolError, UpstreamLoginError
-from .messages import DEFAULT_CHARSET, Cap
+from .flags import Cap
+from .handshake import DEFAULT_CHARSET
 from .packets import frame
 
 CONNECT_TIMEOUT = 10.0
