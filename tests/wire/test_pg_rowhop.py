@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdm_proxy.wire.postgres import framing
+from sdm_proxy.wire.postgres import framing_splitter  # the module whose _scan reads _hop_datarows
 from sdm_proxy.wire.postgres.errors import ServerProtocolError
 
-hop = framing._hop_datarows
+hop = framing_splitter._hop_datarows
 needs_hop = pytest.mark.skipif(hop is None, reason="the C extension was not built (no compiler at install)")
 
 D = ord("D")
@@ -31,9 +31,9 @@ def msg(t: str, payload: bytes) -> bytes:
 
 def split_all(chunks: list[bytes], compiled: bool, monkeypatch) -> tuple:
     """Feed every chunk to a server-side splitter; (messages, forwarded bytes, error or None)."""
-    monkeypatch.setattr(framing, "_hop_datarows", hop if compiled else None)
-    splitter = framing.MessageSplitter(full="CEZS", observe="123ntTIsGHWV", count_rows=True,
-                                       error=ServerProtocolError)
+    monkeypatch.setattr(framing_splitter, "_hop_datarows", hop if compiled else None)
+    splitter = framing_splitter.MessageSplitter(full="CEZS", observe="123ntTIsGHWV", count_rows=True,
+                                                error=ServerProtocolError)
     got, forwarded = [], b""
     try:
         for chunk in chunks:
@@ -121,8 +121,8 @@ def test_bad_arguments_are_refused_not_crashed():
 
 @needs_hop
 def test_the_splitter_uses_it_and_raises_the_protocol_error(monkeypatch):
-    monkeypatch.setattr(framing, "_hop_datarows", hop)
-    splitter = framing.MessageSplitter(full="CZ", observe="T", count_rows=True, error=ServerProtocolError)
+    monkeypatch.setattr(framing_splitter, "_hop_datarows", hop)
+    splitter = framing_splitter.MessageSplitter(full="CZ", observe="T", count_rows=True, error=ServerProtocolError)
     with pytest.raises(ServerProtocolError, match="invalid message length 2"):
         splitter.feed(msg("D", b"ok") + b"D" + struct.pack("!I", 2))
 

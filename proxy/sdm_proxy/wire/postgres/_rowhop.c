@@ -9,7 +9,7 @@
  *   that type while a whole 5-byte header is in ``data``. Returns the offset after the last one
  *   walked (it may lie past the end of ``data`` when that row continues in the next chunk), how many
  *   were walked, and -1; or, on a length below 4 (a malformed header), the offset of that message,
- *   the rows before it and the bad length. Same contract as the Python loop in framing.py.
+ *   the rows before it and the bad length. Same contract as the Python loop in framing_splitter.py.
  *
  * Bytes from strangers: every read is bounds-checked against len(data) (a header is read only when
  * 5 bytes remain); lengths are unsigned 32-bit and offsets 64-bit, so no sum can overflow.
@@ -55,7 +55,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_rowhop", "The relay's DataRow header hop, compiled (see framing.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_rowhop", "The relay's DataRow header hop, compiled (see framing_splitter.py).", -1, methods,
 };
 
 PyMODINIT_FUNC

@@ -1,0 +1,212 @@
+"""The statement tracker's client side: what each forwarded request (Query, Parse, Bind, Execute,
+Describe, Close, FunctionCall, Sync) pushes onto the answer FIFO, the prediction of prepared
+statement and portal names, and when that prediction needs a barrier.
+
+Separate from ``tracker_server`` (which resolves the FIFO as answers arrive): this half decides
+which SQL text an Execute will run *before* it is forwarded. ``StatementTracker`` (tracker.py)
+combines both halves.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import TYPE_CHECKING
+
+from .tracker_records import Statement, _Expect, _Names
+
+if TYPE_CHECKING:
+    from collections import deque
+    from collections.abc import Callable
+
+# Message type bytes.
+Q, P_, B, E_, S_, D_, C_, H_, F_, X_ = (ord(c) for c in "QPBESDCHFX")
+
+# Client messages whose payload the tracker reads (everything else streams through).
+CLIENT_PARSED = "QPBECDF"
+CLIENT_PREFIX_LIMITS = {"B": 1 << 20}  # see Session: large Binds are parsed from a bounded prefix
+
+_SQL_NAMESPACE_CHANGE = re.compile(r"\b(prepare|deallocate|discard|declare|close)\b", re.IGNORECASE)
+_SQL_EXECUTE = re.compile(r"\bexecute\s+(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)", re.IGNORECASE)
+MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer statement/portal names
+MAX_TRACKED_NAMES = 10_000  # per namespace and session
+UNKNOWN_TEXT = "<statement text unknown to the gateway: prepared outside the extended protocol>"
+
+
+def _cstr(buf: bytes, off: int) -> tuple[str, int]:
+    end = buf.find(b"\0", off)
+    if end < 0:
+        raise ValueError("unterminated string")
+    return buf[off:end].decode("utf-8", "surrogateescape"), end + 1
+
+
+def _raw_cstr(buf: bytes, off: int) -> tuple[bytes, int]:
+    end = buf.find(b"\0", off)
+    if end < 0:
+        raise ValueError("unterminated string")
+    return buf[off:end], end + 1
+
+
+class ClientSide:
+    """Part of ``StatementTracker``: records each client request as it is forwarded."""
+
+    if TYPE_CHECKING:  # the StatementTracker state used here (set in StatementTracker.__init__)
+        _clock: Callable[[], float]
+        _queue: deque[_Expect]
+        _seg: int
+        _stmts: _Names
+        _portals: _Names
+        _portal_stmt: dict[str, str]
+        _tainted: bool
+
+    # ---- client side ---------------------------------------------------------------------------
+
+    def check_names(self, mtype: int, payload: bytes) -> str | None:
+        """Why a Parse/Bind/Describe/Close/Execute must be refused before it is forwarded, or None.
+
+        PostgreSQL truncates names to 63 bytes, so two longer names sharing those bytes are one name
+        on the server but two here: the audit could name another statement than the one that runs.
+        """
+        try:
+            if mtype == P_:
+                names = [(self._stmts, _raw_cstr(payload, 0)[0])]
+            elif mtype == B:
+                portal, off = _raw_cstr(payload, 0)
+                names = [(self._portals, portal), (self._stmts, _raw_cstr(payload, off)[0])]
+            elif mtype == E_:
+                names = [(self._portals, _raw_cstr(payload, 0)[0])]
+            elif mtype in (D_, C_):
+                names = [(self._stmts if payload[:1] == b"S" else self._portals, _raw_cstr(payload, 1)[0])]
+            else:
+                return None
+        except (ValueError, IndexError):
+            return None  # malformed: the server rejects it
+        for _ns, raw in names:
+            if len(raw) > MAX_NAME_BYTES:
+                return (f"statement or portal name longer than {MAX_NAME_BYTES} bytes ({len(raw)} bytes): "
+                        "the gateway refuses it because PostgreSQL would truncate it")
+        if mtype in (P_, B):
+            ns, raw = names[0]
+            name = raw.decode("utf-8", "surrogateescape")
+            if name and name not in ns.text and len(ns.text) + len(ns.pending) >= MAX_TRACKED_NAMES:
+                return f"too many prepared statements or portals on this connection (at most {MAX_TRACKED_NAMES})"
+        return None
+
+    def needs_barrier(self, mtype: int, payload: bytes) -> bool:
+        """Would the prediction for this message be a guess? Then the glue waits for answers first.
+
+        Only a use of a name can need one (Bind uses a statement, Execute a portal), and only while
+        an op on that name is unanswered and either predicted to fail or from an earlier Sync
+        segment; forwarding everything before plus a Flush always gets those answered.
+        """
+        try:
+            if mtype == B:
+                _portal, off = _cstr(payload, 0)
+                name, _ = _cstr(payload, off)
+                return self._uncertain(self._stmts, name)
+            if mtype == E_:
+                portal, _ = _cstr(payload, 0)
+                return self._uncertain(self._portals, portal)
+        except ValueError:
+            return False  # malformed: the server will reject it; on_client records it as such
+        return False
+
+    def _uncertain(self, names: _Names, name: str) -> bool:
+        return any(op.doubtful or op.seg < self._seg for op in names.pending.get(name, ()))
+
+    def _doubtful(self, names: _Names, name: str) -> bool:
+        """Is a new definition of ``name`` possibly refused (because the name may already exist)?"""
+        if not name:
+            return False  # unnamed statements/portals are always replaced
+        return name in names.text or bool(names.pending.get(name)) or self._tainted
+
+    def on_client(self, mtype: int, payload: bytes | None) -> Statement | None:
+        """Record a forwarded client message; returns the Statement to audit for Q / Execute / F."""
+        now = self._clock()
+        try:
+            if mtype == Q:
+                # Up to the first NUL, exactly as the server reads it (anything after is refused).
+                text = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                stmt = Statement("query", text, now)
+                self._push(_Expect("query", self._seg, stmt=stmt))
+                self._note_sql(text)
+                return stmt
+            if mtype == P_:
+                name, off = _cstr(payload, 0)
+                text, _ = _cstr(payload, off)
+                doubtful = self._doubtful(self._stmts, name)
+                op = _Expect("parse", self._seg, name=name, text=text, doubtful=doubtful)
+                self._push(op)
+                self._stmts.pending.setdefault(name, []).append(op)
+                if not doubtful:
+                    self._stmts.text[name] = text
+                return None
+            if mtype == B:
+                portal, off = _cstr(payload, 0)
+                name, _ = _cstr(payload, off)
+                text = self._stmts.text.get(name)
+                doubtful = self._doubtful(self._portals, portal)
+                op = _Expect("bind", self._seg, name=portal, text=text, doubtful=doubtful)
+                self._portal_stmt[portal] = name  # for the audit details
+                self._push(op)
+                self._portals.pending.setdefault(portal, []).append(op)
+                if not doubtful:
+                    self._portals.text[portal] = text
+                return None
+            if mtype == E_:
+                portal, _ = _cstr(payload, 0)
+                text = self._portals.text.get(portal)
+                stmt = Statement("execute", text if text is not None else UNKNOWN_TEXT, now, portal=portal,
+                                 statement=self._bound_statement(portal))
+                self._push(_Expect("execute", self._seg, stmt=stmt))
+                self._note_sql(stmt.text)
+                return stmt
+            if mtype == D_:
+                self._push(_Expect("describe", self._seg))
+                return None
+            if mtype == C_:
+                ns = chr(payload[0]) if payload else "S"
+                name, _ = _cstr(payload, 1)
+                op = _Expect("close", self._seg, name=name, ns=ns)
+                self._push(op)
+                names = self._stmts if ns == "S" else self._portals
+                names.pending.setdefault(name, []).append(op)
+                # The text stays until CloseComplete: a Close skipped by an earlier error changes nothing.
+                return None
+            if mtype == F_:
+                oid = struct.unpack_from("!I", payload)[0] if len(payload) >= 4 else 0
+                stmt = Statement("function", f"<function call: oid {oid}>", now)
+                self._push(_Expect("function", self._seg, stmt=stmt))
+                return stmt
+            if mtype == S_:
+                self._push(_Expect("sync", self._seg))
+                self._seg += 1
+                return None
+        except (ValueError, IndexError, struct.error):
+            # Malformed: PostgreSQL answers it with an ErrorResponse; expect that answer.
+            self._push(_Expect("malformed", self._seg))
+        return None
+
+    def _bound_statement(self, portal: str) -> str | None:
+        return self._portal_stmt.get(portal)
+
+    def _note_sql(self, text: str) -> None:
+        if _SQL_NAMESPACE_CHANGE.search(text):
+            self._tainted = True
+            for names in (self._stmts, self._portals):
+                for key in list(names.text):
+                    if key:
+                        names.text[key] = None
+
+    def sql_execute_targets(self, text: str) -> dict[str, str | None]:
+        """For SQL ``EXECUTE name``: the protocol-level statements it may run, with their texts."""
+        out = {}
+        for m in _SQL_EXECUTE.finditer(text):
+            raw = m.group(1)
+            name = raw[1:-1].replace('""', '"') if raw.startswith('"') else raw.lower()
+            if name in self._stmts.text:
+                out[name] = self._stmts.text[name]
+        return out
+
+    def _push(self, op: _Expect) -> None:
+        self._queue.append(op)

@@ -1,0 +1,55 @@
+"""The statement tracker's records: the ``Statement`` it reports per execution, the ``_Expect`` entries
+of its answer FIFO, the ``_Names`` prediction of one namespace, and ``TrackerDesync``.
+
+Separate because both halves of the tracker (``tracker_client`` pushes these, ``tracker_server``
+resolves them) and the session glue (which audits ``Statement``) share them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ServerProtocolError
+
+
+class TrackerDesync(ServerProtocolError):
+    """A server answer does not fit the requests sent: fail closed rather than audit wrongly."""
+
+
+@dataclass(eq=False)
+class Statement:
+    """One audited execution: a simple Query, an extended-protocol Execute or a FunctionCall."""
+
+    kind: str  # "query" | "execute" | "function"
+    text: str
+    started: float
+    portal: str | None = None
+    statement: str | None = None
+    rows: int | None = None
+    counted: int = 0  # DataRows seen (for PortalSuspended, which carries no tag)
+    status: str = "ok"  # ok | error | cancelled
+    error: str | None = None
+    sqlstate: str | None = None
+    duration_ms: float | None = None
+    skipped: bool = False
+    tag: object = None  # the glue's handle (the audit event written before forwarding)
+
+
+@dataclass(eq=False)
+class _Expect:
+    kind: str  # parse bind describe close execute sync query function
+    seg: int
+    name: str | None = None  # statement or portal name (parse/bind/close)
+    ns: str | None = None  # "S" or "P" for close
+    text: str | None = None
+    doubtful: bool = False  # predicted to fail (name already exists): outcome unknown until answered
+    stmt: Statement | None = None
+
+
+@dataclass
+class _Names:
+    """Predicted contents of one namespace (prepared statements or portals)."""
+
+    text: dict[str, str | None] = field(default_factory=dict)  # None: exists, text unknown
+    pending: dict[str, list[_Expect]] = field(default_factory=dict)  # unanswered ops per name
+
