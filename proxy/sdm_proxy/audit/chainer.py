@@ -117,10 +117,11 @@ class ChainerProcess:
 def _child_main(conn, parent_end, inherited: AuditLog, parent_pid: int) -> None:
     parent_end.close()
     _die_with(parent_pid)
-    # The gateway stops us (after its writer drained); a Ctrl-C on the terminal reaches the whole
-    # process group and must not cut a batch short.
+    # The gateway stops us after its writer drained; a Ctrl-C on the terminal reaches the whole
+    # process group and must not cut a batch short. SIGTERM keeps its default: it is how
+    # multiprocessing ends a child left running at exit, and a service manager that sends it to
+    # every process of the gateway only makes the gateway chain the rest itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     audit = _own_audit_log(inherited)
     while True:
         try:
