@@ -12,6 +12,7 @@ import ipaddress
 import re
 import select
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -62,16 +63,37 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_warned: set[str] = set()
+
+
+def warn_unverified(host: str) -> None:
+    """Once per gateway host: TLS without a CA is encrypted but not authenticated."""
+    if host not in _warned:
+        _warned.add(host)
+        warnings.warn(f"the gateway at {host} is reached over TLS without verifying its certificate; set "
+                      "SDM_GATEWAY_CA to its CA file (the gateway's $SDM_HOME/tls/ca.pem) so that the "
+                      "session token goes only to the real gateway", stacklevel=3)
+
+
 def make_engine(*, host: str, port: int, datasource: str, credential: str | None,
                 token: Callable[[], str], tags: Callable[[], Mapping[str, object]] | None = None,
                 on_auth_failure: Callable[[], None] | None = None, sslmode: str = "prefer",
-                connect_timeout: int = 10, **engine_kwargs: Any) -> Engine:
-    """A SQLAlchemy engine to ``datasource`` through the gateway, tagging every statement."""
+                ca_file: str | None = None, connect_timeout: int = 10, **engine_kwargs: Any) -> Engine:
+    """A SQLAlchemy engine to ``datasource`` through the gateway, tagging every statement.
+
+    ``ca_file`` is the gateway's CA certificate: off this machine the connection then verifies the
+    gateway's certificate and name (``verify-full``) before the session token is sent."""
     url = URL.create("postgresql+psycopg", username=credential or None, host=host, port=port, database=datasource)
+    connect_args = {"connect_timeout": connect_timeout, "application_name": "sdm-jupyter"}
     if sslmode == "prefer" and not _is_loopback(host):
-        # The session token is a bearer credential: off this machine, never risk sending it in clear.
-        sslmode = "require"
-    connect_args = {"sslmode": sslmode, "connect_timeout": connect_timeout, "application_name": "sdm-jupyter"}
+        # The session token is a bearer credential: off this machine it goes only to a gateway that
+        # proved who it is, or at the very least never in clear.
+        if ca_file:
+            sslmode, connect_args["sslrootcert"] = "verify-full", ca_file
+        else:
+            sslmode = "require"
+            warn_unverified(host)
+    connect_args["sslmode"] = sslmode
     connect_args.update(engine_kwargs.pop("connect_args", {}))
     engine = create_engine(url, connect_args=connect_args, **engine_kwargs)
 

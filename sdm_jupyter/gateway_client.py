@@ -10,7 +10,10 @@ Where the configuration comes from (DESIGN §4, first match wins):
   to the hub user), else the admin key that ``sdm init`` saved in ``$SDM_HOME/admin.key``;
 * PostgreSQL listener: ``SDM_GATEWAY_POSTGRES`` (``HOST:PORT``), ``gateway_postgres`` in
   ``$SDM_HOME/config.json``, the gateway's ``GET /v1/gateway`` answer when it offers one, else
-  ``127.0.0.1:15432``.
+  ``127.0.0.1:15432``;
+* the gateway's CA certificate (to verify the gateway's TLS certificate off this machine; the
+  gateway's own ``$SDM_HOME/tls/ca.pem``): ``SDM_GATEWAY_CA`` (a PEM file), ``gateway_ca`` in
+  ``$SDM_HOME/config.json``, else none.
 
 The API key is only ever sent to create sessions; everything else (and the database login) uses the
 session token, which is renewed shortly before it expires. Neither is printed, logged or shown by
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -51,6 +55,20 @@ def _home_config(home: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _gateway_ca(env: Mapping[str, str], home: Path, config: dict[str, Any]) -> str | None:
+    """The gateway's CA file. One that is named but missing is an error: silently not verifying
+    would be worse than not connecting."""
+    if env.get("SDM_GATEWAY_CA", "").strip():
+        path, source = Path(env["SDM_GATEWAY_CA"].strip()).expanduser(), "SDM_GATEWAY_CA"
+    elif isinstance(config.get("gateway_ca"), str):
+        path, source = Path(config["gateway_ca"]).expanduser(), f"gateway_ca in {home}/config.json"
+    else:
+        return None
+    if not path.is_file():
+        raise NotConfigured(f"the gateway CA file {str(path)!r} (from {source}) does not exist")
+    return str(path)
+
+
 def parse_address(text: str, what: str = "address") -> tuple[str, int]:
     """``HOST:PORT`` or ``[v6]:PORT`` → (host, port); a one-line error naming the bad value."""
     raw = (text or "").strip()
@@ -77,6 +95,7 @@ class GatewayConfig:
     identity: Identity | None
     postgres: tuple[str, int] | None = None  # None: ask the gateway, then the default
     url_source: str = "default"
+    ca_file: str | None = None  # the gateway's CA (PEM): verify-full off loopback, and for https
 
     @classmethod
     def discover(cls, environ: Mapping[str, str] | None = None, *, url: str | None = None,
@@ -119,7 +138,7 @@ class GatewayConfig:
             postgres = parse_address(env["SDM_GATEWAY_POSTGRES"], "SDM_GATEWAY_POSTGRES")
         elif isinstance(config.get("gateway_postgres"), str):
             postgres = parse_address(config["gateway_postgres"], "gateway_postgres in config.json")
-        return cls(gw_url, identity, postgres, url_source)
+        return cls(gw_url, identity, postgres, url_source, _gateway_ca(env, home, config))
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,15 @@ class GatewaySession:
 
     def remaining(self, now: datetime | None = None) -> timedelta:
         return self.expires_at - (now or datetime.now(timezone.utc))
+
+
+def _tls_trust(ca_file: str | None) -> ssl.SSLContext | bool:
+    """For an https gateway URL: the system's trust store, plus the gateway's own CA when known."""
+    if not ca_file:
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=ca_file)
+    return context
 
 
 def _parse_ts(text: str) -> datetime:
@@ -173,7 +201,7 @@ class GatewayClient:
         # Renew with a fifth of the life left (at most 5 minutes before expiry, at least 5 seconds).
         self.renew_margin = timedelta(seconds=max(5, min(300, ttl_s // 5)))
         self.client_label = client_label
-        self._http = httpx.Client(base_url=self.config.url, timeout=timeout,
+        self._http = httpx.Client(base_url=self.config.url, timeout=timeout, verify=_tls_trust(self.config.ca_file),
                                   headers={"User-Agent": f"sdm-jupyter/{__version__}"})
         self._lock = threading.RLock()
         self._session: GatewaySession | None = None

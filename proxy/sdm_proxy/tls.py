@@ -6,6 +6,7 @@ Clients that want ``verify-full`` against the gateway trust ``$SDM_HOME/tls/ca.p
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .errors import UsageError
 from .home import write_private
 
 CA_DAYS = 3650
@@ -29,6 +31,22 @@ def _name(common_name: str) -> x509.Name:
 def _pem_key(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_tls_name(name: str) -> None:
+    """A name for the gateway's certificate: an IP address, or a DNS name (``*.`` allowed first)."""
+    try:
+        ipaddress.ip_address(name)
+        return
+    except ValueError:
+        pass
+    labels = name.removeprefix("*.").split(".")
+    if len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise UsageError(f"invalid --tls-name {name!r}: expected a DNS name (e.g. sdm.example.internal) "
+                         "or an IP address")
 
 
 def create_gateway_tls(tls_dir: Path, extra_names: list[str] | None = None) -> None:

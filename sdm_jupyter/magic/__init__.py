@@ -98,7 +98,7 @@ class SdmMagics(Magics, Configurable):
             client = self.client
             self._engines[key] = make_engine(host=host, port=port, datasource=datasource, credential=credential,
                                              token=client.token, tags=self.context.tags, sslmode=self.sslmode,
-                                             on_auth_failure=client.invalidate)
+                                             ca_file=client.config.ca_file, on_auth_failure=client.invalidate)
         return self._engines[key]
 
     # the magic ---------------------------------------------------------------------------------

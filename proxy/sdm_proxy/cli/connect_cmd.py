@@ -1,13 +1,15 @@
 """``sdm connect``: connection settings for psql, DBeaver or a script, with a fresh session token.
 
-The token stands in for a password; the database's own password is never shown.
+The token stands in for a password; the database's own password is never shown. When the
+PostgreSQL listener is not on loopback, the settings ask the client to verify the gateway's
+certificate against ``$SDM_HOME/tls/ca.pem`` (``sslmode=verify-full``) before it sends the token.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import click
 
@@ -15,6 +17,7 @@ from ..control import sessions
 from ..control.access import usable_credentials
 from ..errors import AccessDenied, NotFound, StateError
 from ..validation import parse_duration, parse_host_port
+from ..wire.net import is_loopback
 from .common import as_caller
 
 SCHEMES = {"postgres": "postgresql", "mysql": "mysql"}
@@ -59,16 +62,31 @@ def connect(ctx, datasource, credential, fmt, ttl):
         token = sessions.create_session(cp, actor, lifetime)["token"]
     user = cred.name
     settings = {"host": host, "port": port, "database": datasource, "user": user, "password": token}
+    tls = _postgres_tls(cp.home, host) if kind == "postgres" else {}
+    settings.update(tls)
     if fmt == "json":
         click.echo(json.dumps(settings, indent=2))
     elif fmt == "env":
         if kind == "postgres":
             for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("database", "PGDATABASE"),
-                             ("user", "PGUSER"), ("password", "PGPASSWORD")):
-                click.echo(f"export {var}={settings[key]}")
+                             ("user", "PGUSER"), ("password", "PGPASSWORD"), ("sslmode", "PGSSLMODE"),
+                             ("sslrootcert", "PGSSLROOTCERT")):
+                if key in settings:
+                    click.echo(f"export {var}={settings[key]}")
         else:
             for key in ("host", "port", "database", "user", "password"):
                 click.echo(f"export SDM_MYSQL_{key.upper()}={settings[key]}")
     else:
+        query = f"?{urlencode(tls)}" if tls else ""
         click.echo(f"{SCHEMES[kind]}://{quote(user, safe='')}:{quote(token, safe='')}@{host}:{port}/"
-                   f"{quote(datasource, safe='')}")
+                   f"{quote(datasource, safe='')}{query}")
+
+
+def _postgres_tls(home, host: str) -> dict[str, str]:
+    """Off loopback the listener requires TLS; the client should also check it is the gateway."""
+    if is_loopback(host) or host in ("0.0.0.0", "::", "[::]"):  # a wildcard listener: reached here locally
+        return {}
+    ca = home.tls_dir / "ca.pem"
+    if ca.is_file():
+        return {"sslmode": "verify-full", "sslrootcert": str(ca)}
+    return {"sslmode": "require"}

@@ -64,14 +64,17 @@ def cli(ctx, home):
 @click.option("--database-url", default=None, help="State database (default SQLite in $SDM_HOME).")
 @click.option("--kms-key-id", default=None, help="Wrap data keys with this AWS KMS key instead of a local key.")
 @click.option("--admin-name", default="admin", show_default=True, help="Name of the first admin user.")
+@click.option("--tls-name", "tls_names", multiple=True, metavar="NAME",
+              help="A DNS name or IP address clients use to reach the gateway over a network, added to its "
+                   "TLS certificate (repeatable; localhost, this host's name and loopback are always in it).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def init(ctx, database_url, kms_key_id, admin_name, as_json):
+def init(ctx, database_url, kms_key_id, admin_name, tls_names, as_json):
     """Create state, keys, a CA and the first admin (its API key is saved in $SDM_HOME/admin.key)."""
     from ..control.bootstrap import init_home  # alembic and the CA code load only here
 
     result = init_home(home_from(ctx), database_url=database_url, kms_key_id=kms_key_id,
-                       admin_name=admin_name)
+                       admin_name=admin_name, tls_names=tuple(tls_names))
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from ..audit.events import admin_event
 from ..errors import Conflict, UsageError
 from ..home import SdmHome, write_private
-from ..tls import create_gateway_tls
+from ..tls import check_tls_name, create_gateway_tls
 from ..validation import check_name
 from ..vault.envelope import EncryptionContext
 from ..vault.providers import create_master_key_file, load_key_provider
@@ -23,10 +23,15 @@ from .users import create_user, issue_api_key
 
 
 def init_home(home: SdmHome, *, database_url: str | None = None, kms_key_id: str | None = None,
-              admin_name: str = "admin") -> dict:
-    """Create everything or nothing: on any failure the files made so far are removed again."""
+              admin_name: str = "admin", tls_names: tuple[str, ...] = ()) -> dict:
+    """Create everything or nothing: on any failure the files made so far are removed again.
+
+    ``tls_names``: more DNS names or IP addresses for the gateway's certificate (besides localhost,
+    this host's name and the loopback addresses), for clients that reach it over a network."""
     if home.exists():
         raise Conflict(f"{home.root} is already initialised (remove it or set SDM_HOME elsewhere)")
+    for name in tls_names:
+        check_tls_name(name)
     if database_url is not None and not database_url.startswith(("sqlite:", "postgresql")):
         raise UsageError("--database-url must be a sqlite:/// or postgresql+psycopg:// URL")
     check_name("user", admin_name)
@@ -34,13 +39,14 @@ def init_home(home: SdmHome, *, database_url: str | None = None, kms_key_id: str
     home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home.root, 0o700)
     try:
-        return _init(home, database_url, kms_key_id, admin_name)
+        return _init(home, database_url, kms_key_id, admin_name, tls_names)
     except BaseException:
         _undo(home, created_root)
         raise
 
 
-def _init(home: SdmHome, database_url: str | None, kms_key_id: str | None, admin_name: str) -> dict:
+def _init(home: SdmHome, database_url: str | None, kms_key_id: str | None, admin_name: str,
+          tls_names: tuple[str, ...]) -> dict:
     config = {"database_url": database_url or home.DEFAULT_DATABASE_URL,
               "key_provider": _key_provider_config(home, kms_key_id)}
     url = home.resolve_database_url(config["database_url"])
@@ -50,7 +56,7 @@ def _init(home: SdmHome, database_url: str | None, kms_key_id: str | None, admin
     finally:
         engine.dispose()
     SessionSigner.load_or_create(home.session_signing_key_path)
-    create_gateway_tls(home.tls_dir)
+    create_gateway_tls(home.tls_dir, list(tls_names))
     home.save_config(config)
 
     cp = ControlPlane.open(home)

@@ -1,0 +1,158 @@
+"""A gateway reached over a network: its PostgreSQL listener on this machine's non-loopback address
+(which requires TLS), a certificate naming that address (`sdm init --tls-name`), and clients that
+verify it before they send a session token (`sdm connect` settings, the notebook engine with
+SDM_GATEWAY_CA). A client holding another CA must not get as far as sending the token."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import warnings
+
+import psycopg
+import pytest
+from cryptography import x509
+from sqlalchemy import text
+
+from tests.support.api_server import free_port
+from tests.support.cli import SDM_BIN, cli_env, ok, sdm
+
+pytestmark = pytest.mark.postgres
+
+
+def _non_loopback_address() -> str | None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.254", 9))  # no packet is sent: this only picks the outgoing address
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+ADDRESS = _non_loopback_address()
+
+
+@pytest.fixture(scope="module")
+def remote_gateway(pg_cluster, tmp_path_factory):
+    if ADDRESS is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to put a listener on")
+    home = tmp_path_factory.mktemp("tls-remote") / "home"
+    ok(home, "init", "--tls-name", ADDRESS, "--tls-name", "sdm.example.internal")
+    ok(home, "datasource", "add", "pg", "--type", "postgres", "--host", pg_cluster.host,
+       "--port", str(pg_cluster.port), "--database", pg_cluster.database)
+    login = pg_cluster.logins["read-only"]
+    ok(home, "credential", "add", "pg", "read-only", "--username", login.username, "--password-stdin",
+       stdin=login.password)
+    ok(home, "role", "create", "analysts")
+    ok(home, "role", "lease", "analysts", "pg", "read-only")
+    ok(home, "user", "add", "ann")
+    ok(home, "role", "assign", "analysts", "ann")
+    key = ok(home, "user", "key", "ann").stdout.strip()
+    api, pg = free_port(), free_port()
+    proc = subprocess.Popen([str(SDM_BIN), "gateway", "--api", f"127.0.0.1:{api}", "--postgres", f"{ADDRESS}:{pg}",
+                             "--mysql", "off"], env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (home / "gateway.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
+        time.sleep(0.1)
+    yield {"home": home, "key": key, "api": f"http://127.0.0.1:{api}", "port": pg, "db_user": login.username}
+    proc.terminate()
+    proc.communicate(timeout=60)
+
+
+def test_the_certificate_names_what_init_was_told(remote_gateway):
+    cert = x509.load_pem_x509_certificate((remote_gateway["home"] / "tls" / "gateway.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "sdm.example.internal" in names.get_values_for_type(x509.DNSName)
+    assert ADDRESS in {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+
+
+def test_init_refuses_a_name_that_is_not_a_host(tmp_path):
+    res = sdm(tmp_path / "home", "init", "--tls-name", "not a host!")
+    assert res.rc == 2 and "invalid --tls-name 'not a host!'" in res.stderr, res.describe()
+    assert not (tmp_path / "home" / "tls").exists()
+
+
+def test_sdm_connect_settings_verify_the_gateway(remote_gateway):
+    home, key = remote_gateway["home"], remote_gateway["key"]
+    settings = ok(home, "connect", "pg", "--format", "json", api_key=key).json()
+    assert settings["host"] == ADDRESS
+    assert (settings["sslmode"], settings["sslrootcert"]) == ("verify-full", str(home / "tls" / "ca.pem"))
+    url = ok(home, "connect", "pg", api_key=key).stdout.strip()
+    assert url.endswith("sslmode=verify-full&sslrootcert=" + str(home / "tls" / "ca.pem").replace("/", "%2F"))
+    with psycopg.connect(url) as conn:
+        assert conn.pgconn.ssl_in_use
+        assert conn.execute("SELECT current_user").fetchone()[0] == remote_gateway["db_user"]
+
+
+def _engine(remote_gateway, environ: dict):
+    from sdm_jupyter.db import make_engine
+    from sdm_jupyter.gateway_client import GatewayClient, GatewayConfig
+
+    client = GatewayClient(GatewayConfig.discover(environ))
+    return make_engine(host=ADDRESS, port=remote_gateway["port"], datasource="pg", credential="read-only",
+                       token=client.token, ca_file=client.config.ca_file), client
+
+
+def _env(remote_gateway, **extra: str) -> dict:
+    return {"SDM_GATEWAY_URL": remote_gateway["api"], "SDM_API_KEY": remote_gateway["key"],
+            "SDM_HOME": "/nonexistent-sdm-home", **extra}
+
+
+def test_the_notebook_engine_verifies_the_gateway_with_sdm_gateway_ca(remote_gateway):
+    from sdm_jupyter import db
+
+    ca = str(remote_gateway["home"] / "tls" / "ca.pem")
+    db._warned.discard(ADDRESS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # verified: no "not verifying" warning
+        engine, client = _engine(remote_gateway, _env(remote_gateway, SDM_GATEWAY_CA=ca))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT current_user")).scalar() == remote_gateway["db_user"]
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi.pgconn.ssl_in_use and dbapi.info.get_parameters().get("sslmode") == "verify-full"
+    finally:
+        engine.dispose()
+        client.close()
+
+
+def test_a_gateway_with_another_ca_gets_no_token(remote_gateway, tmp_path):
+    ok(tmp_path / "other", "init")  # another gateway's CA: what a man in the middle would present
+    other_ca = str(tmp_path / "other" / "tls" / "ca.pem")
+    engine, client = _engine(remote_gateway, _env(remote_gateway, SDM_GATEWAY_CA=other_ca))
+    try:
+        with pytest.raises(Exception) as failed, engine.connect():
+            pass
+        # TLS fails before the startup packet: OpenSSL says "certificate verify failed", or, since
+        # both CAs carry the same name, that the signature does not check out
+        assert "SSL error" in str(failed.value) or "certificate verify failed" in str(failed.value), failed.value
+    finally:
+        engine.dispose()
+        client.close()
+
+
+def test_without_a_ca_the_engine_encrypts_and_warns(remote_gateway):
+    from sdm_jupyter import db
+
+    db._warned.discard(ADDRESS)
+    with pytest.warns(UserWarning, match="without verifying its certificate; set SDM_GATEWAY_CA"):
+        engine, client = _engine(remote_gateway, _env(remote_gateway))
+    try:
+        with engine.connect() as conn:
+            assert conn.connection.dbapi_connection.pgconn.ssl_in_use  # require: encrypted all the same
+    finally:
+        engine.dispose()
+        client.close()
+
+
+def test_a_named_ca_file_that_is_missing_is_an_error(remote_gateway):
+    from sdm_jupyter.errors import NotConfigured
+    from sdm_jupyter.gateway_client import GatewayConfig
+
+    with pytest.raises(NotConfigured, match="the gateway CA file '/nope/ca.pem' .from SDM_GATEWAY_CA. does not exist"):
+        GatewayConfig.discover(_env(remote_gateway, SDM_GATEWAY_CA="/nope/ca.pem"))
