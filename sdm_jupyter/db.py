@@ -66,7 +66,7 @@ def _is_loopback(host: str) -> bool:
 _warned: set[str] = set()
 
 
-def warn_unverified(host: str) -> None:
+def _warn_unverified(host: str) -> None:
     """Once per gateway host: TLS without a CA is encrypted but not authenticated."""
     if host not in _warned:
         _warned.add(host)
@@ -92,7 +92,7 @@ def make_engine(*, host: str, port: int, datasource: str, credential: str | None
             sslmode, connect_args["sslrootcert"] = "verify-full", ca_file
         else:
             sslmode = "require"
-            warn_unverified(host)
+            _warn_unverified(host)
     connect_args["sslmode"] = sslmode
     connect_args.update(engine_kwargs.pop("connect_args", {}))
     engine = create_engine(url, connect_args=connect_args, **engine_kwargs)

@@ -87,6 +87,9 @@ def test_sdm_connect_settings_verify_the_gateway(remote_gateway):
     with psycopg.connect(url) as conn:
         assert conn.pgconn.ssl_in_use
         assert conn.execute("SELECT current_user").fetchone()[0] == remote_gateway["db_user"]
+    env_lines = ok(home, "connect", "pg", "--format", "env", api_key=key).stdout.splitlines()
+    assert "export PGSSLMODE=verify-full" in env_lines
+    assert f"export PGSSLROOTCERT={home / 'tls' / 'ca.pem'}" in env_lines
 
 
 def _engine(remote_gateway, environ: dict):

@@ -57,4 +57,3 @@ async def my_activity(request: Request, n: int = 50, actor: Actor = Depends(curr
     await audit_settled(request)
     events = await run_in_threadpool(request.app.state.cp.audit.tail, n, user=actor.name)
     return [e.to_dict() for e in events]
-

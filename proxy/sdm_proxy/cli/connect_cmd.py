@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from urllib.parse import quote, urlencode
 
 import click
@@ -72,7 +73,7 @@ def connect(ctx, datasource, credential, fmt, ttl):
                              ("user", "PGUSER"), ("password", "PGPASSWORD"), ("sslmode", "PGSSLMODE"),
                              ("sslrootcert", "PGSSLROOTCERT")):
                 if key in settings:
-                    click.echo(f"export {var}={settings[key]}")
+                    click.echo(f"export {var}={shlex.quote(str(settings[key]))}")
         else:
             for key in ("host", "port", "database", "user", "password"):
                 click.echo(f"export SDM_MYSQL_{key.upper()}={settings[key]}")

@@ -37,8 +37,8 @@ from collections.abc import Iterable
 from ..audit.events import Event
 from ..audit.records import Stamp, chainable, check_records, records_of, spool_lines
 from ..audit.spool import AuditSpool, SpoolMark
-from .audit_settle import Settlement
 from ..errors import AuditUnavailable, SdmError
+from .audit_settle import Settlement
 
 log = logging.getLogger("sdm.wire.audit")
 
@@ -79,7 +79,7 @@ class AuditWriter:
         # Spool modes: (records queued in all, before this mark; the mark's segment and offset), to
         # trim the spool once those are chained. Plain ints: the GC stops looking at them at once.
         self._marks: deque[tuple[int, int, int]] = deque()
-        self._settle = Settlement()  # records queued / taken off the queue, for settled() and the marks
+        self._settlement = Settlement()  # records queued / taken off the queue, for settled() and the marks
         self._trim = True  # False once records were given up on: the spool must then keep everything
         # post()ed (records, their spool lines) not yet spooled: they go with the next write's write(2)
         self._pending: list[tuple[list[tuple], bytes]] = []
@@ -141,7 +141,7 @@ class AuditWriter:
         try:
             if self._wake is not None:
                 self._wake.set()
-            return await self._settle.wait(timeout)
+            return await self._settlement.wait(timeout)
         finally:
             self._readers -= 1
 
@@ -210,16 +210,16 @@ class AuditWriter:
     def _enqueue_records(self, records: list[tuple], mark: SpoolMark | None) -> None:
         first = not self._queue
         self._queue.extend(records)
-        self._settle.enqueued(len(records))
+        self._settlement.enqueued(len(records))
         if mark is not None:
-            self._marks.append((self._settle.queued, mark[0], mark[1]))
+            self._marks.append((self._settlement.queued, mark[0], mark[1]))
         self._kick(first)
 
     def _enqueue_events(self, events: list[Event], fut: asyncio.Future | None) -> None:
         first = not self._queue
         self._queue.append((events, fut))
         self._queued_events += len(events)
-        self._settle.enqueued(len(events))
+        self._settlement.enqueued(len(events))
         if fut is not None:
             self._urgent += 1
         self._kick(first or fut is not None)
@@ -327,10 +327,10 @@ class AuditWriter:
     def _spool_progress(self, n: int) -> None:
         """(Loop) ``n`` more records are chained: trim the spool, let held-back statements in."""
         self.chained += n
-        self._settle.finished(n)
+        self._settlement.finished(n)
         mark = None
         marks = self._marks
-        while marks and marks[0][0] <= self._settle.done:
+        while marks and marks[0][0] <= self._settlement.done:
             mark = marks.popleft()
         if mark is not None and self._trim:
             self._spool_chained(SpoolMark(mark[1], mark[2]))
@@ -361,7 +361,7 @@ class AuditWriter:
             _settle(taken, exc)
             return
         finally:
-            self._settle.finished(size)  # chained or refused: either way nobody waits for them any more
+            self._settlement.finished(size)  # chained or refused: either way nobody waits for them any more
         self.chained += len(batch)
         _settle(taken, None)
 
