@@ -5,7 +5,6 @@ SDM_GATEWAY_CA). A client holding another CA must not get as far as sending the 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import warnings
@@ -17,23 +16,12 @@ from sqlalchemy import text
 
 from tests.support.api_server import free_port
 from tests.support.cli import SDM_BIN, cli_env, ok, sdm
+from tests.support.net import non_loopback_address
 
 pytestmark = pytest.mark.postgres
 
 
-def _non_loopback_address() -> str | None:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.254", 9))  # no packet is sent: this only picks the outgoing address
-        address = probe.getsockname()[0]
-    except OSError:
-        return None
-    finally:
-        probe.close()
-    return None if address.startswith("127.") else address
-
-
-ADDRESS = _non_loopback_address()
+ADDRESS = non_loopback_address()
 
 
 @pytest.fixture(scope="module")

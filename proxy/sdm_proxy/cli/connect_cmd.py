@@ -1,8 +1,9 @@
 """``sdm connect``: connection settings for psql, DBeaver or a script, with a fresh session token.
 
 The token stands in for a password; the database's own password is never shown. When the
-PostgreSQL listener is not on loopback, the settings ask the client to verify the gateway's
-certificate against ``$SDM_HOME/tls/ca.pem`` (``sslmode=verify-full``) before it sends the token.
+listener is not on loopback, the settings ask the client to verify the gateway's certificate
+against ``$SDM_HOME/tls/ca.pem`` before it sends the token (PostgreSQL ``sslmode=verify-full``,
+MySQL ``ssl-mode=VERIFY_IDENTITY``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from ..wire.net import is_loopback
 from .common import as_caller
 
 SCHEMES = {"postgres": "postgresql", "mysql": "mysql"}
+# The TLS settings by protocol, as each one's clients spell them: (mode key, CA key, verify, encrypt only)
+TLS_KEYS = {"postgres": ("sslmode", "sslrootcert", "verify-full", "require"),
+            "mysql": ("ssl_mode", "ssl_ca", "VERIFY_IDENTITY", "REQUIRED")}
 
 
 def _listener_address(home, kind: str) -> tuple[str, int]:
@@ -63,7 +67,7 @@ def connect(ctx, datasource, credential, fmt, ttl):
         token = sessions.create_session(cp, actor, lifetime)["token"]
     user = cred.name
     settings = {"host": host, "port": port, "database": datasource, "user": user, "password": token}
-    tls = _postgres_tls(cp.home, host) if kind == "postgres" else {}
+    tls = _tls_settings(cp.home, host, kind)
     settings.update(tls)
     if fmt == "json":
         click.echo(json.dumps(settings, indent=2))
@@ -75,19 +79,26 @@ def connect(ctx, datasource, credential, fmt, ttl):
                 if key in settings:
                     click.echo(f"export {var}={shlex.quote(str(settings[key]))}")
         else:
-            for key in ("host", "port", "database", "user", "password"):
-                click.echo(f"export SDM_MYSQL_{key.upper()}={settings[key]}")
+            for key in ("host", "port", "database", "user", "password", "ssl_mode", "ssl_ca"):
+                if key in settings:
+                    click.echo(f"export SDM_MYSQL_{key.upper()}={shlex.quote(str(settings[key]))}")
     else:
-        query = f"?{urlencode(tls)}" if tls else ""
+        query = f"?{urlencode(_url_options(tls, kind))}" if tls else ""
         click.echo(f"{SCHEMES[kind]}://{quote(user, safe='')}:{quote(token, safe='')}@{host}:{port}/"
                    f"{quote(datasource, safe='')}{query}")
 
 
-def _postgres_tls(home, host: str) -> dict[str, str]:
+def _url_options(tls: dict[str, str], kind: str) -> dict[str, str]:
+    """MySQL's URI-like connection strings spell the options with dashes (ssl-mode, ssl-ca)."""
+    return {key.replace("_", "-"): value for key, value in tls.items()} if kind == "mysql" else tls
+
+
+def _tls_settings(home, host: str, kind: str) -> dict[str, str]:
     """Off loopback the listener requires TLS; the client should also check it is the gateway."""
     if is_loopback(host) or host in ("0.0.0.0", "::", "[::]"):  # a wildcard listener: reached here locally
         return {}
+    mode, ca_key, verify, encrypt_only = TLS_KEYS[kind]
     ca = home.tls_dir / "ca.pem"
     if ca.is_file():
-        return {"sslmode": "verify-full", "sslrootcert": str(ca)}
-    return {"sslmode": "require"}
+        return {mode: verify, ca_key: str(ca)}
+    return {mode: encrypt_only}

@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import pymysql
@@ -16,14 +16,17 @@ import pytest
 
 from tests.support.api_server import free_port
 from tests.support.cli import SDM_BIN, cli_env, ok
+from tests.support.net import non_loopback_address
 
 pytestmark = pytest.mark.mysql
+ADDRESS = non_loopback_address()
 
 
 @pytest.fixture
-def running_gateway(mysql_server, tmp_path):
+def running_gateway(mysql_server, tmp_path, request):
+    address = getattr(request, "param", "127.0.0.1")  # another address: the certificate must name it
     home = tmp_path / "home"
-    ok(home, "init")
+    ok(home, "init", *(("--tls-name", address) if address != "127.0.0.1" else ()))
     ok(home, "datasource", "add", "shop", "--type", "mysql", "--host", mysql_server.host,
        "--port", str(mysql_server.port), "--database", mysql_server.database)
     login = mysql_server.logins["read-only"]
@@ -36,7 +39,7 @@ def running_gateway(mysql_server, tmp_path):
     ann_key = ok(home, "user", "key", "ann").stdout.strip()
     api, my = free_port(), free_port()
     proc = subprocess.Popen([str(SDM_BIN), "gateway", "--api", f"127.0.0.1:{api}", "--postgres", "off",
-                             "--mysql", f"127.0.0.1:{my}"],
+                             "--mysql", f"{address}:{my}"],
                             env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while not (home / "gateway.json").exists():
@@ -77,6 +80,31 @@ def test_sdm_connect_url_works_with_pymysql(running_gateway, mysql_server):
                               "--batch", "--skip-column-names", settings["database"], "-e", "SELECT 42"],
                              capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 0 and out.stdout.strip() == "42", out.stderr
+
+
+@pytest.mark.skipif(ADDRESS is None, reason="this machine has no non-loopback IPv4 address for a listener")
+@pytest.mark.parametrize("running_gateway", [ADDRESS], indirect=True)
+def test_off_loopback_the_settings_verify_the_gateway(running_gateway, mysql_server, tmp_path):
+    home, ann_key, _api, my, _proc = running_gateway
+    ca = str(home / "tls" / "ca.pem")
+    settings = ok(home, "connect", "shop", "--format", "json", api_key=ann_key).json()
+    assert (settings["host"], settings["ssl_mode"], settings["ssl_ca"]) == (ADDRESS, "VERIFY_IDENTITY", ca)
+    url = ok(home, "connect", "shop", api_key=ann_key).stdout.strip()
+    assert url.endswith(f"@{ADDRESS}:{my}/shop?ssl-mode=VERIFY_IDENTITY&ssl-ca={quote(ca, safe='')}")
+    env_lines = ok(home, "connect", "shop", "--format", "env", api_key=ann_key).stdout.splitlines()
+    assert "export SDM_MYSQL_SSL_MODE=VERIFY_IDENTITY" in env_lines and f"export SDM_MYSQL_SSL_CA={ca}" in env_lines
+
+    def connect(ca_file: str) -> pymysql.Connection:
+        return pymysql.connect(host=settings["host"], port=settings["port"], user=settings["user"],
+                               password=settings["password"], database=settings["database"], connect_timeout=10,
+                               ssl_ca=ca_file, ssl_verify_cert=True, ssl_verify_identity=True)
+
+    with connect(ca) as conn, conn.cursor() as cur:
+        cur.execute("SELECT CURRENT_USER()")
+        assert cur.fetchone() == (f"{mysql_server.logins['read-only'].username}@%",)
+    ok(tmp_path / "other", "init")  # another gateway's CA: what a man in the middle would present
+    with pytest.raises(pymysql.err.OperationalError):
+        connect(str(tmp_path / "other" / "tls" / "ca.pem"))
 
 
 def test_sigterm_sends_1053_to_idle_clients_and_stops_cleanly(running_gateway):
