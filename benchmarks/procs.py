@@ -7,6 +7,8 @@ import os
 import socket
 from pathlib import Path
 
+from tests.support.procs import children  # one /proc walker for the tests and the benchmark (the gateway's chainer)
+
 
 def free_port() -> int:
     """A free 127.0.0.1 port (racy by nature: callers retry on a clash)."""
@@ -55,19 +57,6 @@ def cmdline(pid: int) -> list[str]:
 
 def mb(kib: int | None) -> float | None:
     return None if kib is None else round(kib / 1024, 1)
-
-
-def children(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (the gateway's audit chainer)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(stat.parent.name))
-    return sorted(found)
 
 
 def private_kb(pid: int) -> int:

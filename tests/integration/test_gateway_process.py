@@ -7,15 +7,14 @@ import json
 import os
 import signal
 import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
 from tests.support.api_server import free_port
-from tests.support.cli import SDM_BIN, cli_env, ok, sdm
+from tests.support.cli import ok, sdm, start_gateway
+from tests.support.procs import children, exited
 
 pytestmark = pytest.mark.postgres
 
@@ -37,13 +36,8 @@ def running_gateway(pg_cluster, tmp_path, request):
     ok(home, "role", "assign", "analysts", "ann")
     ann_key = ok(home, "user", "key", "ann").stdout.strip()
     api, pg = free_port(), free_port()
-    proc = subprocess.Popen([str(SDM_BIN), "gateway", "--api", f"127.0.0.1:{api}", "--postgres", f"127.0.0.1:{pg}",
-                             "--mysql", "off", "--audit-chainer", chainer],
-                            env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not (home / "gateway.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
-        time.sleep(0.1)
+    proc = start_gateway(home, "--api", f"127.0.0.1:{api}", "--postgres", f"127.0.0.1:{pg}", "--mysql", "off",
+                         "--audit-chainer", chainer)
     yield home, ann_key, api, pg, proc
     if proc.poll() is None:
         proc.kill()
@@ -74,45 +68,19 @@ def test_connect_refuses_credentials_the_caller_lacks(running_gateway):
     assert res.rc == 1 and "you hold no credential 'superuser' on pg" in res.stderr
 
 
-def _children(pid: int) -> list[int]:
-    """Live (not zombie) child processes of ``pid``."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _exited(pid: int, limit: float = 10.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state in ("Z", "X"):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("running_gateway", ["thread", "process"], indirect=True)
 def test_sigterm_stops_cleanly_and_signs_a_checkpoint(running_gateway, request):
     home, ann_key, api, pg, proc = running_gateway
     url = ok(home, "connect", "pg", api_key=ann_key).stdout.strip()
     with psycopg.connect(url) as conn:
         conn.execute("SELECT 1")
-    chainers = _children(proc.pid)  # `sdm` runs the gateway in its own process
+    chainers = children(proc.pid)  # `sdm` runs the gateway in its own process
     forks = 1 if request.node.callspec.params["running_gateway"] == "process" else 0
     assert len(chainers) == forks, "--audit-chainer process forks one audit chainer, thread none"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, -signal.SIGTERM), err
-    assert all(_exited(pid) for pid in chainers), "the audit chainer outlived the gateway"
+    assert all(exited(pid) for pid in chainers), "the audit chainer outlived the gateway"
     assert b"Traceback" not in err, err
     assert not (home / "gateway.json").exists()
     verify = ok(home, "audit", "verify").stdout
@@ -120,13 +88,7 @@ def test_sigterm_stops_cleanly_and_signs_a_checkpoint(running_gateway, request):
 
 
 def _start_gateway(home, api, pg):
-    proc = subprocess.Popen([str(SDM_BIN), "gateway", "--api", f"127.0.0.1:{api}", "--postgres", f"127.0.0.1:{pg}",
-                             "--mysql", "off"], env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not (home / "gateway.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
-        time.sleep(0.1)
-    return proc
+    return start_gateway(home, "--api", f"127.0.0.1:{api}", "--postgres", f"127.0.0.1:{pg}", "--mysql", "off")
 
 
 @pytest.mark.parametrize("running_gateway", ["thread", "process"], indirect=True)
@@ -141,11 +103,11 @@ def test_kill_9_loses_no_audit_event_of_a_statement_that_ran(running_gateway, re
         conn = conns[n % 4]
         assert conn.execute(f"SELECT 'mark-{n}'").fetchone()[0] == f"mark-{n}"
         ran.append(f"mark-{n}")
-    chainers = _children(proc.pid)  # `sdm` runs the gateway in its own process
+    chainers = children(proc.pid)  # `sdm` runs the gateway in its own process
     assert len(chainers) == (1 if request.node.callspec.params["running_gateway"] == "process" else 0)
     proc.kill()  # SIGKILL right after the last result: no drain, no closing commit
     proc.wait()
-    assert all(_exited(pid) for pid in chainers), "the audit chainer must die with the gateway (PDEATHSIG)"
+    assert all(exited(pid) for pid in chainers), "the audit chainer must die with the gateway (PDEATHSIG)"
     for conn in conns:
         conn.close()
     spooled = list((home / "audit-spool").glob("*.spool"))

@@ -5,8 +5,6 @@ SDM_GATEWAY_CA). A client holding another CA must not get as far as sending the 
 
 from __future__ import annotations
 
-import subprocess
-import time
 import warnings
 
 import psycopg
@@ -15,7 +13,7 @@ from cryptography import x509
 from sqlalchemy import text
 
 from tests.support.api_server import free_port
-from tests.support.cli import SDM_BIN, cli_env, ok, sdm
+from tests.support.cli import ok, sdm, start_gateway
 from tests.support.net import non_loopback_address
 
 pytestmark = pytest.mark.postgres
@@ -41,12 +39,7 @@ def remote_gateway(pg_cluster, tmp_path_factory):
     ok(home, "role", "assign", "analysts", "ann")
     key = ok(home, "user", "key", "ann").stdout.strip()
     api, pg = free_port(), free_port()
-    proc = subprocess.Popen([str(SDM_BIN), "gateway", "--api", f"127.0.0.1:{api}", "--postgres", f"{ADDRESS}:{pg}",
-                             "--mysql", "off"], env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not (home / "gateway.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
-        time.sleep(0.1)
+    proc = start_gateway(home, "--api", f"127.0.0.1:{api}", "--postgres", f"{ADDRESS}:{pg}", "--mysql", "off")
     yield {"home": home, "key": key, "api": f"http://127.0.0.1:{api}", "port": pg, "db_user": login.username}
     proc.terminate()
     proc.communicate(timeout=60)

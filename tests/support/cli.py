@@ -24,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,6 +105,17 @@ def ok(home, *args, **kw) -> Result:
     assert res.rc == 0, res.describe()
     assert "Traceback" not in res.stderr, res.describe()
     return res
+
+
+def start_gateway(home, *args: str, limit: float = 30.0) -> subprocess.Popen:
+    """``sdm gateway ARGS`` in the background, once it is up (it writes ``gateway.json`` then)."""
+    proc = subprocess.Popen([str(SDM_BIN), "gateway", *args], env=cli_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + limit
+    while not (Path(home) / "gateway.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
+        time.sleep(0.1)
+    return proc
 
 
 def run_many(calls: Iterable[tuple[Sequence, dict]], workers: int | None = None) -> list[Result]:

@@ -14,7 +14,6 @@ import asyncio
 import multiprocessing
 import os
 import signal
-import time
 from pathlib import Path
 
 from sdm_proxy.audit import verify_db, verify_jsonl
@@ -26,6 +25,7 @@ from sdm_proxy.errors import AuditUnavailable
 from sdm_proxy.wire.audit_writer import AuditWriter
 
 from tests.support.audit_log import chained_queries, sqlite_audit_log
+from tests.support.procs import exited
 
 
 def in_fresh_process(scenario, tmp_path: Path) -> None:
@@ -50,20 +50,6 @@ def verified(log, tmp_path: Path, n: int) -> None:
     assert report.ok and log.head()[0] == n, report.summary()
 
 
-def gone(pid: int, limit: float = 10.0) -> bool:
-    """Exited (a zombie until multiprocessing reaps it, which it must do itself: no waitpid here)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state in ("Z", "X"):
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def _chains_what_the_parent_hands_it(tmp_path: Path) -> None:
     with sqlite_audit_log(tmp_path, checkpoint_every=7) as log:
         chainer = ChainerProcess.start(log)
@@ -78,7 +64,7 @@ def _chains_what_the_parent_hands_it(tmp_path: Path) -> None:
         verified(log, tmp_path, 20)
         pid = chainer.pid
         chainer.close()
-        assert gone(pid) and chainer.pid is None
+        assert exited(pid) and chainer.pid is None
 
 
 def _refused_batch_comes_back_as_audit_unavailable(tmp_path: Path) -> None:
@@ -110,7 +96,7 @@ def _dead_child_hands_chaining_back(tmp_path: Path) -> None:
                 writer.post([query_end_event(ev, rows=1, status="ok", duration_ms=1.0)])
             assert await writer.settled(timeout=10)
             os.kill(chainer.pid, signal.SIGKILL)
-            assert gone(chainer.pid)
+            assert exited(chainer.pid)
             for n in range(50, 100):
                 await writer.write([q(n)])
             assert await writer.settled(timeout=10)
@@ -131,7 +117,7 @@ def _gone_error_says_what_happens_next(tmp_path: Path) -> None:
     with sqlite_audit_log(tmp_path, checkpoint_every=7) as log:
         chainer = ChainerProcess.start(log)
         os.kill(chainer.pid, signal.SIGKILL)
-        assert gone(chainer.pid)
+        assert exited(chainer.pid)
         try:
             chainer.append_spooled(records_of([q(1)]))
             raise AssertionError("a call to a dead chainer succeeded")

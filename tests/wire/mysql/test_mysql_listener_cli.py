@@ -15,7 +15,7 @@ import pymysql
 import pytest
 
 from tests.support.api_server import free_port
-from tests.support.cli import SDM_BIN, cli_env, ok
+from tests.support.cli import SDM_BIN, cli_env, ok, start_gateway
 from tests.support.net import non_loopback_address
 
 pytestmark = pytest.mark.mysql
@@ -38,13 +38,7 @@ def running_gateway(mysql_server, tmp_path, request):
     ok(home, "role", "assign", "analysts", "ann")
     ann_key = ok(home, "user", "key", "ann").stdout.strip()
     api, my = free_port(), free_port()
-    proc = subprocess.Popen([str(SDM_BIN), "gateway", "--api", f"127.0.0.1:{api}", "--postgres", "off",
-                             "--mysql", f"{address}:{my}"],
-                            env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not (home / "gateway.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
-        time.sleep(0.1)
+    proc = start_gateway(home, "--api", f"127.0.0.1:{api}", "--postgres", "off", "--mysql", f"{address}:{my}")
     yield home, ann_key, api, my, proc
     if proc.poll() is None:
         proc.kill()
