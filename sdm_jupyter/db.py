@@ -7,7 +7,6 @@ renewed session is picked up without rebuilding the engine and the token never s
 
 from __future__ import annotations
 
-import ipaddress
 
 import re
 import select
@@ -21,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 
 from .attribution import append_comment, attach_to_engine
+from .net import is_loopback
 from .errors import DatabaseError, GatewayUnreachable, InvalidRequest, NotFound, PermissionDenied, QueryCancelled
 
 _BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # SQLAlchemy text()'s own rule for :name
@@ -54,15 +54,6 @@ def resolve_credential(usable: Iterable[Mapping[str, Any]], datasource: str, cre
 # ---- engines ----------------------------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", "") or host.startswith("/"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 _warned: set[str] = set()
 
 
@@ -75,6 +66,20 @@ def _warn_unverified(host: str) -> None:
                       "session token goes only to the real gateway", stacklevel=3)
 
 
+def _remote_sslmode(asked: str, host: str, ca_file: str | None) -> str:
+    """The session token is a bearer credential: off this machine it goes only to a gateway that
+    proved who it is (with its CA), and never in clear (``disable``/``allow`` would send it so)."""
+    if asked in ("disable", "allow"):
+        raise InvalidRequest(f"sslmode={asked} would send the session token to {host} in clear; the "
+                             "gateway requires TLS off loopback")
+    if ca_file:
+        return "verify-full"
+    mode = "require" if asked == "prefer" else asked  # verify-*: libpq's default root file, ~/.postgresql
+    if mode == "require":
+        _warn_unverified(host)
+    return mode
+
+
 def make_engine(*, host: str, port: int, datasource: str, credential: str | None,
                 token: Callable[[], str], tags: Callable[[], Mapping[str, object]] | None = None,
                 on_auth_failure: Callable[[], None] | None = None, sslmode: str = "prefer",
@@ -85,14 +90,10 @@ def make_engine(*, host: str, port: int, datasource: str, credential: str | None
     gateway's certificate and name (``verify-full``) before the session token is sent."""
     url = URL.create("postgresql+psycopg", username=credential or None, host=host, port=port, database=datasource)
     connect_args = {"connect_timeout": connect_timeout, "application_name": "sdm-jupyter"}
-    if sslmode == "prefer" and not _is_loopback(host):
-        # The session token is a bearer credential: off this machine it goes only to a gateway that
-        # proved who it is, or at the very least never in clear.
+    if not is_loopback(host):
+        sslmode = _remote_sslmode(sslmode, host, ca_file)
         if ca_file:
-            sslmode, connect_args["sslrootcert"] = "verify-full", ca_file
-        else:
-            sslmode = "require"
-            _warn_unverified(host)
+            connect_args["sslrootcert"] = ca_file
     connect_args["sslmode"] = sslmode
     connect_args.update(engine_kwargs.pop("connect_args", {}))
     engine = create_engine(url, connect_args=connect_args, **engine_kwargs)

@@ -37,6 +37,7 @@ import httpx
 from . import __version__
 from .errors import (AuthenticationError, GatewayError, GatewayUnreachable, InvalidRequest, NotConfigured,
                      NotFound, PermissionDenied, SdmClientError)
+from .net import is_loopback
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8471"
 DEFAULT_POSTGRES = ("127.0.0.1", 15432)
@@ -113,9 +114,15 @@ class GatewayConfig:
         else:
             gw_url, url_source = DEFAULT_GATEWAY_URL, "default"
         gw_url = gw_url.rstrip("/")
-        if urlsplit(gw_url).scheme not in ("http", "https") or not urlsplit(gw_url).netloc:
+        parts = urlsplit(gw_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
             raise NotConfigured(f"invalid gateway URL {gw_url!r} (from {url_source}): expected e.g. "
                                 f"{DEFAULT_GATEWAY_URL}")
+        if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+            # The API key goes in the first request: never in clear over a network (a gateway off
+            # loopback serves its API over https only, so http there is a mistake or an impostor).
+            raise NotConfigured(f"gateway URL {gw_url!r} (from {url_source}) is plain http to another "
+                                f"machine; use https://{parts.netloc}")
 
         identity = None
         if api_key:

@@ -49,6 +49,16 @@ def check_tls_name(name: str) -> None:
                          "or an IP address")
 
 
+def certificate_names(cert_path: Path) -> set[str]:
+    """The DNS names and IP addresses a certificate is valid for (its subject alternative names)."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return set(names.get_values_for_type(x509.DNSName)) | {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+
+
 def create_gateway_tls(tls_dir: Path, extra_names: list[str] | None = None) -> None:
     """Write ca.pem, ca-key.pem, gateway.pem and gateway-key.pem (keys 0600)."""
     now = datetime.now(timezone.utc)

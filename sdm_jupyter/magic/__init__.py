@@ -5,7 +5,7 @@ holds the configurable state and dispatches. Every error is one line (``UsageErr
 traceback, and never shows a token.
 
     %config SdmMagics.limit = 1000          # default row limit for %sdm sql (0: none)
-    %config SdmMagics.gateway_url = "http://gateway:8471"
+    %config SdmMagics.gateway_url = "https://gateway:8471"
 """
 
 from __future__ import annotations

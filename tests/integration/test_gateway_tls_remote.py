@@ -73,6 +73,15 @@ def test_sdm_connect_settings_verify_the_gateway(remote_gateway):
     assert f"export PGSSLROOTCERT={home / 'tls' / 'ca.pem'}" in env_lines
 
 
+def test_sdm_connect_does_not_ask_to_verify_a_name_the_certificate_lacks(remote_gateway):
+    home, key = remote_gateway["home"], remote_gateway["key"]
+    res = sdm(home, "connect", "pg", "--format", "json", api_key=key,
+              env={"SDM_GATEWAY_POSTGRES": f"10.9.9.9:{remote_gateway['port']}"})  # not in the certificate
+    assert res.rc == 0, res.describe()
+    assert res.json()["sslmode"] == "require" and "sslrootcert" not in res.json()
+    assert "the gateway's certificate does not name 10.9.9.9" in res.stderr
+
+
 def _engine(remote_gateway, environ: dict):
     from sdm_jupyter.db import make_engine
     from sdm_jupyter.gateway_client import GatewayClient, GatewayConfig

@@ -18,17 +18,17 @@ def test_discovery_order_env_then_hub_then_home(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     (home / "admin.key").write_text("sdmk_from_home\n")
-    (home / "config.json").write_text(json.dumps({"database_url": "sqlite://", "gateway_url": "http://gw:9"}))
+    (home / "config.json").write_text(json.dumps({"database_url": "sqlite://", "gateway_url": "https://gw:9"}))
 
     cfg = GatewayConfig.discover({"SDM_HOME": str(home)})
-    assert (cfg.url, cfg.identity.secret, cfg.identity.source) == ("http://gw:9", "sdmk_from_home",
+    assert (cfg.url, cfg.identity.secret, cfg.identity.source) == ("https://gw:9", "sdmk_from_home",
                                                                    str(home / "admin.key"))
     cfg = GatewayConfig.discover({"SDM_HOME": str(home), "JUPYTERHUB_API_TOKEN": "hubtok"})
     assert (cfg.identity.secret, cfg.identity.source) == ("hubtok", "JUPYTERHUB_API_TOKEN")
     cfg = GatewayConfig.discover({"SDM_HOME": str(home), "JUPYTERHUB_API_TOKEN": "hubtok",
-                                  "SDM_API_KEY": "sdmk_env", "SDM_GATEWAY_URL": "http://env:1/",
+                                  "SDM_API_KEY": "sdmk_env", "SDM_GATEWAY_URL": "https://env:1/",
                                   "SDM_GATEWAY_POSTGRES": "db.gw:6432"})
-    assert (cfg.url, cfg.identity.secret, cfg.postgres) == ("http://env:1", "sdmk_env", ("db.gw", 6432))
+    assert (cfg.url, cfg.identity.secret, cfg.postgres) == ("https://env:1", "sdmk_env", ("db.gw", 6432))
     empty = GatewayConfig.discover({"SDM_HOME": str(tmp_path / "none")})
     assert empty.url == DEFAULT_GATEWAY_URL and empty.identity is None
 

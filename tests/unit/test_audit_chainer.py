@@ -126,6 +126,21 @@ def _gone_error_says_what_happens_next(tmp_path: Path) -> None:
         chainer.close()
 
 
+def _no_fork_means_no_chainer(tmp_path: Path) -> None:
+    import multiprocessing.process
+
+    def refuse(self):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    multiprocessing.process.BaseProcess.start = refuse  # this interpreter only (spawned for the test)
+    with sqlite_audit_log(tmp_path, checkpoint_every=7) as log:
+        assert ChainerProcess.start(log) is None  # the gateway then chains in a thread
+
+
+def test_a_failed_fork_leaves_chaining_to_the_gateway(tmp_path):
+    in_fresh_process(_no_fork_means_no_chainer, tmp_path)
+
+
 def test_the_child_chains_what_the_parent_hands_it_and_stops_on_close(tmp_path):
     in_fresh_process(_chains_what_the_parent_hands_it, tmp_path)
 

@@ -112,3 +112,37 @@ def test_settlement_releases_waiters_in_order_of_their_targets():
         return states, await first, await second, await s.wait(0.01)
 
     assert asyncio.run(main()) == ((True, False), True, True, True)
+
+
+class FailingLog:
+    """The state database is down: every commit fails (counted)."""
+
+    def __init__(self):
+        self.attempts = 0
+
+    def append_spooled(self, records):
+        self.attempts += 1
+        raise OSError("state database down")
+
+    def known_ids(self, events):  # a retry asks this first
+        self.attempts += 1
+        raise OSError("state database down")
+
+
+def test_readers_do_not_cut_a_retry_back_off_short(tmp_path):
+    failing = FailingLog()
+
+    async def main():
+        writer = spool_writer(failing, tmp_path, flush_interval=0.001)
+        await writer.write([q(1)])
+        while failing.attempts == 0:
+            await asyncio.sleep(0.005)
+        for _ in range(20):  # 20 readers in ~0.4 s, while the writer backs off 0.05, 0.1, 0.2, ... s
+            assert not await writer.settled(timeout=0.02)
+        attempts = failing.attempts
+        writer._closed = True  # stop retrying (the spool keeps the event); aclose would wait 5 s
+        writer._worker.cancel()
+        return attempts
+
+    attempts = asyncio.run(main())
+    assert attempts <= 6, f"{attempts} commit attempts in ~0.4 s: readers triggered retries"

@@ -36,8 +36,7 @@ class BodySizeLimit:
         chunks, size = [], 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away: let the app see that
-                await self.app(scope, _replay([message], receive), send)
+            if message["type"] != "http.request":  # the client went away mid-body: nothing to answer
                 return
             body = message.get("body", b"")
             size += len(body)

@@ -60,14 +60,27 @@ class ChainerProcess:
             ctx = multiprocessing.get_context("fork")
         except ValueError:  # no fork on this platform
             return None
-        parent_end, child_end = ctx.Pipe()
+        # No database connection may cross the fork (SQLite keeps per-process lock state on each
+        # open file): the parent's pooled ones are closed now and reopen on demand.
+        audit.db.engine.dispose()
         # Objects alive now are the gateway's long-lived ones (modules, classes, the control plane).
         # Frozen, neither process's garbage collector walks them again: a walk writes to every object
         # it visits, which would give each process its own copy of every page the two still share.
         gc.freeze()
+        try:
+            parent_end, child_end = ctx.Pipe()
+        except OSError as exc:
+            log.warning("audit chainer: no pipe (%s); chaining in the gateway's process", exc.strerror or exc)
+            return None
         process = ctx.Process(target=_child_main, args=(child_end, parent_end, audit, os.getpid()),
                               name="sdm-audit-chainer", daemon=True)
-        process.start()
+        try:
+            process.start()
+        except OSError as exc:  # EAGAIN, ENOMEM: run without one rather than not at all
+            parent_end.close()
+            child_end.close()
+            log.warning("audit chainer: cannot fork (%s); chaining in the gateway's process", exc.strerror or exc)
+            return None
         child_end.close()
         return cls(audit, parent_end, process)
 
@@ -164,16 +177,12 @@ def _die_with(parent_pid: int) -> None:
 
 
 def _own_audit_log(inherited: AuditLog) -> AuditLog:
-    """The same log through this process's own database connection. The inherited engine's
-    connections belong to the parent: they are left alone (never used, never closed here)."""
+    """The same log through this process's own database connection (the parent closed its pooled
+    ones before the fork; the inherited engine is never used here)."""
     from ..control.db import StateDB
 
-    global _INHERITED
-    _INHERITED = inherited  # kept referenced: collecting it would close the parent's connections
     sink = inherited.sink.path if inherited.sink is not None else None
     log.debug("audit chainer %d started", os.getpid())
     return AuditLog(StateDB(inherited.db.url, check=False), jsonl_path=sink, signer=inherited.signer,
                     checkpoint_every=inherited.checkpoint_every)
 
-
-_INHERITED: AuditLog | None = None

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select, text
 
 from ..control.db import StateDB
 from ..control.models import AuditCheckpoint, AuditEvent, AuditHead
@@ -185,12 +185,22 @@ def _event_chained_twice(db: StateDB) -> tuple[str, int, int] | None:
 
     The hashes cannot show this: a record chained twice (a spool recovered while its gateway still
     ran, say) links correctly both times. ``id`` has no index (docs/audit.md), so this is one
-    grouping pass over the table, in the database."""
-    q = (select(EVENTS.c.id, func.min(EVENTS.c.seq), func.max(EVENTS.c.seq))
-         .group_by(EVENTS.c.id).having(func.count() > 1).order_by(func.min(EVENTS.c.seq)).limit(1))
-    with db.transaction() as s:
-        row = s.execute(q).first()
+    grouping pass over the table, in the database. On SQLite it runs as a plain read outside
+    ``transaction()`` (which takes the write lock): with WAL the gateway keeps chaining meanwhile."""
+    if db.url.startswith("sqlite"):
+        raw = db.engine.raw_connection()  # autocommit (we issue BEGIN ourselves): a read snapshot only
+        try:
+            row = raw.driver_connection.execute(_TWICE_SQL).fetchone()
+        finally:
+            raw.close()
+    else:
+        with db.transaction() as s:
+            row = s.execute(text(_TWICE_SQL)).first()
     return None if row is None else (row[0], row[1], row[2])
+
+
+_TWICE_SQL = ("SELECT id, min(seq), max(seq) FROM audit_events GROUP BY id HAVING count(*) > 1 "
+              "ORDER BY min(seq) LIMIT 1")
 
 
 def _body_matches_columns(body: str, prev_hash: str, id_, ts, type_, user) -> str | None:

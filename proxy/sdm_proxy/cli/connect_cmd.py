@@ -19,6 +19,7 @@ from ..control import sessions
 from ..control.access import usable_credentials
 from ..errors import AccessDenied, NotFound, StateError
 from ..validation import parse_duration, parse_host_port
+from ..tls import certificate_names
 from ..wire.net import is_loopback
 from .common import as_caller
 
@@ -83,8 +84,9 @@ def connect(ctx, datasource, credential, fmt, ttl):
                 if key in settings:
                     click.echo(f"export SDM_MYSQL_{key.upper()}={shlex.quote(str(settings[key]))}")
     else:
-        query = f"?{urlencode(_url_options(tls, kind))}" if tls else ""
-        click.echo(f"{SCHEMES[kind]}://{quote(user, safe='')}:{quote(token, safe='')}@{host}:{port}/"
+        query = f"?{urlencode(_url_options(tls, kind), quote_via=quote)}" if tls else ""  # %20, never +
+        netloc_host = f"[{host}]" if ":" in host else host  # IPv6
+        click.echo(f"{SCHEMES[kind]}://{quote(user, safe='')}:{quote(token, safe='')}@{netloc_host}:{port}/"
                    f"{quote(datasource, safe='')}{query}")
 
 
@@ -98,7 +100,12 @@ def _tls_settings(home, host: str, kind: str) -> dict[str, str]:
     if is_loopback(host) or host in ("0.0.0.0", "::", "[::]"):  # a wildcard listener: reached here locally
         return {}
     mode, ca_key, verify, encrypt_only = TLS_KEYS[kind]
-    ca = home.tls_dir / "ca.pem"
-    if ca.is_file():
-        return {mode: verify, ca_key: str(ca)}
-    return {mode: encrypt_only}
+    ca, cert = home.tls_dir / "ca.pem", home.tls_dir / "gateway.pem"
+    if not ca.is_file():
+        return {mode: encrypt_only}
+    if cert.is_file() and host.strip("[]") not in certificate_names(cert):
+        # Verification would fail: a home from before `sdm init --tls-name`, or another address.
+        click.echo(f"sdm connect: warning: the gateway's certificate does not name {host}, so clients cannot "
+                   "verify it; they get TLS without verification (names: sdm init --tls-name)", err=True)
+        return {mode: encrypt_only}
+    return {mode: verify, ca_key: str(ca)}

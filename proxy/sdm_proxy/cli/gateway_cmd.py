@@ -29,7 +29,7 @@ def _listener(value: str) -> tuple[str, int] | None:
 @click.option("--audit-chainer", type=click.Choice(["thread", "process"]), default="thread", show_default=True,
               help="Where spooled audit events are chained into the log: a thread of the gateway's "
                    "process, or a process of their own (more audited statements per second where a "
-                   "core is spare; 10-20 MB more memory).")
+                   "core is spare; 14-23 MB more memory).")
 @click.option("--warm-logins/--no-warm-logins", default=True, show_default=True,
               help="PostgreSQL: keep one logged-in spare connection per recently used credential (made "
                    "with cached SCRAM keys, used by one session only, closed after 30 s idle) so the next "

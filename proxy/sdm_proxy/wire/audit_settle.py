@@ -13,6 +13,9 @@ import heapq
 import itertools
 
 
+PURGE_AT = 1024
+
+
 class Settlement:
     def __init__(self) -> None:
         self.queued = 0
@@ -37,6 +40,9 @@ class Settlement:
         if self.done >= target:
             return True
         fut = asyncio.get_running_loop().create_future()
+        if len(self._waiters) >= PURGE_AT:  # readers that gave up while the chain was stuck
+            self._waiters = [w for w in self._waiters if not w[2].done()]
+            heapq.heapify(self._waiters)
         heapq.heappush(self._waiters, (target, next(self._order), fut))
         try:
             async with asyncio.timeout(timeout):

@@ -76,6 +76,7 @@ class AuditWriter:
         self._queued_events = 0  # commit mode (spool modes: len(self._queue), one record per event)
         self._urgent = 0  # commit mode: queued items somebody awaits
         self._readers = 0  # settled() calls waiting
+        self._backing_off = False  # waiting out a retry delay: readers must not cut it short
         # Spool modes: (records queued in all, before this mark; the mark's segment and offset), to
         # trim the spool once those are chained. Plain ints: the GC stops looking at them at once.
         self._marks: deque[tuple[int, int, int]] = deque()
@@ -139,7 +140,7 @@ class AuditWriter:
             self._flush_pending()
         self._readers += 1  # the worker skips the flush-interval wait while somebody reads
         try:
-            if self._wake is not None:
+            if self._wake is not None and not self._backing_off:
                 self._wake.set()
             return await self._settlement.wait(timeout)
         finally:
@@ -248,11 +249,14 @@ class AuditWriter:
                     and self._waiting() < self._max_batch:
                 # Nobody waits: give more events a moment to join this commit.
                 self._wake.clear()
+                self._backing_off = bool(retry_delay)
                 try:
                     async with asyncio.timeout(max(self._delay, retry_delay)):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+                finally:
+                    self._backing_off = False
             if self._spool is not None:
                 retry_delay = await self._chain_spooled(retry_delay)
             else:
