@@ -6,6 +6,7 @@ Clients that want ``verify-full`` against the gateway trust ``$SDM_HOME/tls/ca.p
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from datetime import datetime, timedelta, timezone
@@ -59,9 +60,19 @@ def certificate_names(cert_path: Path) -> set[str]:
     return set(names.get_values_for_type(x509.DNSName)) | {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
 
 
-def create_gateway_tls(tls_dir: Path, extra_names: list[str] | None = None) -> None:
-    """Write ca.pem, ca-key.pem, gateway.pem and gateway-key.pem (keys 0600)."""
-    now = datetime.now(timezone.utc)
+def base_names() -> list[str]:
+    """The names every gateway certificate holds: this machine and loopback."""
+    return ["localhost", socket.gethostname(), "127.0.0.1", "::1"]
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _make_ca(now: datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()
@@ -75,26 +86,46 @@ def create_gateway_tls(tls_dir: Path, extra_names: list[str] | None = None) -> N
                                      encipher_only=False, decipher_only=False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.DNSName(socket.gethostname()),
-                                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                     x509.IPAddress(ipaddress.ip_address("::1"))]
-    for extra in extra_names or []:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(extra)))
-        except ValueError:
-            names.append(x509.DNSName(extra))
+    return ca_key, ca_cert
+
+
+def issue_gateway_cert(ca_key, ca_cert: x509.Certificate, names: list[str],
+                       now: datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new key and listener certificate for ``names``, signed by the gateway's CA (never valid
+    past the CA itself)."""
     key = ec.generate_private_key(ec.SECP256R1())
+    not_after = min(now + timedelta(days=CERT_DAYS), ca_cert.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name("sdm gateway")).issuer_name(ca_cert.subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=CERT_DAYS))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in dict.fromkeys(names)]),
+                       critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return key, cert
+
+
+def write_public(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically (a certificate: readable by others, never seen half-written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_gateway_cert(tls_dir: Path, key, cert: x509.Certificate) -> None:
+    write_private(tls_dir / "gateway-key.pem", _pem_key(key))
+    write_public(tls_dir / "gateway.pem", cert.public_bytes(serialization.Encoding.PEM))
+
+
+def create_gateway_tls(tls_dir: Path, extra_names: list[str] | None = None) -> None:
+    """Write ca.pem, ca-key.pem, gateway.pem and gateway-key.pem (keys 0600)."""
+    now = datetime.now(timezone.utc)
+    ca_key, ca_cert = _make_ca(now)
+    key, cert = issue_gateway_cert(ca_key, ca_cert, base_names() + list(extra_names or []), now)
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_private(tls_dir / "ca-key.pem", _pem_key(ca_key))
-    write_private(tls_dir / "gateway-key.pem", _pem_key(key))
-    (tls_dir / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (tls_dir / "gateway.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_public(tls_dir / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM))
+    save_gateway_cert(tls_dir, key, cert)

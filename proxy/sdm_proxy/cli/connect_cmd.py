@@ -106,6 +106,7 @@ def _tls_settings(home, host: str, kind: str) -> dict[str, str]:
     if cert.is_file() and host.strip("[]") not in certificate_names(cert):
         # Verification would fail: a home from before `sdm init --tls-name`, or another address.
         click.echo(f"sdm connect: warning: the gateway's certificate does not name {host}, so clients cannot "
-                   "verify it; they get TLS without verification (names: sdm init --tls-name)", err=True)
+                   "verify it; they get TLS without verification (an admin adds the name with "
+                   f"`sdm tls reissue --tls-name {host.strip('[]')}`, then restarts the gateway)", err=True)
         return {mode: encrypt_only}
     return {mode: verify, ca_key: str(ca)}

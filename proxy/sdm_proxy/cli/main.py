@@ -20,6 +20,7 @@ from .common import home_from
 from .connect_cmd import connect
 from .gateway_cmd import gateway
 from .key_cmds import master_key
+from .tls_cmds import tls
 from .session_cmds import session
 
 
@@ -98,7 +99,7 @@ def migrate(ctx):
     click.echo("state database is at the newest schema")
 
 
-for _group in (*GROUPS, session, audit, gateway, master_key, connect):
+for _group in (*GROUPS, session, audit, gateway, master_key, connect, tls):
     cli.add_command(_group)
 
 
