@@ -29,6 +29,7 @@ from .errors import SdmError
 from .home import write_private
 from .unlock.client import InProcessUnlockClient, ProxyIdentity
 from .wire.audit_writer import AuditWriter
+from .wire.login_throttle import DEFAULT_LIMIT as DEFAULT_LOGIN_FAILURE_LIMIT
 
 log = logging.getLogger("sdm.gateway")
 
@@ -57,6 +58,7 @@ class GatewayConfig:
     audit_sync: str = "write"  # write | fsync | commit (see wire/audit_writer.py)
     audit_chainer: str = "thread"  # thread | process: where spooled events are chained (audit/chainer.py)
     warm_logins: bool = True  # PostgreSQL spares (see wire/postgres/spares.py)
+    login_failure_limit: int = DEFAULT_LOGIN_FAILURE_LIMIT  # per client address and minute; 0: off
 
 
 def enrol_local_proxy(cp: ControlPlane) -> ProxyIdentity:
@@ -94,7 +96,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
                 *config.postgres, unlock_client=unlock_client, audit_log=audit,
                 tls_context=gateway_tls_context(cp.home.tls_dir),
                 policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id,
-                warm_logins=config.warm_logins)
+                warm_logins=config.warm_logins, login_failure_limit=config.login_failure_limit)
             listeners.append(pg)
             addresses["postgres"] = f"{config.postgres[0]}:{pg.port}"
         if config.mysql is not None:
@@ -103,7 +105,8 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
             my = await start_mysql_listener(
                 *config.mysql, unlock_client=unlock_client, audit_log=audit,
                 tls_context=gateway_tls_context(cp.home.tls_dir),
-                policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id)
+                policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id,
+                login_failure_limit=config.login_failure_limit)
             listeners.append(my)
             addresses["mysql"] = f"{config.mysql[0]}:{my.port}"
         app = create_app(cp)

@@ -7,6 +7,7 @@ import logging
 import click
 
 from ..validation import parse_host_port
+from ..wire.login_throttle import DEFAULT_LIMIT
 from .common import control_plane
 
 
@@ -34,9 +35,14 @@ def _listener(value: str) -> tuple[str, int] | None:
               help="PostgreSQL: keep one logged-in spare connection per recently used credential (made "
                    "with cached SCRAM keys, used by one session only, closed after 30 s idle) so the next "
                    "connect skips the database's fork and login.")
+@click.option("--login-failure-limit", type=click.IntRange(min=0), default=DEFAULT_LIMIT, show_default=True,
+              help="Failed logins per client address (not loopback) and minute after which that address's "
+                   "logins without a valid session token are refused for a minute, with one audit event "
+                   "for the whole throttle instead of one each; 0 turns it off.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 @click.pass_context
-def gateway(ctx, api_addr, pg_addr, mysql_addr, audit_sync, audit_chainer, warm_logins, verbose):
+def gateway(ctx, api_addr, pg_addr, mysql_addr, audit_sync, audit_chainer, warm_logins, login_failure_limit,
+            verbose):
     """Run the gateway in the foreground; SIGTERM drains and stops it."""
     host, port = parse_host_port(api_addr)
     postgres = _listener(pg_addr)
@@ -59,4 +65,5 @@ def gateway(ctx, api_addr, pg_addr, mysql_addr, audit_sync, audit_chainer, warm_
         click.echo(f"sdm gateway: proxy {identity.proxy_id}; {where}", err=True)
         run(cp, GatewayConfig(api_host=host, api_port=port, postgres=postgres, mysql=mysql,
                                          audit_sync=audit_sync, audit_chainer=audit_chainer,
-                                         warm_logins=warm_logins), identity)
+                                         warm_logins=warm_logins, login_failure_limit=login_failure_limit),
+            identity)

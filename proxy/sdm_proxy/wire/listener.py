@@ -49,6 +49,7 @@ class Listener:
         self._server: asyncio.Server | None = None
         self._audit = audit
         self._owns_audit = owns_audit
+        self.throttle = None  # the listener's LoginThrottle, set by the protocol's listener
 
     @property
     def sockets(self):
@@ -77,6 +78,8 @@ class Listener:
                 await asyncio.wait(pending, timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
+        if self.throttle is not None:
+            self.throttle.close()  # each block's count goes on record before the writer closes
         if self._owns_audit:
             await self._audit.aclose()
 

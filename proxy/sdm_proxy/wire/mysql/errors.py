@@ -20,6 +20,7 @@ ER_SERVER_SHUTDOWN = 1053  # 08S01
 ER_NO_SUCH_THREAD = 1094  # HY000
 ER_KILL_DENIED_ERROR = 1095  # HY000
 ER_UNKNOWN_ERROR = 1105  # HY000
+ER_HOST_IS_BLOCKED = 1129  # HY000 "Host is blocked because of many connection errors"
 ER_NET_PACKET_TOO_LARGE = 1153  # 08S01
 ER_NET_READ_ERROR = 1158  # 08S01 "Got an error reading communication packets"
 ER_NET_PACKETS_OUT_OF_ORDER = 1156  # 08S01
@@ -103,6 +104,14 @@ class LoginRefused(WireError):
 
     code = ER_ACCESS_DENIED_ERROR
     sqlstate = SQLSTATE_DENIED
+
+
+class LoginThrottled(WireError):
+    """Too many failed logins from the client's address (wire/login_throttle.py), like mysqld's
+    blocked host."""
+
+    code = ER_HOST_IS_BLOCKED
+    sqlstate = SQLSTATE_GENERAL
 
 
 class UpstreamLoginError(WireError):

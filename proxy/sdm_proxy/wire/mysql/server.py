@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from ...unlock.client import UnlockClient
 from ..audit_writer import AuditWriter
 from ..listener import Listener, listener_setup
+from ..login_throttle import DEFAULT_LIMIT, LoginThrottle
 from ..net import PolicyCheck, is_loopback
 from .channel import ClientChannel
 from .errors import ER_CON_COUNT_ERROR, SQLSTATE_REJECTED, ServerShutdown, err_fields
@@ -28,6 +29,7 @@ from .ok_err_eof import build_err
 from .packets import MAX_COMMAND_PACKET, frame
 from .registry import ConnectionRegistry
 from .session import Session
+from .session_audit import PROTOCOL
 from .upstream import CONNECT_TIMEOUT
 
 log = logging.getLogger("sdm.wire.mysql")
@@ -54,6 +56,7 @@ class ListenerContext:
     max_command_packet: int = MAX_COMMAND_PACKET
     server_version: str = DEFAULT_SERVER_VERSION
     registry: ConnectionRegistry = field(default_factory=ConnectionRegistry)
+    throttle: LoginThrottle | None = None  # failed logins per address (login_throttle.py); None: off
 
 
 class MysqlListener(Listener):
@@ -61,6 +64,7 @@ class MysqlListener(Listener):
                  owns_audit: bool = False):
         super().__init__(max_connections, ctx.audit, owns_audit)
         self.ctx = ctx
+        self.throttle = ctx.throttle
         self._closing = False
 
     async def start(self, host: str, port: int) -> MysqlListener:
@@ -136,6 +140,7 @@ async def start_mysql_listener(
     max_command_packet: int = MAX_COMMAND_PACKET,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     server_version: str = DEFAULT_SERVER_VERSION,
+    login_failure_limit: int = DEFAULT_LIMIT,
 ) -> MysqlListener:
     """Start serving; ``port=0`` picks a free port (see ``listener.port``).
 
@@ -143,7 +148,8 @@ async def start_mysql_listener(
     writer is left open by ``close``). ``policy_check(cred)`` is awaited every ``policy_interval``
     seconds per connection: None keeps it, a string closes it with that reason. Raises
     ``UsageError`` for a non-loopback address without ``tls_context``; off loopback, clients must
-    use TLS.
+    use TLS. ``login_failure_limit``: failed logins per client address and minute before its logins
+    without a valid token are refused for a minute (login_throttle.py); 0 turns that off.
     """
     setup = listener_setup(host, port, tls_context=tls_context, audit_log=audit_log,
                            unlock_client=unlock_client, proxy_id=proxy_id)
@@ -152,6 +158,9 @@ async def start_mysql_listener(
         require_tls=setup.require_tls, policy_check=policy_check, policy_interval=policy_interval,
         auth_timeout=auth_timeout, connect_timeout=connect_timeout, max_command_packet=max_command_packet,
         server_version=server_version)
+    if login_failure_limit > 0:
+        ctx.throttle = LoginThrottle(setup.audit.post, protocol=PROTOCOL, proxy_id=setup.proxy_id,
+                                     limit=login_failure_limit)
     return await MysqlListener(ctx, max_connections, owns_audit=setup.owns_audit).start(host, port)
 
 

@@ -71,7 +71,12 @@ class SessionAudit:
                                                    rows=rows, status=status, error=error)])
 
     def _post_denied(self, reason: str) -> None:
+        throttle = self.ctx.throttle
+        if throttle is not None and throttle.refusal(self.peer) is not None:
+            return  # a throttled address: counted, and reported when the throttle ends
         req = self._login
         self.ctx.audit.post([audit.denied_event(
             user=None, reason=reason, proxy_id=self.ctx.proxy_id, datasource=req.datasource if req else None,
             credential=req.credential if req else None, protocol=PROTOCOL, client={"addr": self.peer})])
+        if throttle is not None:
+            throttle.failed(self.peer)

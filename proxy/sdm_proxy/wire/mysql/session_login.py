@@ -14,7 +14,7 @@ from ...audit import events as audit
 from ...unlock.client import UnlockedCredential
 from ..net import record_beside_login
 from .channel import UpstreamChannel
-from .errors import ClientProtocolError, LoginRefused, WireError
+from .errors import ClientProtocolError, LoginRefused, LoginThrottled, WireError
 from .machine import LoginRequest, StartTLS
 from .session_audit import PROTOCOL
 from .session_close import _Close
@@ -93,10 +93,17 @@ class LoginPhase:
         if not req.datasource:
             raise _Close(LoginRefused("no datasource given: set the database to the datasource name"),
                          status=audit.DENIED, audit_denied=True)
+        throttle = self.ctx.throttle
+        if throttle is not None and not self.ctx.unlock_client.token_plausible(req.token):
+            refused = throttle.refused(self.peer)
+            if refused is not None:  # counted, and reported when the throttle ends: no event of its own
+                raise _Close(LoginThrottled(refused), status=audit.DENIED)
         try:
             cred = await self._unlock(req, req.token)
         except sdm_errors.SdmError as exc:
             # The control plane has already written the access.denied event for this refusal.
+            if throttle is not None and isinstance(exc, sdm_errors.AuthenticationFailed):
+                throttle.failed(self.peer)
             raise _Close(exc, status=audit.DENIED, reason=exc.message) from None
         if cred.datasource.type != "mysql":
             message = (f"datasource {cred.datasource.name} is a {cred.datasource.type} datasource: "

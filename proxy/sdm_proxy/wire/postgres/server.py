@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from ...unlock.client import UnlockClient
 from ..audit_writer import AuditWriter
 from ..listener import Listener, listener_setup
+from ..login_throttle import DEFAULT_LIMIT, LoginThrottle
 from ..net import PolicyCheck
 from . import framing
 from .cancel import CancelRegistry
 from .errors import ADMIN_SHUTDOWN
 from .scram import ScramKeyCache
 from .session import QUERY_TEXT_LIMIT, Session
+from .session_audit import PROTOCOL
 from .spares import WarmSpares
 from .upstream import CONNECT_TIMEOUT, STREAM_LIMIT, RouteHints
 
@@ -54,6 +56,7 @@ class ListenerContext:
     scram_cache: ScramKeyCache = field(default_factory=ScramKeyCache)
     route_hints: RouteHints = field(default_factory=RouteHints)
     spares: WarmSpares | None = None  # warm logins (spares.py); None: every session logs in itself
+    throttle: LoginThrottle | None = None  # failed logins per address (login_throttle.py); None: off
 
 
 class PostgresListener(Listener):
@@ -61,6 +64,7 @@ class PostgresListener(Listener):
                  owns_audit: bool = False):
         super().__init__(max_connections, ctx.audit, owns_audit)
         self.ctx = ctx
+        self.throttle = ctx.throttle
 
     async def start(self, host: str, port: int) -> PostgresListener:
         self._server = await asyncio.start_server(self._accept, host, port, limit=STREAM_LIMIT,
@@ -124,6 +128,7 @@ async def start_postgres_listener(
     max_statement_bytes: int = DEFAULT_MAX_STATEMENT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     warm_logins: bool = False,
+    login_failure_limit: int = DEFAULT_LIMIT,
 ) -> PostgresListener:
     """Start serving; ``port=0`` picks a free port (see ``listener.port``).
 
@@ -132,6 +137,8 @@ async def start_postgres_listener(
     it, a string closes it with that reason. Raises ``UsageError`` for a non-loopback address
     without ``tls_context``. ``warm_logins``: keep one logged-in spare per recently used route
     (spares.py) so the next connect skips the database's fork and SCRAM exchange.
+    ``login_failure_limit``: failed logins per client address and minute before its logins without a
+    valid token are refused for a minute (login_throttle.py); 0 turns that off.
     """
     setup = listener_setup(host, port, tls_context=tls_context, audit_log=audit_log,
                            unlock_client=unlock_client, proxy_id=proxy_id)
@@ -139,6 +146,9 @@ async def start_postgres_listener(
         unlock_client=unlock_client, audit=setup.audit, proxy_id=setup.proxy_id, tls_context=tls_context,
         require_tls=setup.require_tls, policy_check=policy_check, policy_interval=policy_interval,
         auth_timeout=auth_timeout, connect_timeout=connect_timeout, max_statement_bytes=max_statement_bytes)
+    if login_failure_limit > 0:
+        ctx.throttle = LoginThrottle(setup.audit.post, protocol=PROTOCOL, proxy_id=setup.proxy_id,
+                                     limit=login_failure_limit)
     if warm_logins:
         ctx.spares = WarmSpares(ctx.scram_cache, connect_timeout=connect_timeout)
     return await PostgresListener(ctx, max_connections, owns_audit=setup.owns_audit).start(host, port)

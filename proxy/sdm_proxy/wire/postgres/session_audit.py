@@ -81,7 +81,12 @@ class SessionAudit:
         self.ctx.audit.post(events)
 
     def _post_denied(self, reason: str) -> None:
+        throttle = self.ctx.throttle
+        if throttle is not None and throttle.refusal(self.peer) is not None:
+            return  # a throttled address: counted, and reported when the throttle ends
         params = self.params
         self.ctx.audit.post([audit.denied_event(
             user=None, reason=reason, proxy_id=self.ctx.proxy_id, datasource=params.get("database"),
             credential=params.get("user"), protocol=PROTOCOL, client={"addr": self.peer})])
+        if throttle is not None:
+            throttle.failed(self.peer)

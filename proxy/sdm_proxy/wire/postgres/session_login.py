@@ -16,7 +16,7 @@ from ...audit import events as audit
 from ...unlock.client import UnlockedCredential
 from ..net import record_beside_login
 from ...vault.secret import SecretValue
-from .errors import CANNOT_CONNECT_NOW, WireError, sqlstate_for
+from .errors import CANNOT_CONNECT_NOW, INVALID_AUTHORIZATION, WireError, sqlstate_for
 from .session_audit import PROTOCOL
 from .session_close import _Close
 from .upstream import RouteHint, close_opened, connect_upstream, matches, open_early
@@ -140,10 +140,17 @@ class LoginPhase:
         return login
 
     async def _unlock_or_close(self, token: str) -> UnlockedCredential:
+        throttle = self.ctx.throttle
+        if throttle is not None and not self.ctx.unlock_client.token_plausible(token):
+            refused = throttle.refused(self.peer)
+            if refused is not None:  # counted, and reported when the throttle ends: no event of its own
+                raise _Close(INVALID_AUTHORIZATION, refused, status=audit.DENIED)
         try:
             return await self._unlock(token)
         except sdm_errors.SdmError as exc:
             # The control plane has already written the access.denied event for this refusal.
+            if throttle is not None and isinstance(exc, sdm_errors.AuthenticationFailed):
+                throttle.failed(self.peer)
             message = exc.message
             if isinstance(exc, sdm_errors.AuthenticationFailed):
                 message = f"password authentication failed: {exc.message}"

@@ -1,0 +1,170 @@
+"""Failed logins per client address, so a stranger cannot flood the audit log or the control plane.
+
+Every refused login is an ``access.denied`` event, chained and kept for good, and a bad session
+token also costs the control plane a commit. Without a bound, anyone who can reach a listener
+could write events as fast as they can connect. After ``limit`` failed logins from one address
+within ``WINDOW`` seconds, that address is *throttled* for ``BLOCK`` seconds: its logins without a
+plausible session token (signature and expiry checked locally, no database) are refused at once
+with a protocol-native error, without asking the control plane and without an event each.
+The audit log gets one event when the throttle starts and one when it ends, with the count.
+
+A valid token still gets through a throttled address, so users behind the same NAT as an attacker
+keep working (where the listener cannot check tokens locally, a proxy apart from the control
+plane, they are refused too until the block ends). Loopback clients are never throttled: they
+are on the gateway's own machine already. IPv6 clients count per /64, which one host usually
+holds whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..audit import events as audit
+from .net import is_loopback
+
+DEFAULT_LIMIT = 20  # failed logins per address and WINDOW before the address is throttled
+WINDOW = 60.0
+BLOCK = 60.0
+MAX_TRACKED = 10_000  # addresses remembered at once; the least recently failing are forgotten
+
+
+@dataclass
+class _Record:
+    failures: list[float]  # monotonic times of the failures within WINDOW (at most `limit`)
+    blocked_until: float = 0.0
+    refused: int = 0  # logins refused while blocked, reported when the block ends
+    timer: asyncio.TimerHandle | None = None
+
+
+def _host(peer: str) -> str:
+    """``host`` of a session's peer ``host:port`` or ``[v6]:port`` (anything else as it is)."""
+    if peer.startswith("["):
+        return peer[1:].partition("]")[0]
+    if peer.count(":") == 1:
+        return peer.rpartition(":")[0]
+    return peer
+
+
+def address_key(peer: str | None) -> str | None:
+    """What failures count against: the peer's address (``host:port`` as sessions keep it), an IPv6
+    one by its /64; None for loopback or no address."""
+    if not peer:
+        return None
+    addr = _host(peer)
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None if is_loopback(addr) else addr
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class LoginThrottle:
+    """One listener's failed-login counts. ``post`` records events (the listener's audit writer)."""
+
+    def __init__(self, post: Callable[[list[audit.Event]], None], *, protocol: str, proxy_id: str | None,
+                 limit: int = DEFAULT_LIMIT, window: float = WINDOW, block: float = BLOCK,
+                 clock: Callable[[], float] = time.monotonic):
+        self._post = post
+        self._protocol = protocol
+        self._proxy_id = proxy_id
+        self.limit = limit
+        self.window = window
+        self.block = block
+        self._clock = clock
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+
+    def refusal(self, addr: str | None) -> int | None:
+        """Seconds left (at least 1) when ``addr`` is throttled, counting this attempt; else None."""
+        key = address_key(addr)
+        record = self._records.get(key) if key is not None else None
+        if record is None or not record.blocked_until:
+            return None
+        left = record.blocked_until - self._clock()
+        if left <= 0:
+            self._unblock(key)
+            return None
+        record.refused += 1
+        return max(1, int(left + 0.999))
+
+    def refused(self, peer: str | None) -> str | None:
+        """Why a login from ``peer`` without a valid token is refused (counted), or None."""
+        wait = self.refusal(peer)
+        if wait is None:
+            return None
+        return (f"too many failed logins from {address_key(peer)}: logins without a valid session token "
+                f"are refused for {wait} s more")
+
+    def failed(self, addr: str | None) -> None:
+        """A login from ``addr`` failed (its own event is already recorded)."""
+        key = address_key(addr)
+        if key is None or self.limit <= 0:
+            return
+        now = self._clock()
+        record = self._records.get(key)
+        if record is None:
+            record = self._records[key] = _Record([])
+            while len(self._records) > MAX_TRACKED:
+                self._forget_oldest()
+        else:
+            self._records.move_to_end(key)
+        if record.blocked_until:
+            return
+        record.failures = [t for t in record.failures if now - t < self.window]
+        record.failures.append(now)
+        if len(record.failures) >= self.limit:
+            self._start_block(key, record, now)
+
+    def close(self) -> None:
+        """The listener closes: end every block now (so each one's count is on record)."""
+        for key in [k for k, r in self._records.items() if r.blocked_until]:
+            self._unblock(key)
+        self._records.clear()
+
+    # ---- internals ------------------------------------------------------------------------------
+
+    def _start_block(self, key: str, record: _Record, now: float) -> None:
+        record.blocked_until = now + self.block
+        record.failures = []
+        try:
+            record.timer = asyncio.get_running_loop().call_later(self.block, self._unblock, key)
+        except RuntimeError:  # no loop (a unit test): the next refusal() after the block ends it
+            record.timer = None
+        self._event(key, f"{self.limit} failed logins from {key} within {self.window:g} s: its logins "
+                         f"without a valid session token are refused for {self.block:g} s, without an "
+                         "event each", {"throttle": "start", "failures": self.limit,
+                                        "window_s": self.window, "block_s": self.block})
+
+    def _unblock(self, key: str) -> None:
+        record = self._records.get(key)
+        if record is None or not record.blocked_until:
+            return
+        if record.timer is not None:
+            record.timer.cancel()
+        refused, record.refused, record.blocked_until, record.timer = record.refused, 0, 0.0, None
+        self._event(key, f"throttle on {key} ended: {refused} login(s) refused while it lasted",
+                    {"throttle": "end", "refused": refused})
+
+    def _forget_oldest(self) -> None:
+        key = next(iter(self._records))
+        self._unblock(key)
+        del self._records[key]
+
+    def _event(self, key: str, reason: str, details: dict) -> None:
+        event = audit.denied_event(user=None, reason=reason, proxy_id=self._proxy_id, protocol=self._protocol,
+                                   client={"addr": key})
+        event.details = details
+        try:
+            self._post([event])
+        except Exception:  # noqa: BLE001 - the throttle must never take a listener down
+            pass
