@@ -22,6 +22,7 @@ from .api.app import create_app
 from .audit.chainer import ChainerProcess
 from .audit.spool import AuditSpool, recover_spools
 from .control.context import Actor, ControlPlane
+from .control.hub_identity import HubIdentity
 from .control.live_access import live_access_reason
 from .control.proxies import enroll_proxy
 from .control.unlock import unlock
@@ -59,6 +60,7 @@ class GatewayConfig:
     audit_chainer: str = "thread"  # thread | process: where spooled events are chained (audit/chainer.py)
     warm_logins: bool = True  # PostgreSQL spares (see wire/postgres/spares.py)
     login_failure_limit: int = DEFAULT_LOGIN_FAILURE_LIMIT  # per client address and minute; 0: off
+    jupyterhub_api_url: str | None = None  # a hub whose users' API tokens may mint sessions
 
 
 def enrol_local_proxy(cp: ControlPlane) -> ProxyIdentity:
@@ -109,7 +111,8 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
                 login_failure_limit=config.login_failure_limit)
             listeners.append(my)
             addresses["mysql"] = f"{config.mysql[0]}:{my.port}"
-        app = create_app(cp)
+        hub = HubIdentity(config.jupyterhub_api_url) if config.jupyterhub_api_url else None
+        app = create_app(cp, hub)
         app.state.listeners = {k: v for k, v in addresses.items() if k != "api"}
         app.state.audit_writer = audit  # readers of the log wait for what this gateway recorded
         server = _ApiServer(uvicorn.Config(

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..control.hub_identity import HubIdentity
 from ..control.context import ControlPlane
 from ..control.live_access import check_from_proxy
 from ..control.unlock import unlock
@@ -29,10 +30,12 @@ def problem(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": code, "message": message})
 
 
-def create_app(cp: ControlPlane) -> FastAPI:
+def create_app(cp: ControlPlane, hub_identity: HubIdentity | None = None) -> FastAPI:
+    """``hub_identity``: the JupyterHub whose users' API tokens may mint sessions (None: API keys only)."""
     app = FastAPI(title="sdm gateway control API", version=__version__)
     app.add_middleware(BodySizeLimit)  # bodies from strangers: bounded before anything parses them
     app.state.cp = cp
+    app.state.hub_identity = hub_identity
     app.include_router(routes_user.router)
     app.include_router(routes_admin.router)
 

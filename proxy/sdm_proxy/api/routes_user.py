@@ -10,17 +10,18 @@ from ..control.access import usable_credentials, usable_view
 from ..control.context import Actor
 from ..validation import parse_duration
 from .audit_reads import audit_settled
-from .auth import api_key_actor, current_actor
+from .auth import current_actor, session_minter
 from .schemas import SessionCreate
 
 router = APIRouter(prefix="/v1", tags=["user"])
 
 
 @router.post("/sessions", status_code=201)
-def create_session(body: SessionCreate, request: Request, actor: Actor = Depends(api_key_actor)) -> dict:
+def create_session(body: SessionCreate, request: Request, caller=Depends(session_minter)) -> dict:
+    actor, via = caller
     addr = request.client.host if request.client else None
     return sessions.create_session(request.app.state.cp, actor, parse_duration(body.ttl), addr,
-                                   label=body.client)
+                                   label=body.client, via=via)
 
 
 @router.get("/sessions")

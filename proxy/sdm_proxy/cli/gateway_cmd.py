@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+from urllib.parse import urlsplit
 
 import click
 
+from ..errors import UsageError
 from ..validation import parse_host_port
 from ..wire.login_throttle import DEFAULT_LIMIT
 from .common import control_plane
@@ -15,6 +18,19 @@ def _listener(value: str) -> tuple[str, int] | None:
     if value.strip().lower() == "off":
         return None
     return parse_host_port(value)
+
+
+def _hub_api_url(option: str | None, environ) -> str | None:
+    """--jupyterhub-api-url, or the hub's own JUPYTERHUB_API_URL when the hub runs us as a service.
+    Plain http is allowed: it is how hubs reach their own API inside a deployment (``http://hub:8081``),
+    and the single-user servers already send the same tokens that way."""
+    url = option or (environ.get("JUPYTERHUB_API_URL") if environ.get("JUPYTERHUB_SERVICE_NAME") else None)
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"invalid JupyterHub API URL {url!r}: expected http(s)://HOST[:PORT]/hub/api")
+    return url.rstrip("/")
 
 
 @click.command()
@@ -39,12 +55,18 @@ def _listener(value: str) -> tuple[str, int] | None:
               help="Failed logins per client address (not loopback) and minute after which that address's "
                    "logins without a valid session token are refused for a minute, with one audit event "
                    "for the whole throttle instead of one each; 0 turns it off.")
+@click.option("--jupyterhub-api-url", metavar="URL", default=None,
+              help="Take JupyterHub users' API tokens (JUPYTERHUB_API_TOKEN in their kernels) to create "
+                   "sessions for the sdm user of the same name, asking this hub (e.g. "
+                   "http://127.0.0.1:8081/hub/api) who each token belongs to. Default: JUPYTERHUB_API_URL "
+                   "when the gateway runs as a hub service, else off.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 @click.pass_context
 def gateway(ctx, api_addr, pg_addr, mysql_addr, audit_sync, audit_chainer, warm_logins, login_failure_limit,
-            verbose):
+            jupyterhub_api_url, verbose):
     """Run the gateway in the foreground; SIGTERM drains and stops it."""
     host, port = parse_host_port(api_addr)
+    hub_url = _hub_api_url(jupyterhub_api_url, os.environ)
     postgres = _listener(pg_addr)
     mysql = _listener(mysql_addr)
     from ..gateway import (  # FastAPI/uvicorn load only here
@@ -62,8 +84,11 @@ def gateway(ctx, api_addr, pg_addr, mysql_addr, audit_sync, audit_chainer, warm_
             where += f", PostgreSQL on {postgres[0]}:{postgres[1]}"
         if mysql:
             where += f", MySQL on {mysql[0]}:{mysql[1]}"
+        if hub_url:
+            where += f"; JupyterHub tokens checked with {hub_url}"
         click.echo(f"sdm gateway: proxy {identity.proxy_id}; {where}", err=True)
         run(cp, GatewayConfig(api_host=host, api_port=port, postgres=postgres, mysql=mysql,
                                          audit_sync=audit_sync, audit_chainer=audit_chainer,
-                                         warm_logins=warm_logins, login_failure_limit=login_failure_limit),
+                                         warm_logins=warm_logins, login_failure_limit=login_failure_limit,
+                                         jupyterhub_api_url=hub_url),
             identity)

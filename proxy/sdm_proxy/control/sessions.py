@@ -23,8 +23,9 @@ MAX_SESSION_TTL = timedelta(hours=24)
 
 
 def create_session(cp: ControlPlane, actor: Actor, ttl: timedelta = DEFAULT_SESSION_TTL,
-                   addr: str | None = None, *, label: str | None = None) -> dict:
-    """Returns the token once; the state keeps only the session row."""
+                   addr: str | None = None, *, label: str | None = None, via: str | None = None) -> dict:
+    """Returns the token once; the state keeps only the session row. ``via`` names what vouched for
+    the caller when it was not an sdm API key (``jupyterhub``); the session.start event says so."""
     if ttl > MAX_SESSION_TTL:
         raise UsageError(f"session TTL at most {int(MAX_SESSION_TTL.total_seconds() // 3600)}h")
     now = cp.now()
@@ -34,7 +35,7 @@ def create_session(cp: ControlPlane, actor: Actor, ttl: timedelta = DEFAULT_SESS
         s.add(session)
         s.flush()
         cp.record(s, session_event("start", user=actor.name, session_id=session.id, client={"addr": addr},
-                                details={"label": label} if label else None))
+                                details={k: v for k, v in (("label", label), ("via", via)) if v} or None))
     token = cp.session_signer.issue(session.id, actor.name, session.expires_at)
     return {"id": session.id, "user": actor.name, "expires_at": session.expires_at.isoformat(), "token": token}
 

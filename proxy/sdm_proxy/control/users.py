@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 from ..audit.events import admin_event
-from ..errors import AuthenticationFailed, Conflict, NotFound
+from ..errors import AccessDenied, AuthenticationFailed, Conflict, NotFound
 from ..validation import check_name
 from .context import Actor, ControlPlane
 from .models import ApiKey, Role, RoleMember, User
@@ -87,6 +87,16 @@ def authenticate_api_key(cp: ControlPlane, plain: str) -> Actor:
         if row is None or row.revoked_at is not None or not api_key_matches(plain, row.key_hash):
             raise AuthenticationFailed("invalid or revoked API key")
         return Actor(user_id=row.user.id, name=row.user.name, is_admin=row.user.is_admin)
+
+
+def actor_for_hub_user(cp: ControlPlane, name: str) -> Actor:
+    """The sdm user a JupyterHub user maps to: the one of the same name (control/hub_identity.py)."""
+    with cp.db.transaction() as s:
+        user = s.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise AccessDenied(f"JupyterHub user {name!r} has no sdm account: an admin adds it with "
+                               f"`sdm user add {name}` and gives it a role")
+        return Actor(user_id=user.id, name=user.name, is_admin=user.is_admin)
 
 
 def user_view(s: DBSession, user: User) -> dict:

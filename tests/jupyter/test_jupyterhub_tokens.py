@@ -1,0 +1,122 @@
+"""Under JupyterHub a kernel holds JUPYTERHUB_API_TOKEN and no sdm API key. A gateway started with
+`--jupyterhub-api-url` asks a real hub (the `jupyterhub` package, on loopback) who such a token
+belongs to and mints a session for the sdm user of the same name; the hub proves who somebody is,
+sdm's roles decide what they may use."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from sdm_jupyter.errors import AuthenticationError, GatewayError, PermissionDenied
+from sdm_jupyter.gateway_client import GatewayClient, GatewayConfig
+from tests.jupyter.conftest import make_state
+from tests.support.api_server import free_port
+from tests.support.cli import start_gateway
+from tests.support.hub import Hub
+
+pytestmark = [pytest.mark.postgres, pytest.mark.jupyter]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    hub = Hub(tmp_path_factory.mktemp("hub"), users={"analyst", "stranger"}).start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="module")
+def world(pg_cluster, hub, tmp_path_factory):
+    """sdm users `analyst` (role analysts: prod/read-only) and `nobody`; `stranger` is only a hub
+    user. The real `sdm gateway`, taking tokens of this hub."""
+    gw = make_state(tmp_path_factory.mktemp("sdm-hub") / "home", pg_cluster)
+    home = gw.state.home.root
+    api, pg = free_port(), free_port()
+    proc = start_gateway(home, "--api", f"127.0.0.1:{api}", "--postgres", f"127.0.0.1:{pg}", "--mysql", "off",
+                         "--jupyterhub-api-url", hub.api_url)
+    gw.api_url, gw.postgres = f"http://127.0.0.1:{api}", f"127.0.0.1:{pg}"
+    yield gw
+    proc.terminate()
+    proc.communicate(timeout=60)
+    gw.state.close()
+
+
+def _client(world, hub_token: str) -> GatewayClient:
+    return GatewayClient(GatewayConfig.discover({"SDM_GATEWAY_URL": world.api_url, "JUPYTERHUB_API_TOKEN": hub_token,
+                                                 "SDM_GATEWAY_POSTGRES": world.postgres, "SDM_HOME": "/nonexistent"}))
+
+
+def test_a_hub_token_gets_a_session_of_the_same_user(world, hub, pg_cluster):
+    client = _client(world, hub.user_token("analyst"))
+    try:
+        assert client.whoami()["user"] == "analyst"
+        host, port = client.postgres_address()
+        with psycopg.connect(host=host, port=port, dbname="prod", user="read-only", password=client.token(),
+                             connect_timeout=10) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == pg_cluster.logins["read-only"].username
+    finally:
+        client.close()
+    starts = [e for e in world.events("session.start") if e["user"] == "analyst" and e.get("session_id")
+              and (e.get("details") or {}).get("via") == "jupyterhub"]
+    assert starts, "session.start does not say the hub vouched for the caller"
+
+
+def test_the_magic_works_in_a_kernel_with_only_the_hub_token(world, hub, kernel_factory, pg_cluster):
+    env = world.kernel_env("analyst")
+    del env["SDM_API_KEY"]
+    env["JUPYTERHUB_API_TOKEN"] = hub.user_token("analyst")
+    k = kernel_factory(env)
+    k.ok("%load_ext sdm_jupyter")
+    assert "user: analyst" in k.ok("%sdm whoami").result
+    r = k.ok("df = %sdm sql prod SELECT current_user AS who\nprint(df['who'][0])")
+    assert r.stdout.strip().splitlines()[-1] == pg_cluster.logins["read-only"].username
+    assert env["JUPYTERHUB_API_TOKEN"] not in r.stdout + r.stderr
+
+
+def test_a_hub_user_without_an_sdm_account_is_told_how_to_get_one(world, hub):
+    client = _client(world, hub.user_token("stranger"))
+    try:
+        with pytest.raises(PermissionDenied, match="JupyterHub user 'stranger' has no sdm account.*sdm user add stranger"):
+            client.whoami()
+    finally:
+        client.close()
+
+
+def test_tokens_the_hub_does_not_vouch_for_are_refused(world, hub):
+    for token in ("not-a-hub-token", hub.admin_token):  # unknown, and a service's (it names no user)
+        client = _client(world, token)
+        try:
+            with pytest.raises(AuthenticationError):
+                client.whoami()
+        finally:
+            client.close()
+
+
+def test_a_gateway_without_the_hub_option_says_so(gw_api, hub):
+    client = GatewayClient(GatewayConfig.discover({"SDM_GATEWAY_URL": gw_api.api_url, "SDM_HOME": "/nonexistent",
+                                                   "JUPYTERHUB_API_TOKEN": hub.user_token("analyst")}))
+    try:
+        with pytest.raises(AuthenticationError, match="--jupyterhub-api-url"):
+            client.whoami()
+    finally:
+        client.close()
+
+
+def test_when_the_hub_is_down_new_tokens_fail_cleanly(world, hub):
+    known = hub.user_token("analyst")
+    first = _client(world, known)
+    first.whoami()  # the gateway now remembers this token for a minute
+    first.close()
+    unknown = hub.user_token("analyst")
+    hub.stop()
+    again = _client(world, known)
+    try:
+        assert again.whoami()["user"] == "analyst"  # remembered: the hub's outage does not end its day
+    finally:
+        again.close()
+    client = _client(world, unknown)
+    try:
+        with pytest.raises(GatewayError, match="JupyterHub at .* unreachable"):
+            client.whoami()
+    finally:
+        client.close()
