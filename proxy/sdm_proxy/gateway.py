@@ -88,6 +88,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
         "ssl_certfile": str(cp.home.tls_dir / "gateway.pem"), "ssl_keyfile": str(cp.home.tls_dir / "gateway-key.pem")}
     audit = open_audit_writer(cp, config.audit_sync, chainer)  # one writer shared by every listener
     listeners = []
+    hub: HubIdentity | None = None
     addresses = {"api": f"{'https' if api_tls else 'http'}://{config.api_host}:{config.api_port}"}
     try:
         # Each listener's modules load only when it runs (`--mysql off` saves ~1.5 MB of RSS).
@@ -111,7 +112,8 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
                 login_failure_limit=config.login_failure_limit)
             listeners.append(my)
             addresses["mysql"] = f"{config.mysql[0]}:{my.port}"
-        hub = HubIdentity(config.jupyterhub_api_url) if config.jupyterhub_api_url else None
+        if config.jupyterhub_api_url:
+            hub = HubIdentity(config.jupyterhub_api_url)
         app = create_app(cp, hub)
         app.state.listeners = {k: v for k, v in addresses.items() if k != "api"}
         app.state.audit_writer = audit  # readers of the log wait for what this gateway recorded
@@ -131,6 +133,8 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
         # Side by side: one listener's grace period must not hold the other's clients open.
         await asyncio.gather(*(listener.drain(timeout=config.drain_seconds) for listener in listeners))
         await audit.aclose()
+        if hub is not None:
+            hub.close()
         try:
             cp.audit.checkpoint()
         except SdmError as exc:

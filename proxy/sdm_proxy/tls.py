@@ -9,8 +9,10 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -110,14 +112,46 @@ def issue_gateway_cert(ca_key, ca_cert: x509.Certificate, names: list[str],
 
 def write_public(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically (a certificate: readable by others, never seen half-written)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 
+class StagedCert(NamedTuple):
+    """A new key and certificate written beside the live ones, checked to be a pair; ``install``
+    renames them into place, ``discard`` removes them."""
+
+    key: Path
+    cert: Path
+
+    def install(self) -> None:
+        os.replace(self.key, self.key.with_name("gateway-key.pem"))
+        os.replace(self.cert, self.cert.with_name("gateway.pem"))
+
+    def discard(self) -> None:
+        self.key.unlink(missing_ok=True)
+        self.cert.unlink(missing_ok=True)
+
+
+def stage_gateway_cert(tls_dir: Path, key, cert: x509.Certificate) -> StagedCert:
+    staged = StagedCert(tls_dir / f"gateway-key.pem.{os.getpid()}.new", tls_dir / f"gateway.pem.{os.getpid()}.new")
+    try:
+        write_private(staged.key, _pem_key(key))
+        write_public(staged.cert, cert.public_bytes(serialization.Encoding.PEM))
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(staged.cert, staged.key)  # what the gateway loads
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
 def save_gateway_cert(tls_dir: Path, key, cert: x509.Certificate) -> None:
-    write_private(tls_dir / "gateway-key.pem", _pem_key(key))
-    write_public(tls_dir / "gateway.pem", cert.public_bytes(serialization.Encoding.PEM))
+    stage_gateway_cert(tls_dir, key, cert).install()
 
 
 def create_gateway_tls(tls_dir: Path, extra_names: list[str] | None = None) -> None:

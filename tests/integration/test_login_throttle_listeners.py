@@ -88,6 +88,37 @@ def test_postgres_throttles_bad_tokens_but_not_a_valid_one(pg_cluster, tmp_path)
     _check_the_log(home, "postgres")
 
 
+@pytest.mark.postgres
+def test_a_revoked_session_token_gets_no_pass_through_the_throttle(pg_cluster, tmp_path):
+    """Its signature and expiry still check out locally, but once an unlock has refused it, it is
+    throttled like a forged one (and opens no early database connection)."""
+    def add(home):
+        ok(home, "datasource", "add", "db", "--type", "postgres", "--host", pg_cluster.host,
+           "--port", str(pg_cluster.port), "--database", pg_cluster.database)
+        _credential(home, pg_cluster)
+
+    home, key = _home(tmp_path, add)
+    port = free_port()
+    proc = start_gateway(home, "--api", f"127.0.0.1:{free_port()}", "--postgres", f"{ADDRESS}:{port}",
+                         "--mysql", "off", "--login-failure-limit", str(LIMIT))
+    try:
+        settings = ok(home, "connect", "db", "--format", "json", api_key=key).json()
+        good = {k: settings[k] for k in ("host", "port", "user", "password", "sslmode", "sslrootcert")}
+        good["dbname"] = settings["database"]
+        session = ok(home, "session", "create", "--json", api_key=key).json()
+        ok(home, "session", "revoke", session["id"])
+        revoked = {**good, "password": session["token"]}
+        for _ in range(LIMIT):
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                psycopg.connect(**revoked, connect_timeout=10)
+        with pytest.raises(psycopg.OperationalError, match=f"too many failed logins from {ADDRESS}:"):
+            psycopg.connect(**revoked, connect_timeout=10)
+        with psycopg.connect(**good, connect_timeout=10) as conn:  # a live session's token still gets in
+            assert conn.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        _stop(proc)
+
+
 @pytest.mark.mysql
 def test_mysql_throttles_bad_tokens_with_error_1129(mysql_server, tmp_path):
     def add(home):

@@ -125,3 +125,27 @@ def test_a_restarted_gateway_serves_the_reissued_certificate(pg_cluster, tmp_pat
     finally:
         proc.terminate()
         proc.communicate(timeout=60)
+
+
+def test_a_reissue_whose_audit_event_fails_changes_nothing(home, monkeypatch):
+    """The new pair is staged beside the live one and renamed only once its event is committed."""
+    from sdm_proxy.control.context import ControlPlane
+    from sdm_proxy.control.gateway_tls import reissue_gateway_tls
+    from sdm_proxy.control.users import authenticate_api_key
+    from sdm_proxy.errors import AuditUnavailable
+    from sdm_proxy.home import SdmHome
+
+    before = {p.name: p.read_bytes() for p in (home / "tls").iterdir()}
+    cp = ControlPlane.open(SdmHome(home))
+    try:
+        admin = authenticate_api_key(cp, (home / "admin.key").read_text().strip())
+
+        def refuse(*_a, **_k):
+            raise AuditUnavailable("audit log unavailable: test")
+
+        monkeypatch.setattr(cp, "record", refuse)
+        with pytest.raises(AuditUnavailable):
+            reissue_gateway_tls(cp, admin, add=("d.example.internal",))
+    finally:
+        cp.close()
+    assert {p.name: p.read_bytes() for p in (home / "tls").iterdir() if p.name != ".reissue.lock"} == before

@@ -84,8 +84,8 @@ class Hub:
 
     def user_token(self, user: str, scopes: list[str] | None = None) -> str:
         """A new API token of ``user``; by default with the scopes of a single-user server's own
-        token (what a kernel finds in JUPYTERHUB_API_TOKEN), which are few."""
-        body = {"note": "sdm test", "scopes": scopes or ["users:activity!user"]}
+        token (JupyterHub's "server" role: what a kernel finds in JUPYTERHUB_API_TOKEN)."""
+        body = {"note": "sdm test", "scopes": scopes or ["users:activity!user", f"access:servers!server={user}/"]}
         response = httpx.post(f"{self.api_url}/users/{user}/tokens", json=body, timeout=10,
                               headers={"Authorization": f"token {self.admin_token}"})
         assert response.status_code == 201, response.text

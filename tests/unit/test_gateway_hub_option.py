@@ -19,7 +19,9 @@ def test_the_option_wins_then_the_hub_service_environment():
     assert _hub_api_url(None, {}) is None
 
 
-@pytest.mark.parametrize("bad", ["hub:8081/hub/api", "ftp://hub/hub/api", "http:///hub/api"])
-def test_a_url_that_is_not_http_is_refused(bad):
-    with pytest.raises(UsageError, match="invalid JupyterHub API URL"):
+@pytest.mark.parametrize("bad", ["hub:8081/hub/api", "ftp://hub/hub/api", "http:///hub/api",
+                                 "http://svc:s3cret@hub:8081/hub/api"])
+def test_a_url_that_is_not_plain_http_is_refused(bad):
+    with pytest.raises(UsageError, match="invalid JupyterHub API URL") as refused:
         _hub_api_url(bad, {})
+    assert "s3cret" not in str(refused.value)

@@ -100,16 +100,68 @@ def test_close_reports_every_block_still_running(posted, clock):
     assert t.refusal("10.0.0.7") is None
 
 
-def test_memory_is_bounded_and_a_forgotten_block_is_reported(posted, clock, monkeypatch):
+def test_memory_is_bounded_and_blocked_addresses_are_forgotten_last(posted, clock, monkeypatch):
     monkeypatch.setattr(login_throttle, "MAX_TRACKED", 3)
-    t = make(posted, clock, limit=1)
-    t.failed("10.0.0.1")  # blocked
-    for i in range(2, 5):
+    t = make(posted, clock, limit=2)
+    t.failed("10.0.0.1")
+    t.failed("10.0.0.1")  # blocked: an attacker's fresh addresses (one failure each) must not flush it out
+    for i in range(2, 6):
         t.failed(f"10.0.0.{i}")
     assert len(t._records) == 3
-    assert t.refusal("10.0.0.1") is None  # forgotten (least recent): its block ended, on record
+    assert t.refusal("10.0.0.1") is not None
+    assert [e.details["throttle"] for e in posted if e.client.addr == "10.0.0.1"] == ["start"]
+
+
+def test_when_every_address_is_blocked_the_least_recently_refused_goes_on_record(posted, clock, monkeypatch):
+    monkeypatch.setattr(login_throttle, "MAX_TRACKED", 2)
+    t = make(posted, clock, limit=1)
+    t.failed("10.0.0.1")
+    t.failed("10.0.0.2")
+    t.refusal("10.0.0.1")  # 10.0.0.2 is now the least recently seen
+    t.failed("10.0.0.3")
+    assert t.refusal("10.0.0.1") is not None and t.refusal("10.0.0.2") is None
     ends = [e for e in posted if e.details["throttle"] == "end"]
-    assert [e.client.addr for e in ends] == ["10.0.0.1"]
+    assert [e.client.addr for e in ends] == ["10.0.0.2"]
+
+
+def test_a_burst_of_bad_tokens_is_counted_before_any_unlock_answers(posted, clock):
+    """Tokens with a bad signature are certain to fail: counted as they arrive, so parallel
+    connections cannot all get past the check before the first failure is recorded."""
+    t = make(posted, clock)
+    passed = [t.before_unlock("10.0.0.7:1000", "forged", False) for _ in range(10)]
+    assert passed[:3] == [None, None, None] and all(p is not None for p in passed[3:])
+    for _ in range(3):
+        t.unlock_failed("10.0.0.7:1000", "forged", False)  # their unlocks answer later: no second count
+    clock.now += 60
+    assert t.before_unlock("10.0.0.7:1000", "forged", False) is None  # the block ended
+    assert [e.details for e in posted][1] == {"throttle": "end", "refused": 7}
+
+
+def test_a_valid_token_passes_a_throttled_address_but_not_once_an_unlock_refused_it(posted, clock):
+    t = make(posted, clock, limit=2)
+    for _ in range(2):
+        t.before_unlock("10.0.0.7:1", "forged", False)
+    assert t.before_unlock("10.0.0.7:2", "forged", False) is not None  # throttled
+    assert t.before_unlock("10.0.0.7:3", "sdms.good", True) is None  # a user behind the same NAT
+    assert t.trusts("sdms.revoked", True)
+    t.unlock_failed("10.0.0.8:1", "sdms.revoked", True)  # signed, unexpired, but its session was revoked
+    assert not t.trusts("sdms.revoked", True)
+    assert t.before_unlock("10.0.0.7:4", "sdms.revoked", True) is not None  # no pass through the throttle
+    # elsewhere it is certain to fail again: counted before its unlock, and only once
+    assert t.before_unlock("10.0.0.8:2", "sdms.revoked", True) is None
+    t.unlock_failed("10.0.0.8:2", "sdms.revoked", True)
+    assert t.refusal("10.0.0.8") is not None  # 10.0.0.8: two failures, the limit
+    clock.now += 61
+    assert t.trusts("sdms.revoked", True)  # forgotten after the block time
+
+
+def test_without_a_local_token_check_failures_count_after_the_unlock(posted, clock):
+    t = make(posted, clock, limit=2)
+    assert t.before_unlock("10.0.0.7:1", "tok", None) is None
+    assert t.refusal("10.0.0.7") is None  # nothing counted yet: it may be a valid token
+    t.unlock_failed("10.0.0.7:1", "tok", None)
+    t.unlock_failed("10.0.0.7:2", "tok", None)
+    assert t.before_unlock("10.0.0.7:3", "valid-or-not", None) is not None  # cannot tell: refused
 
 
 def test_a_failing_audit_post_never_breaks_the_listener(clock):

@@ -10,7 +10,7 @@ import click
 
 from ..errors import UsageError
 from ..validation import parse_host_port
-from ..wire.login_throttle import DEFAULT_LIMIT
+from ..wire.login_throttle import DEFAULT_LIMIT, MAX_LIMIT
 from .common import control_plane
 
 
@@ -30,6 +30,9 @@ def _hub_api_url(option: str | None, environ) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"invalid JupyterHub API URL {url!r}: expected http(s)://HOST[:PORT]/hub/api")
+    if parts.username is not None or parts.password is not None:
+        raise UsageError("invalid JupyterHub API URL: no user or password in it (the gateway sends each "
+                         "user's own token to the hub)")
     return url.rstrip("/")
 
 
@@ -51,7 +54,7 @@ def _hub_api_url(option: str | None, environ) -> str | None:
               help="PostgreSQL: keep one logged-in spare connection per recently used credential (made "
                    "with cached SCRAM keys, used by one session only, closed after 30 s idle) so the next "
                    "connect skips the database's fork and login.")
-@click.option("--login-failure-limit", type=click.IntRange(min=0), default=DEFAULT_LIMIT, show_default=True,
+@click.option("--login-failure-limit", type=click.IntRange(0, MAX_LIMIT), default=DEFAULT_LIMIT, show_default=True,
               help="Failed logins per client address (not loopback) and minute after which that address's "
                    "logins without a valid session token are refused for a minute, with one audit event "
                    "for the whole throttle instead of one each; 0 turns it off.")

@@ -3,7 +3,10 @@ own CA (new names, or a renewal) without touching ``ca.pem``, which clients alre
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from ..audit.events import admin_event
 from ..errors import StateError, UsageError
 from ..home import SdmHome
-from ..tls import base_names, certificate_names, check_tls_name, issue_gateway_cert, save_gateway_cert
+from ..tls import base_names, certificate_names, check_tls_name, issue_gateway_cert, stage_gateway_cert
 from .context import Actor, ControlPlane
 
 
@@ -60,6 +63,12 @@ def reissue_gateway_tls(cp: ControlPlane, actor: Actor, *, add: tuple[str, ...] 
     """A new listener key and certificate from the gateway's CA: the current names, plus ``add``,
     minus ``drop``, valid for ``tls.CERT_DAYS`` from now. A running gateway serves it after a restart."""
     actor.require_admin("reissuing the gateway's TLS certificate")
+    _load_cert(cp.home.tls_dir / "gateway.pem")  # a clear error when the home has no TLS at all
+    with _reissue_lock(cp.home.tls_dir):
+        return _reissue(cp, actor, add, drop)
+
+
+def _reissue(cp: ControlPlane, actor: Actor, add: tuple[str, ...], drop: tuple[str, ...]) -> dict:
     tls_dir = cp.home.tls_dir
     for name in add:
         check_tls_name(name)
@@ -68,7 +77,6 @@ def reissue_gateway_tls(cp: ControlPlane, actor: Actor, *, add: tuple[str, ...] 
     if kept:
         raise UsageError(f"cannot drop {kept[0]!r}: the certificate always names this machine and loopback "
                          f"({', '.join(base_names())})")
-    _load_cert(tls_dir / "gateway.pem")  # a clear error when it is missing or garbled
     current = _ordered_names(tls_dir / "gateway.pem")
     unknown = [n for n in drop if n not in current]
     if unknown:
@@ -88,8 +96,26 @@ def reissue_gateway_tls(cp: ControlPlane, actor: Actor, *, add: tuple[str, ...] 
     key, cert = issue_gateway_cert(ca_key, ca, names, now)
     added = [n for n in names if n not in current]
     dropped = [n for n in current if n not in names]
-    with cp.db.transaction() as s:
-        cp.record(s, admin_event(actor.name, "tls.reissue", names=names, added=added, dropped=dropped,
-                                 not_after=cert.not_valid_after_utc.isoformat(), sha256=_fingerprint(cert)))
-        save_gateway_cert(tls_dir, key, cert)  # last: a failure before it leaves no record and no change
+    # The new pair is written and checked beside the live one, the event committed, and only then
+    # are both renamed into place: a failure before that leaves no record and no change.
+    staged = stage_gateway_cert(tls_dir, key, cert)
+    try:
+        with cp.db.transaction() as s:
+            cp.record(s, admin_event(actor.name, "tls.reissue", names=names, added=added, dropped=dropped,
+                                     not_after=cert.not_valid_after_utc.isoformat(), sha256=_fingerprint(cert)))
+    except BaseException:
+        staged.discard()
+        raise
+    staged.install()
     return {**describe_gateway_tls(cp.home), "added": added, "dropped": dropped}
+
+
+@contextmanager
+def _reissue_lock(tls_dir: Path):
+    """One reissue at a time per home (two would interleave their renames)."""
+    fd = os.open(tls_dir / ".reissue.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -8,13 +8,24 @@ answers with the owner's model, or 403 for a token it does not know. Only a toke
 the same name, which an admin must have added (``sdm user add``): the hub proves who somebody is,
 sdm's roles and grants decide what they may use.
 
-A successful answer is kept for ``ttl`` seconds under the token's SHA-256 (never the token
-itself), so a kernel that renews its session often does not ask the hub each time.
+The token must also grant access to that user's own server (an ``access:servers`` scope for them):
+a single-user server's token and the user's own API tokens do, while a token the hub issued to
+another service for its logins (OAuth, identity only) does not, so such a service cannot open
+the user's database sessions.
+
+An answer is kept for ``ttl`` seconds (a refusal for ``NEGATIVE_TTL``) under the token's SHA-256,
+never the token itself, so a kernel that renews its session often does not ask the hub each time
+and a stranger repeating a bad token does not either. At most ``MAX_LOOKUPS`` questions go to the
+hub at once: the API's worker threads are shared by every route.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import re
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -24,58 +35,99 @@ import httpx
 from ..errors import AuthenticationFailed, UpstreamError
 
 CACHE_TTL = 60.0
+NEGATIVE_TTL = 10.0
 CACHE_MAX = 4096
 MAX_ANSWER = 1 << 20  # the hub's user model; anything bigger is not one
+MAX_LOOKUPS = 8  # questions to the hub at once
+LOOKUP_WAIT = 2.0  # seconds a request waits for a free lookup before it is told to try again
+_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")  # what can go in an HTTP header as it is
+UNREACHABLE = "JupyterHub unreachable: cannot check the token now; try again"
+
+log = logging.getLogger("sdm.api.jupyterhub")
 
 
 class HubIdentity:
     """Who a JupyterHub API token belongs to, asked of the hub at ``api_url`` (``…/hub/api``)."""
 
-    def __init__(self, api_url: str, *, ca_file: str | None = None, timeout: float = 5.0,
+    def __init__(self, api_url: str, *, ca_file: str | None = None, timeout: float = 3.0,
                  ttl: float = CACHE_TTL):
         self.api_url = api_url.rstrip("/")
-        self._http = httpx.Client(timeout=timeout, verify=ca_file or True)
+        # No proxies from the environment: hub tokens go to the hub only. SSL_CERT_FILE still counts.
+        cafile = ca_file or os.environ.get("SSL_CERT_FILE")
+        verify = ssl.create_default_context(cafile=cafile) if cafile else True
+        self._http = httpx.Client(timeout=timeout, verify=verify, trust_env=False)
         self._ttl = ttl
-        self._cache: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[str | None, float]] = OrderedDict()  # digest -> (name or None, until)
         self._lock = threading.Lock()  # routes run in worker threads
+        self._lookups = threading.BoundedSemaphore(MAX_LOOKUPS)
 
     def user_for_token(self, token: str) -> str:
         """The hub user name; AuthenticationFailed when the hub does not vouch for the token,
         UpstreamError when the hub cannot be asked."""
-        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        now = time.monotonic()
+        if not _TOKEN.fullmatch(token):
+            raise AuthenticationFailed("invalid API key or JupyterHub token")
+        key = hashlib.sha256(token.encode("ascii")).digest()
         with self._lock:
             hit = self._cache.get(key)
-            if hit is not None and hit[1] > now:
-                return hit[0]
-        name = self._ask_hub(token)
-        with self._lock:
-            self._cache[key] = (name, now + self._ttl)
-            self._cache.move_to_end(key)
-            while len(self._cache) > CACHE_MAX:
-                self._cache.popitem(last=False)
+        if hit is not None and hit[1] > time.monotonic():
+            if hit[0] is None:
+                raise AuthenticationFailed("invalid API key or JupyterHub token")
+            return hit[0]
+        if not self._lookups.acquire(timeout=LOOKUP_WAIT):
+            raise UpstreamError("JupyterHub lookups are all busy: try again")
+        try:
+            name = self._ask_hub(token)
+        except AuthenticationFailed:
+            self._remember(key, None, NEGATIVE_TTL)
+            raise
+        finally:
+            self._lookups.release()
+        self._remember(key, name, self._ttl)
         return name
 
     def close(self) -> None:
         self._http.close()
 
+    def _remember(self, key: bytes, name: str | None, ttl: float) -> None:
+        with self._lock:
+            self._cache[key] = (name, time.monotonic() + ttl)
+            self._cache.move_to_end(key)
+            while len(self._cache) > CACHE_MAX:
+                self._cache.popitem(last=False)
+
     def _ask_hub(self, token: str) -> str:
         try:
             response = self._http.get(f"{self.api_url}/user", headers={"Authorization": f"token {token}"})
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"JupyterHub at {self.api_url} unreachable: {type(exc).__name__}") from None
-        if response.status_code in (401, 403, 404):
+            log.warning("JupyterHub at %s unreachable: %s", self.api_url, type(exc).__name__)
+            raise UpstreamError(UNREACHABLE) from None
+        if response.status_code in (401, 403):
             raise AuthenticationFailed("invalid API key or JupyterHub token")
         if response.status_code != 200 or len(response.content) > MAX_ANSWER:
-            raise UpstreamError(f"JupyterHub at {self.api_url} answered HTTP {response.status_code} "
-                                "when asked who a token belongs to")
+            log.warning("JupyterHub at %s answered HTTP %s to GET /user (is --jupyterhub-api-url the hub's "
+                        "API, e.g. http://hub:8081/hub/api?)", self.api_url, response.status_code)
+            raise UpstreamError(UNREACHABLE)
         try:
             model = response.json()
         except ValueError:
             model = None
         if not isinstance(model, dict):
-            raise UpstreamError(f"JupyterHub at {self.api_url} answered something that is not a user model")
+            log.warning("JupyterHub at %s answered GET /user with something that is not a user model", self.api_url)
+            raise UpstreamError(UNREACHABLE)
         name = model.get("name")
         if model.get("kind") != "user" or not isinstance(name, str) or not name:
             raise AuthenticationFailed("this JupyterHub token is not a user's (a service's token names nobody)")
+        if not _reaches_own_server(model.get("scopes"), name):
+            raise AuthenticationFailed(
+                f"this JupyterHub token of {name!r} does not grant access to their server (a token the hub "
+                "gave another service for logins?): use the server's own JUPYTERHUB_API_TOKEN")
         return name
+
+
+def _reaches_own_server(scopes: object, name: str) -> bool:
+    """An ``access:servers`` scope that covers the user's own servers."""
+    if not isinstance(scopes, list):
+        return False
+    return any(isinstance(scope, str) and (scope in ("access:servers", f"access:servers!user={name}")
+                                           or scope.startswith(f"access:servers!server={name}/"))
+               for scope in scopes)

@@ -96,7 +96,10 @@ def actor_for_hub_user(cp: ControlPlane, name: str) -> Actor:
         if user is None:
             raise AccessDenied(f"JupyterHub user {name!r} has no sdm account: an admin adds it with "
                                f"`sdm user add {name}` and gives it a role")
-        return Actor(user_id=user.id, name=user.name, is_admin=user.is_admin)
+        if user.is_admin:  # a hub admin can name a hub user anything: sdm admins are not theirs to be
+            raise AccessDenied(f"sdm user {name!r} is an sdm admin: admins use an API key (SDM_API_KEY), "
+                               "not a JupyterHub token")
+        return Actor(user_id=user.id, name=user.name, is_admin=False)
 
 
 def user_view(s: DBSession, user: User) -> dict:

@@ -158,6 +158,11 @@ class _SigningUnlockClient:
         listener may then start the upstream login while the unlock decides. False when unknown."""
         return False
 
+    def token_verdict(self, session_token: str) -> bool | None:
+        """The same local look, three ways: True (signature and expiry fine; the unlock may still
+        refuse a revoked session), False (the unlock will refuse it), None (cannot tell here)."""
+        return None
+
 
 class InProcessUnlockClient(_SigningUnlockClient):
     """For a gateway that hosts the control plane itself: same signed request, no HTTP hop."""
@@ -178,6 +183,9 @@ class InProcessUnlockClient(_SigningUnlockClient):
         except errors.SdmError:
             return False
         return True
+
+    def token_verdict(self, session_token: str) -> bool | None:
+        return None if self._token_check_fn is None else self.token_plausible(session_token)
 
     async def _send(self, signed: dict) -> dict:
         return await asyncio.to_thread(self._unlock_fn, signed)

@@ -10,14 +10,17 @@ The audit log gets one event when the throttle starts and one when it ends, with
 
 A valid token still gets through a throttled address, so users behind the same NAT as an attacker
 keep working (where the listener cannot check tokens locally, a proxy apart from the control
-plane, they are refused too until the block ends). Loopback clients are never throttled: they
-are on the gateway's own machine already. IPv6 clients count per /64, which one host usually
-holds whole.
+plane, they are refused too until the block ends). A token whose signature checks out but whose
+session the unlock refused (revoked) is remembered for ``BLOCK`` seconds and gets no such pass.
+A token that cannot pass is counted as failed *before* its unlock, so a burst of parallel
+connections cannot outrun the limit. Loopback clients are never throttled: they are on the
+gateway's own machine already. IPv6 clients count per /64, which one host usually holds whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import time
 from collections import OrderedDict
@@ -28,6 +31,7 @@ from ..audit import events as audit
 from .net import is_loopback
 
 DEFAULT_LIMIT = 20  # failed logins per address and WINDOW before the address is throttled
+MAX_LIMIT = 1000
 WINDOW = 60.0
 BLOCK = 60.0
 MAX_TRACKED = 10_000  # addresses remembered at once; the least recently failing are forgotten
@@ -39,6 +43,10 @@ class _Record:
     blocked_until: float = 0.0
     refused: int = 0  # logins refused while blocked, reported when the block ends
     timer: asyncio.TimerHandle | None = None
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def _host(peer: str) -> str:
@@ -83,6 +91,7 @@ class LoginThrottle:
         self.block = block
         self._clock = clock
         self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._bad_tokens: OrderedDict[bytes, float] = OrderedDict()  # digest -> until (monotonic)
 
     def refusal(self, addr: str | None) -> int | None:
         """Seconds left (at least 1) when ``addr`` is throttled, counting this attempt; else None."""
@@ -94,8 +103,45 @@ class LoginThrottle:
         if left <= 0:
             self._unblock(key)
             return None
+        self._records.move_to_end(key)  # an address being refused is the last one to forget
         record.refused += 1
         return max(1, int(left + 0.999))
+
+    # ---- what a listener calls around an unlock ---------------------------------------------------
+
+    def trusts(self, token: str, verdict: bool | None) -> bool:
+        """A token that passes a throttled address: its signature and expiry check out locally
+        (``verdict``, the unlock client's ``token_verdict``) and no unlock refused it lately."""
+        if verdict is not True:
+            return False
+        until = self._bad_tokens.get(_digest(token))
+        return until is None or until <= self._clock()
+
+    def before_unlock(self, peer: str | None, token: str, verdict: bool | None) -> str | None:
+        """Why this login is refused at once (counted, no event of its own), or None to go on."""
+        if self.trusts(token, verdict):
+            return None
+        reason = self.refused(peer)
+        if reason is None and self._certain_to_fail(token, verdict):
+            self.failed(peer)  # counted now, so parallel attempts cannot outrun the limit
+        return reason
+
+    def unlock_failed(self, peer: str | None, token: str, verdict: bool | None) -> None:
+        """The unlock refused the token (bad, expired or revoked); its own event is on record."""
+        counted = self._certain_to_fail(token, verdict)  # then before_unlock counted it already
+        if verdict is True:  # signed and unexpired, yet refused: its session was revoked
+            self._bad_tokens[_digest(token)] = self._clock() + self.block
+            self._bad_tokens.move_to_end(_digest(token))
+            while len(self._bad_tokens) > MAX_TRACKED:
+                self._bad_tokens.popitem(last=False)
+        if not counted:
+            self.failed(peer)
+
+    def _certain_to_fail(self, token: str, verdict: bool | None) -> bool:
+        """A bad signature or expiry, or a token an unlock refused lately."""
+        return verdict is False or (verdict is True and not self.trusts(token, verdict))
+
+    # ---- the counts -------------------------------------------------------------------------------
 
     def refused(self, peer: str | None) -> str | None:
         """Why a login from ``peer`` without a valid token is refused (counted), or None."""
@@ -113,9 +159,9 @@ class LoginThrottle:
         now = self._clock()
         record = self._records.get(key)
         if record is None:
-            record = self._records[key] = _Record([])
-            while len(self._records) > MAX_TRACKED:
+            while len(self._records) >= MAX_TRACKED:
                 self._forget_oldest()
+            record = self._records[key] = _Record([])
         else:
             self._records.move_to_end(key)
         if record.blocked_until:
@@ -156,8 +202,12 @@ class LoginThrottle:
                     {"throttle": "end", "refused": refused})
 
     def _forget_oldest(self) -> None:
-        key = next(iter(self._records))
-        self._unblock(key)
+        """Forget the least recently seen address that is not throttled (or, when all are, the
+        least recently refused one: its block ends on record)."""
+        key = next((k for k, r in self._records.items() if not r.blocked_until), None)
+        if key is None:
+            key = next(iter(self._records))
+            self._unblock(key)
         del self._records[key]
 
     def _event(self, key: str, reason: str, details: dict) -> None:

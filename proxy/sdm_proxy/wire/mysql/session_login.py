@@ -94,8 +94,9 @@ class LoginPhase:
             raise _Close(LoginRefused("no datasource given: set the database to the datasource name"),
                          status=audit.DENIED, audit_denied=True)
         throttle = self.ctx.throttle
-        if throttle is not None and not self.ctx.unlock_client.token_plausible(req.token):
-            refused = throttle.refused(self.peer)
+        verdict = self.ctx.unlock_client.token_verdict(req.token) if throttle is not None else None
+        if throttle is not None:
+            refused = throttle.before_unlock(self.peer, req.token, verdict)
             if refused is not None:  # counted, and reported when the throttle ends: no event of its own
                 raise _Close(LoginThrottled(refused), status=audit.DENIED)
         try:
@@ -103,7 +104,7 @@ class LoginPhase:
         except sdm_errors.SdmError as exc:
             # The control plane has already written the access.denied event for this refusal.
             if throttle is not None and isinstance(exc, sdm_errors.AuthenticationFailed):
-                throttle.failed(self.peer)
+                throttle.unlock_failed(self.peer, req.token, verdict)
             raise _Close(exc, status=audit.DENIED, reason=exc.message) from None
         if cred.datasource.type != "mysql":
             message = (f"datasource {cred.datasource.name} is a {cred.datasource.type} datasource: "

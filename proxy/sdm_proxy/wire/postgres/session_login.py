@@ -71,8 +71,11 @@ class LoginPhase:
         the meantime), along the route the last unlock of this datasource/credential took. Only for
         a token whose signature checks out locally, so strangers cannot make us open connections."""
         hint = self.ctx.route_hints.get(route)
+        throttle = self.ctx.throttle
         if hint is None or not self.ctx.unlock_client.token_plausible(token):
             return None
+        if throttle is not None and not throttle.trusts(token, True):
+            return None  # an unlock refused this token lately (a revoked session): no database fork for it
         return hint, asyncio.ensure_future(open_early(hint, self.params, self.ctx.connect_timeout))
 
     async def _login(self, token: str) -> None:
@@ -141,8 +144,9 @@ class LoginPhase:
 
     async def _unlock_or_close(self, token: str) -> UnlockedCredential:
         throttle = self.ctx.throttle
-        if throttle is not None and not self.ctx.unlock_client.token_plausible(token):
-            refused = throttle.refused(self.peer)
+        verdict = self.ctx.unlock_client.token_verdict(token) if throttle is not None else None
+        if throttle is not None:
+            refused = throttle.before_unlock(self.peer, token, verdict)
             if refused is not None:  # counted, and reported when the throttle ends: no event of its own
                 raise _Close(INVALID_AUTHORIZATION, refused, status=audit.DENIED)
         try:
@@ -150,7 +154,7 @@ class LoginPhase:
         except sdm_errors.SdmError as exc:
             # The control plane has already written the access.denied event for this refusal.
             if throttle is not None and isinstance(exc, sdm_errors.AuthenticationFailed):
-                throttle.failed(self.peer)
+                throttle.unlock_failed(self.peer, token, verdict)
             message = exc.message
             if isinstance(exc, sdm_errors.AuthenticationFailed):
                 message = f"password authentication failed: {exc.message}"
