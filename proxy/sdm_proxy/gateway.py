@@ -22,7 +22,6 @@ from .api.app import create_app
 from .audit.chainer import ChainerProcess
 from .audit.spool import AuditSpool, recover_spools
 from .control.context import Actor, ControlPlane
-from .control.hub_identity import HubIdentity
 from .control.live_access import live_access_reason
 from .control.proxies import enroll_proxy
 from .control.unlock import unlock
@@ -88,7 +87,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
         "ssl_certfile": str(cp.home.tls_dir / "gateway.pem"), "ssl_keyfile": str(cp.home.tls_dir / "gateway-key.pem")}
     audit = open_audit_writer(cp, config.audit_sync, chainer)  # one writer shared by every listener
     listeners = []
-    hub: HubIdentity | None = None
+    hub = None  # a HubIdentity when the gateway takes JupyterHub tokens
     addresses = {"api": f"{'https' if api_tls else 'http'}://{config.api_host}:{config.api_port}"}
     try:
         # Each listener's modules load only when it runs (`--mysql off` saves ~1.5 MB of RSS).
@@ -113,6 +112,8 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
             listeners.append(my)
             addresses["mysql"] = f"{config.mysql[0]}:{my.port}"
         if config.jupyterhub_api_url:
+            from .control.hub_identity import HubIdentity  # loads httpx: only when hub tokens are taken
+
             hub = HubIdentity(config.jupyterhub_api_url)
         app = create_app(cp, hub)
         app.state.listeners = {k: v for k, v in addresses.items() if k != "api"}

@@ -7,6 +7,7 @@ never echo the request body back (it may hold a password).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,13 +16,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..control.hub_identity import HubIdentity
 from ..control.context import ControlPlane
 from ..control.live_access import check_from_proxy
 from ..control.unlock import unlock
 from ..errors import SdmError
 from . import routes_admin, routes_user
 from .body_limit import BodySizeLimit
+
+if TYPE_CHECKING:
+    from ..control.hub_identity import HubIdentity
 
 log = logging.getLogger("sdm.api")
 

@@ -30,8 +30,6 @@ import threading
 import time
 from collections import OrderedDict
 
-import httpx
-
 from ..errors import AuthenticationFailed, UpstreamError
 
 CACHE_TTL = 60.0
@@ -51,6 +49,8 @@ class HubIdentity:
 
     def __init__(self, api_url: str, *, ca_file: str | None = None, timeout: float = 3.0,
                  ttl: float = CACHE_TTL):
+        import httpx  # only a gateway that takes hub tokens needs it (~2 MB of imports)
+
         self.api_url = api_url.rstrip("/")
         # No proxies from the environment: hub tokens go to the hub only. SSL_CERT_FILE still counts.
         cafile = ca_file or os.environ.get("SSL_CERT_FILE")
@@ -96,6 +96,8 @@ class HubIdentity:
                 self._cache.popitem(last=False)
 
     def _ask_hub(self, token: str) -> str:
+        import httpx
+
         try:
             response = self._http.get(f"{self.api_url}/user", headers={"Authorization": f"token {token}"})
         except httpx.HTTPError as exc:
