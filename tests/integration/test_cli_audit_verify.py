@@ -165,3 +165,19 @@ def test_edited_jsonl_line_names_that_event(home, tmp_path):
     assert f"line {index + 1}" in res.stdout, res.describe()
     # the state database itself was not touched and still verifies
     assert db.rc == 0 and "audit log OK" in db.stdout, db.describe()
+
+
+def test_json_report_for_scripts(home, tmp_path):
+    """`--json`: the report as one object (what GET /v1/admin/audit/verify gives), same exit code."""
+    from tests.support.cli import sdm
+
+    good = sdm(home, "audit", "verify", "--json")
+    assert good.rc == 0, good.describe()
+    assert json.loads(good.stdout) == {"ok": True, "events": len(events(home)), "checkpoints": 0,
+                                       "first_bad_seq": None, "first_bad_id": None, "problem": None}
+    bad_home = copy_home(home, tmp_path / "home")
+    edit_body(bad_home, LEASE_SEQ)
+    bad = sdm(bad_home, "audit", "verify", "--json")
+    report = json.loads(bad.stdout)
+    assert bad.rc == 1 and report["ok"] is False, bad.describe()
+    assert report["first_bad_seq"] == LEASE_SEQ and "hash does not match" in report["problem"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -47,8 +48,10 @@ def audit_tail(ctx, count, as_json):
 @audit.command("verify")
 @click.option("--file", "jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Verify a shipped JSON-lines copy instead of the state database.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as JSON (ok, events, checkpoints, first_bad_seq, first_bad_id, problem).")
 @click.pass_context
-def audit_verify(ctx, jsonl):
+def audit_verify(ctx, jsonl, as_json):
     """Check the hash chain and signed checkpoints; exit 1 naming the first bad event."""
     with as_caller(ctx) as (cp, actor):
         actor.require_admin("verifying the audit log")
@@ -59,7 +62,7 @@ def audit_verify(ctx, jsonl):
             report = verify_jsonl(jsonl, public_key, expect_head=cp.audit.head() if own_sink else None)
         else:
             report = verify_db(cp.db, public_key, expect_checkpoint_every=cp.audit.checkpoint_every)
-    click.echo(report.summary())
+    click.echo(json.dumps(dataclasses.asdict(report)) if as_json else report.summary())
     if not report.ok:
         sys.exit(1)
 
