@@ -153,3 +153,56 @@ def test_cancel_reaches_a_tls_upstream(gateway, tls_cluster):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["outcome"] == "cancelled" and result["elapsed"] < 2.0
+
+
+# ---- a server that asks for the password in clear text ---------------------------------------------
+
+CLEARTEXT_ROLE = "sdm_cleartext"
+
+
+@pytest.fixture(scope="module")
+def cleartext_login(gateway):
+    """A role the cluster checks with pg_hba's `password` method (the password in clear text),
+    first in pg_hba.conf for this module only."""
+    password = accounts.new_password()
+    with psycopg.connect(**gateway.pg.connect_kwargs("bootstrap"), autocommit=True) as conn:
+        hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        conn.execute(f"CREATE ROLE {CLEARTEXT_ROLE} LOGIN PASSWORD '{password}'")
+        conn.execute(f"GRANT CONNECT ON DATABASE {gateway.pg.database} TO {CLEARTEXT_ROLE}")
+        original = hba.read_text()
+        hba.write_text(f"host all {CLEARTEXT_ROLE} 127.0.0.1/32 password\n" + original)
+        conn.execute("SELECT pg_reload_conf()")
+    yield password
+    with psycopg.connect(**gateway.pg.connect_kwargs("bootstrap"), autocommit=True) as conn:
+        hba.write_text(original)
+        conn.execute("SELECT pg_reload_conf()")
+        conn.execute(f"REVOKE CONNECT ON DATABASE {gateway.pg.database} FROM {CLEARTEXT_ROLE}")
+        conn.execute(f"DROP ROLE {CLEARTEXT_ROLE}")
+
+
+def _cleartext_datasource(gateway, name: str, password: str, *, tls: str) -> None:
+    st = gateway.state
+    catalog.add_datasource(st.cp, st.admin, name, type="postgres", host="127.0.0.1", port=gateway.pg.port,
+                           database=gateway.pg.database, tls=tls)
+    catalog.add_credential(st.cp, st.admin, name, "clear", username=CLEARTEXT_ROLE, secret=SecretValue(password.encode()))
+    roles.create_role(st.cp, st.admin, f"{name}-r")
+    roles.lease(st.cp, st.admin, f"{name}-r", name, "clear")
+    roles.assign_role(st.cp, st.admin, f"{name}-r", "ann")
+
+
+def test_the_password_never_goes_out_in_clear_over_plain_tcp(gateway, cleartext_login):
+    _cleartext_datasource(gateway, "pgclear-plain", cleartext_login, tls="disable")
+    fields = pgraw.login_error(gateway.host, gateway.port, user="clear", database="pgclear-plain",
+                               password=gateway.tokens["ann"])
+    # Refused by the gateway before the password was fetched: the server would have accepted it.
+    assert fields["C"] == "08006" and "in clear text over an unencrypted connection" in fields["M"], fields
+    with psycopg.connect(host="127.0.0.1", port=gateway.pg.port, dbname=gateway.pg.database,
+                         user=CLEARTEXT_ROLE, password=cleartext_login, sslmode="disable") as direct:
+        assert direct.execute("SELECT current_user").fetchone()[0] == CLEARTEXT_ROLE  # the login itself is fine
+
+
+def test_over_tls_the_cleartext_login_works(gateway, tls_cluster, cleartext_login):
+    _cleartext_datasource(gateway, "pgclear-tls", cleartext_login, tls="require")
+    with psycopg.connect(**gateway.kwargs("ann", "clear", dbname="pgclear-tls")) as conn:
+        assert conn.execute("SELECT current_user, ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) "
+                            "WHERE pid = pg_backend_pid()").fetchone() == (CLEARTEXT_ROLE, True)

@@ -3,6 +3,11 @@
 Supported: SCRAM-SHA-256 (server signature verified, derived keys cached), md5 and cleartext. A
 server that asks for anything else (GSS, SSPI, Kerberos, SCRAM-PLUS only) is refused with a clear
 reason. The secret is fetched through ``secret_fn`` only when a reply needs it and never stored.
+
+Cleartext only over a Unix socket or TLS (as the MySQL side does for ``mysql_clear_password``):
+over plain TCP, anyone on the path, or a man in the middle posing as the server, would read the
+plain secret, so the login is refused before the secret is even fetched. TLS ``require`` does not
+verify the server; ``verify-full`` also keeps a man in the middle out.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ class UpstreamAuthenticator:
     """Feed each AuthenticationXXX payload to ``step``; it returns the bytes to send (or b"")."""
 
     def __init__(self, *, user: str, secret_fn: Callable[[], bytes], cache: ScramKeyCache | None,
-                 cache_scope: tuple):
+                 cache_scope: tuple, cleartext_ok: bool = False):
         self._user = user
+        self._cleartext_ok = cleartext_ok  # a Unix socket, or TLS
         self._secret_fn = secret_fn
         self._cache = cache
         self._scope = cache_scope
@@ -54,6 +60,11 @@ class UpstreamAuthenticator:
             self.ok = True
             return b""
         if code == AUTH_CLEARTEXT:
+            if not self._cleartext_ok:
+                raise UpstreamLoginError(
+                    "upstream asks for the password in clear text over an unencrypted connection: refused, "
+                    "so the password never crosses the network readable (use scram-sha-256 on the server, "
+                    "or TLS for the datasource: --tls verify-full)")
             self.method = "password"
             return framing.password_message(self._secret_fn() + b"\0")
         if code == AUTH_MD5:

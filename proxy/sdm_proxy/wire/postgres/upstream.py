@@ -223,7 +223,8 @@ async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scra
             writer.write(framing.startup_message(startup_params(ds, cred.db_user, client_params)))
         auth = UpstreamAuthenticator(
             user=cred.db_user, secret_fn=secret_fn, cache=scram_cache,
-            cache_scope=(ds.name, ds.host, ds.port, cred.credential, cred.version, cred.db_user))
+            cache_scope=(ds.name, ds.host, ds.port, cred.credential, cred.version, cred.db_user),
+            cleartext_ok=ds.host.startswith("/") or ds.tls != "disable")
         while True:
             await writer.drain()
             try:
