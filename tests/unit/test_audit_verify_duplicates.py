@@ -37,3 +37,20 @@ def test_a_record_chained_twice_is_reported_at_its_second_copy(audit_log):
     assert not report.ok
     assert (report.first_bad_seq, report.first_bad_id) == (12, events[3].id)
     assert "event 12 repeats event 4" in report.problem and "chained twice" in report.problem
+
+
+def test_a_shipped_copy_with_a_record_chained_twice_is_reported_too(audit_log, tmp_path):
+    """`sdm audit verify --file`: the JSON-lines copy holds the same duplicate, found with the ids
+    kept on disk rather than in memory."""
+    from sdm_proxy.audit import verify_jsonl
+
+    events = [q(n) for n in range(10)]
+    audit_log.append_spooled(records_of(events))
+    audit_log.append_spooled(records_of([q(10)]))
+    assert verify_jsonl(tmp_path / "audit.jsonl", audit_log.signer.public_key).ok
+    audit_log.append_spooled(records_of(events[3:5]))
+    report = verify_jsonl(tmp_path / "audit.jsonl", audit_log.signer.public_key)
+    assert not report.ok
+    assert (report.first_bad_seq, report.first_bad_id) == (12, events[3].id)
+    assert "event 12 repeats event 4" in report.problem and "chained twice" in report.problem
+    assert report.checkpoints == 3  # the checkpoints still verified (every 4 events, up to seq 13)

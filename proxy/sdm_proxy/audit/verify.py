@@ -29,6 +29,7 @@ checkpoint rows, with ``expect_checkpoint_every``.
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,16 +191,16 @@ def _event_chained_twice(db: StateDB) -> tuple[str, int, int] | None:
     if db.url.startswith("sqlite"):
         raw = db.engine.raw_connection()  # autocommit (we issue BEGIN ourselves): a read snapshot only
         try:
-            row = raw.driver_connection.execute(_TWICE_SQL).fetchone()
+            row = raw.driver_connection.execute(_TWICE_SQL.format(table="audit_events")).fetchone()
         finally:
             raw.close()
     else:
         with db.transaction() as s:
-            row = s.execute(text(_TWICE_SQL)).first()
+            row = s.execute(text(_TWICE_SQL.format(table="audit_events"))).first()
     return None if row is None else (row[0], row[1], row[2])
 
 
-_TWICE_SQL = ("SELECT id, min(seq), max(seq) FROM audit_events GROUP BY id HAVING count(*) > 1 "
+_TWICE_SQL = ("SELECT id, min(seq), max(seq) FROM {table} GROUP BY id HAVING count(*) > 1 "
               "ORDER BY min(seq) LIMIT 1")
 
 
@@ -263,7 +264,8 @@ def verify_jsonl(
     key = _key(public_key)
     walk = _Walk()
     checkpoints = 0
-    with open(path, "rb") as f:
+    ids = _SeenIds()
+    with ids, open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
@@ -294,6 +296,11 @@ def verify_jsonl(
                 bad_seq, bad_id, problem = walk.bad
                 walk.fail(bad_seq, bad_id, f"line {lineno}: {problem}")
                 break
+            ids.add(doc.get("id"), seq)
+        twice = ids.first_repeat() if walk.bad is None else None
+    if twice is not None:
+        id_, first, again = twice
+        walk.fail(again, id_, f"event {again} repeats event {first} (the same event id {id_}): it was chained twice")
 
     if walk.bad is None and expect_head is not None:
         last_seq = walk.expected - 1
@@ -306,6 +313,40 @@ def verify_jsonl(
         elif head_hash != walk.prev:
             walk.fail(last_seq, walk.last_id, f"event {last_seq}'s hash differs from the expected head")
     return walk.report(checkpoints)
+
+
+class _SeenIds:
+    """The event ids of a file, kept in a private temporary SQLite database on disk, so that a file
+    of any length is checked for an event chained twice in bounded memory (the database version of
+    this check is one GROUP BY in the state database)."""
+
+    BATCH = 10_000
+
+    def __enter__(self) -> "_SeenIds":
+        self._db = sqlite3.connect("")  # "": a temporary on-disk database, deleted when closed
+        self._db.execute("CREATE TABLE ids (id TEXT, seq INTEGER)")
+        self._batch: list[tuple[str, int]] = []
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._db.close()
+
+    def add(self, id_: object, seq: int) -> None:
+        if isinstance(id_, str):
+            self._batch.append((id_, seq))
+            if len(self._batch) >= self.BATCH:
+                self._flush()
+
+    def first_repeat(self) -> tuple[str, int, int] | None:
+        """The first event id held by two events, with its first and last seq; None if ids are unique."""
+        self._flush()
+        row = self._db.execute(_TWICE_SQL.format(table="ids")).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._db.executemany("INSERT INTO ids VALUES (?, ?)", self._batch)
+            self._batch.clear()
 
 
 def _check_checkpoint_line(doc: dict, walk: _Walk, key) -> str | None:
