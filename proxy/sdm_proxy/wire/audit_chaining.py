@@ -1,0 +1,194 @@
+"""How queued audit records reach the chain: ``AuditWriter``'s worker steps (audit_writer.py).
+
+Spool modes: a worker thread drains the queue batch after batch into ``AuditLog.append_spooled``;
+a failed batch goes back to the front of the queue and is retried with a growing delay (rechecked
+against the chain first: a lost connection may have committed it all the same), and each chained
+batch lets the spool be trimmed. Commit mode: one batch of events at a time, whose waiters learn
+how it went. Separate from the writer's front (``write``, ``post``, ``settled``) so each stays
+readable; the state both share is set in ``AuditWriter.__init__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ..audit.records import Stamp
+from ..audit.spool import SpoolMark
+from ..errors import AuditUnavailable, SdmError
+
+if TYPE_CHECKING:
+    from collections import deque
+
+    from ..audit.spool import AuditSpool
+    from .audit_settle import Settlement
+
+log = logging.getLogger("sdm.wire.audit")
+
+SHUTTING_DOWN = "audit log unavailable: the gateway is shutting down; the action was refused"
+RETRY_MAX_DELAY = 2.0
+# Records that justify a commit at once: fewer gather for the flush interval first (at a trickle,
+# back-to-back commits of a few events would cost the relay more CPU than they save latency).
+BUSY_BATCH = 256
+
+
+class ChainingSteps:
+    """Part of ``AuditWriter``: the steps that move queued records into the chain."""
+
+    if TYPE_CHECKING:  # the AuditWriter state used here (set in AuditWriter.__init__)
+        _log: object
+        _spool: AuditSpool | None
+        _queue: deque[tuple]
+        _max_batch: int
+        _queued_events: int
+        _urgent: int
+        _marks: deque[tuple[int, int, int]]
+        _settlement: Settlement
+        _trim: bool
+        _closed: bool
+        _cancelled: bool
+        _close_deadline: float | None
+        _recheck: bool
+        failures: int
+        chained: int
+
+        def _let_in(self) -> None: ...
+
+    async def _chain_spooled(self, retry_delay: float) -> float:
+        """Chain spooled records (a worker thread drains the queue); returns the delay before the
+        next try."""
+        try:
+            await asyncio.to_thread(self._drain, asyncio.get_running_loop())
+        except asyncio.CancelledError:
+            self._cancelled = True  # the thread stops after its batch; the rest stays in the spool
+            raise
+        except _BatchFailed as failed:
+            self.failures += 1
+            exc = _unavailable(failed.cause)
+            if self._giving_up(exc):
+                self._trim = False  # they stay in the spool (untrimmed from here on): the next start chains them
+                return 0.0
+            self._queue.extendleft(reversed(failed.batch))  # keep them, in order, and try again later
+            retry_delay = min(RETRY_MAX_DELAY, max(0.05, retry_delay * 2))
+            log.error("audit events not yet chained (%d waiting, retrying in %.2fs): %s",
+                      len(self._queue), retry_delay, exc.message)
+            return retry_delay
+        return 0.0
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Worker thread: chain batch after batch while records wait, without going back to the
+        event loop in between (it may be busy for a while; the database would idle meanwhile).
+
+        Only this thread takes from the queue while it runs; the loop only appends (deque
+        operations are atomic). Progress goes back to the loop in order (``_spool_progress``)."""
+        queue, limit = self._queue, self._max_batch
+        batch_done = False
+        while queue and not self._cancelled:
+            if len(queue) < BUSY_BATCH and batch_done:
+                return  # a trickle: let the loop gather it for a while (one commit per flush interval)
+            batch_done = True
+            batch = [queue.popleft() for _ in range(min(len(queue), limit))]
+            try:
+                todo = self._not_chained(batch) if self._recheck else batch
+                if todo:
+                    self._log.append_spooled(todo)
+                self._recheck = False
+            except Exception as exc:  # noqa: BLE001 - the loop decides: retry later, or give up
+                self._recheck = True
+                raise _BatchFailed(batch, exc) from None
+            try:
+                loop.call_soon_threadsafe(self._spool_progress, len(batch))
+            except RuntimeError:  # the loop is gone (shut down): the spool keeps the rest
+                return
+
+    def _not_chained(self, batch: list[tuple]) -> list[tuple]:
+        """(Worker thread) The records of a retried batch that the chain does not hold yet."""
+        known = self._log.known_ids([Stamp(r[0], r[1]) for r in batch])
+        if not known:
+            return batch
+        log.warning("%d audit event(s) of a batch that failed were chained after all; not chaining "
+                    "them again", len(known))
+        return [r for r in batch if r[0] not in known]
+
+    def _spool_progress(self, n: int) -> None:
+        """(Loop) ``n`` more records are chained: trim the spool, let held-back statements in."""
+        self.chained += n
+        self._settlement.finished(n)
+        mark = None
+        marks = self._marks
+        while marks and marks[0][0] <= self._settlement.done:
+            mark = marks.popleft()
+        if mark is not None and self._trim:
+            self._spool_chained(SpoolMark(mark[1], mark[2]))
+        self._let_in()
+
+    async def _chain_events(self) -> None:
+        """Commit mode: one batch of events into the chain; their waiters learn how it went."""
+        taken: list = []
+        queue, limit, size = self._queue, self._max_batch, 0
+        while queue and (not taken or size + len(queue[0][0]) <= limit):
+            item = queue.popleft()
+            taken.append(item)
+            size += len(item[0])
+            if item[1] is not None:
+                self._urgent -= 1
+        self._queued_events -= size
+        batch = [ev for evs, _ in taken for ev in evs]
+        try:
+            await asyncio.to_thread(self._log.append_many, batch)
+        except asyncio.CancelledError:
+            _settle(taken, AuditUnavailable(SHUTTING_DOWN))
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure refuses (fail closed)
+            self.failures += 1
+            exc = _unavailable(exc)
+            if not any(fut for _, fut in taken):
+                log.error("could not record %d audit event(s) after the fact: %s", len(batch), exc)
+            _settle(taken, exc)
+            return
+        finally:
+            self._settlement.finished(size)  # chained or refused: either way nobody waits for them any more
+        self.chained += len(batch)
+        _settle(taken, None)
+
+    def _giving_up(self, exc: AuditUnavailable) -> bool:
+        """While closing, stop retrying after a deadline: the spool keeps the events for next start."""
+        if not self._closed:
+            return False
+        if self._close_deadline is None:
+            self._close_deadline = time.monotonic() + 5
+        if time.monotonic() < self._close_deadline:
+            return False
+        log.error("stopping with audit events not chained; they stay in the spool and are chained at the "
+                  "next gateway start: %s", exc.message)
+        return True
+
+    def _spool_chained(self, mark: SpoolMark) -> None:
+        try:
+            self._spool.chained(mark)
+        except OSError as exc:  # only housekeeping failed: recovery skips events the chain holds
+            log.warning("could not trim the audit spool: %s", exc.strerror or exc)
+
+
+class _BatchFailed(Exception):
+    def __init__(self, batch: list[tuple], cause: Exception):
+        super().__init__(str(cause))
+        self.batch, self.cause = batch, cause
+
+
+def _unavailable(exc: Exception) -> AuditUnavailable:
+    if isinstance(exc, AuditUnavailable):
+        return exc
+    reason = exc.message if isinstance(exc, SdmError) else type(exc).__name__
+    return AuditUnavailable(f"audit log unavailable: {reason}; the action was refused")
+
+
+def _settle(taken: list, exc: Exception | None) -> None:
+    for _, fut in taken:
+        if fut is not None and not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
