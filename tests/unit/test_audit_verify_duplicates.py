@@ -53,4 +53,19 @@ def test_a_shipped_copy_with_a_record_chained_twice_is_reported_too(audit_log, t
     assert not report.ok
     assert (report.first_bad_seq, report.first_bad_id) == (12, events[3].id)
     assert "event 12 repeats event 4" in report.problem and "chained twice" in report.problem
-    assert report.checkpoints == 3  # the checkpoints still verified (every 4 events, up to seq 13)
+    db = verify_db(audit_log.db, audit_log.signer.public_key)
+    assert (report.events, report.checkpoints) == (db.events, db.checkpoints) == (11, 2)  # below seq 12
+
+
+def test_the_first_repeat_is_reported_even_when_an_earlier_id_repeats_later(audit_log, tmp_path):
+    """Ids A@1, B@2, B@3, A@4: the first event that repeats another is seq 3 (B), not seq 4 (A)."""
+    from sdm_proxy.audit import verify_jsonl
+
+    a, b = q(1), q(2)
+    audit_log.append_spooled(records_of([a, b]))
+    audit_log.append_spooled(records_of([b]))
+    audit_log.append_spooled(records_of([a]))
+    for report in (verify_db(audit_log.db, audit_log.signer.public_key),
+                   verify_jsonl(tmp_path / "audit.jsonl", audit_log.signer.public_key)):
+        assert (report.first_bad_seq, report.first_bad_id) == (3, b.id), report.summary()
+        assert "event 3 repeats event 2" in report.problem and report.events == 2

@@ -194,7 +194,7 @@ def test_the_password_never_goes_out_in_clear_over_plain_tcp(gateway, cleartext_
     _cleartext_datasource(gateway, "pgclear-plain", cleartext_login, tls="disable")
     fields = pgraw.login_error(gateway.host, gateway.port, user="clear", database="pgclear-plain",
                                password=gateway.tokens["ann"])
-    # Refused by the gateway before the password was fetched: the server would have accepted it.
+    # Refused by the gateway before the password was sent: the server would have accepted it.
     assert fields["C"] == "08006" and "in clear text over an unencrypted connection" in fields["M"], fields
     with psycopg.connect(host="127.0.0.1", port=gateway.pg.port, dbname=gateway.pg.database,
                          user=CLEARTEXT_ROLE, password=cleartext_login, sslmode="disable") as direct:
@@ -206,3 +206,18 @@ def test_over_tls_the_cleartext_login_works(gateway, tls_cluster, cleartext_logi
     with psycopg.connect(**gateway.kwargs("ann", "clear", dbname="pgclear-tls")) as conn:
         assert conn.execute("SELECT current_user, ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) "
                             "WHERE pid = pg_backend_pid()").fetchone() == (CLEARTEXT_ROLE, True)
+
+
+def test_rotation_does_not_send_the_password_in_clear_either(gateway, cleartext_login):
+    """`sdm credential rotate --generate` logs in with the current password through libpq: over
+    plain TCP it refuses the `password` method too, and nothing changes."""
+    from sdm_proxy.control import rotation
+    from sdm_proxy.errors import UpstreamError
+
+    _cleartext_datasource(gateway, "pgclear-rotate", cleartext_login, tls="disable")
+    st = gateway.state
+    with pytest.raises(UpstreamError, match="in clear text over an unencrypted connection"):
+        rotation.rotate_with_generated_password(st.cp, st.admin, "pgclear-rotate", "clear")
+    with psycopg.connect(host="127.0.0.1", port=gateway.pg.port, dbname=gateway.pg.database,
+                         user=CLEARTEXT_ROLE, password=cleartext_login, sslmode="disable") as direct:
+        assert direct.execute("SELECT current_user").fetchone()[0] == CLEARTEXT_ROLE  # the old password still works

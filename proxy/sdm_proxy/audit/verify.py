@@ -38,6 +38,7 @@ from sqlalchemy import select, text
 
 from ..control.db import StateDB
 from ..control.models import AuditCheckpoint, AuditEvent, AuditHead
+from ..errors import StateError
 from .chain import GENESIS, event_hash
 from .checkpoints import PublicKeyLike, load_public_key, signature_valid
 from .events import CHECKPOINT, canonical_json
@@ -174,6 +175,7 @@ def verify_db(
             id_, first, again = twice
             walk.fail(again, id_, f"event {again} repeats event {first} (the same event id {id_}): it was "
                                   "chained twice")
+            walk.events = again - 1  # what verified before it
 
     verified, cp_bad = _verify_db_checkpoints(db, key, walk, expect_checkpoint_every, head)
     if cp_bad is not None and (walk.bad is None or walk.bad_from is None or cp_bad[0] < walk.bad_from):
@@ -200,8 +202,10 @@ def _event_chained_twice(db: StateDB) -> tuple[str, int, int] | None:
     return None if row is None else (row[0], row[1], row[2])
 
 
-_TWICE_SQL = ("SELECT id, min(seq), max(seq) FROM {table} GROUP BY id HAVING count(*) > 1 "
-              "ORDER BY min(seq) LIMIT 1")
+# The first event (lowest seq) whose id an earlier event holds, with that earlier event's seq.
+_TWICE_SQL = ("SELECT id, first_seq, seq FROM (SELECT id, seq, min(seq) OVER (PARTITION BY id) AS first_seq, "
+              "row_number() OVER (PARTITION BY id ORDER BY seq) AS n FROM {table}) AS t "
+              "WHERE n = 2 ORDER BY seq LIMIT 1")
 
 
 def _body_matches_columns(body: str, prev_hash: str, id_, ts, type_, user) -> str | None:
@@ -265,6 +269,7 @@ def verify_jsonl(
     walk = _Walk()
     checkpoints = 0
     ids = _SeenIds()
+    checkpoint_seqs: list[int] = []
     with ids, open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
@@ -283,6 +288,7 @@ def verify_jsonl(
                     walk.fail(doc.get("seq"), own, f"line {lineno}: {problem}")
                     break
                 checkpoints += 1
+                checkpoint_seqs.append(doc["seq"])
                 continue
             seq, hash_ = doc.pop("seq", None), doc.pop("hash", None)
             if not isinstance(seq, int) or isinstance(seq, bool):
@@ -301,6 +307,8 @@ def verify_jsonl(
     if twice is not None:
         id_, first, again = twice
         walk.fail(again, id_, f"event {again} repeats event {first} (the same event id {id_}): it was chained twice")
+        walk.events = again - 1  # what verified before it, and the checkpoints below it (as verify_db)
+        checkpoints = sum(1 for seq in checkpoint_seqs if seq < again)
 
     if walk.bad is None and expect_head is not None:
         last_seq = walk.expected - 1
@@ -338,15 +346,26 @@ class _SeenIds:
                 self._flush()
 
     def first_repeat(self) -> tuple[str, int, int] | None:
-        """The first event id held by two events, with its first and last seq; None if ids are unique."""
+        """The first event that repeats an earlier one's id: (id, the earlier seq, its seq), or None."""
         self._flush()
-        row = self._db.execute(_TWICE_SQL.format(table="ids")).fetchone()
+        try:
+            row = self._db.execute(_TWICE_SQL.format(table="ids")).fetchone()
+        except sqlite3.Error as exc:
+            raise _temp_failed(exc) from None
         return None if row is None else (row[0], row[1], row[2])
 
     def _flush(self) -> None:
         if self._batch:
-            self._db.executemany("INSERT INTO ids VALUES (?, ?)", self._batch)
+            try:
+                self._db.executemany("INSERT INTO ids VALUES (?, ?)", self._batch)
+            except sqlite3.Error as exc:
+                raise _temp_failed(exc) from None
             self._batch.clear()
+
+
+def _temp_failed(exc: sqlite3.Error) -> StateError:
+    return StateError(f"cannot check the file for events chained twice: its temporary id list failed ({exc}); "
+                      "free space in the temporary directory (TMPDIR) and try again")
 
 
 def _check_checkpoint_line(doc: dict, walk: _Walk, key) -> str | None:

@@ -38,13 +38,21 @@ def _set_password_postgres(ds, username: str, current: SecretValue, new: SecretV
     import psycopg
     from psycopg import sql
     sslmode = {"disable": "disable", "require": "require", "verify-full": "verify-full"}[ds.tls_mode]
+    # As the wire proxy (wire/postgres/auth.py): the password never goes out in clear text over
+    # plain TCP. libpq 16+ refuses the `password` method itself when told so.
+    plain_tcp = sslmode == "disable" and not ds.host.startswith("/")
+    guard = {"require_auth": "!password"} if plain_tcp and psycopg.pq.version() >= 160000 else {}
     try:
         with psycopg.connect(host=ds.host, port=ds.port, dbname=ds.database or "postgres", user=username,
                              password=current.reveal().decode(), sslmode=sslmode,
-                             sslrootcert=ds.ca_file, connect_timeout=10, autocommit=True) as conn:
+                             sslrootcert=ds.ca_file, connect_timeout=10, autocommit=True, **guard) as conn:
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(username), sql.Literal(scram_sha256_verifier(new.reveal()))))
     except psycopg.Error as exc:
+        if guard and "cleartext" in str(exc):
+            raise UpstreamError(f"could not set the new password on {ds.name}: the server asks for the password "
+                                "in clear text over an unencrypted connection: refused (use TLS for the "
+                                "datasource, or scram-sha-256 on the server)") from None
         raise UpstreamError(f"could not set the new password on {ds.name}: {type(exc).__name__}: "
                             f"{getattr(exc.diag, 'message_primary', None) or 'connection failed'}") from None
 
@@ -54,9 +62,11 @@ def _set_password_mysql(ds, username: str, current: SecretValue, new: SecretValu
     # PyMySQL treats an empty dict as "no TLS": `require` must be spelled out (encrypted, unverified).
     ssl = ({"ca": ds.ca_file} if ds.tls_mode == "verify-full"
            else {"check_hostname": False, "verify_mode": _ssl.CERT_NONE} if ds.tls_mode == "require" else None)
+    # Without TLS, a server's switch to mysql_clear_password is refused (as the wire proxy does).
+    plugins = {"mysql_clear_password": _RefuseClearText} if ssl is None else None
     try:
         conn = pymysql.connect(host=ds.host, port=ds.port, user=username, password=current.reveal().decode(),
-                               database=ds.database, ssl=ssl, connect_timeout=10)
+                               database=ds.database, ssl=ssl, connect_timeout=10, auth_plugin_map=plugins)
         try:
             # Changing one's own password needs no privilege in either dialect, with these forms.
             statement = ("SET PASSWORD = PASSWORD(%s)" if "MariaDB" in conn.get_server_info()
@@ -67,7 +77,26 @@ def _set_password_mysql(ds, username: str, current: SecretValue, new: SecretValu
             conn.close()
     except pymysql.MySQLError as exc:
         code = exc.args[0] if exc.args else "?"
+        if code == CLEAR_TEXT_REFUSED:
+            raise UpstreamError(f"could not set the new password on {ds.name}: the server asks for the password "
+                                "in clear text (mysql_clear_password) over an unencrypted connection: refused "
+                                "(use TLS for the datasource)") from None
         raise UpstreamError(f"could not set the new password on {ds.name}: MySQL error {code}") from None
+
+
+CLEAR_TEXT_REFUSED = 2059  # CR_AUTH_PLUGIN_CANNOT_LOAD, what libmysqlclient says for a refused plugin
+
+
+class _RefuseClearText:
+    """PyMySQL auth plugin handler for mysql_clear_password over plain TCP: refuse, send nothing."""
+
+    def __init__(self, connection) -> None:
+        pass
+
+    def authenticate(self, packet):
+        import pymysql
+
+        raise pymysql.err.OperationalError(CLEAR_TEXT_REFUSED, "mysql_clear_password refused without TLS")
 
 
 def rotate_with_generated_password(cp: ControlPlane, actor: Actor, datasource: str, name: str) -> dict:

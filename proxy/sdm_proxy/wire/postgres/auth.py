@@ -4,10 +4,10 @@ Supported: SCRAM-SHA-256 (server signature verified, derived keys cached), md5 a
 server that asks for anything else (GSS, SSPI, Kerberos, SCRAM-PLUS only) is refused with a clear
 reason. The secret is fetched through ``secret_fn`` only when a reply needs it and never stored.
 
-Cleartext only over a Unix socket or TLS (as the MySQL side does for ``mysql_clear_password``):
-over plain TCP, anyone on the path, or a man in the middle posing as the server, would read the
-plain secret, so the login is refused before the secret is even fetched. TLS ``require`` does not
-verify the server; ``verify-full`` also keeps a man in the middle out.
+Cleartext only over TLS or a Unix socket (the MySQL side refuses ``mysql_clear_password`` without
+TLS too): over plain TCP, anyone on the path, or a man in the middle posing as the server, would
+read the plain secret, so the login is refused before the password is used or sent. TLS
+``require`` does not verify the server; ``verify-full`` also keeps a man in the middle out.
 """
 
 from __future__ import annotations
