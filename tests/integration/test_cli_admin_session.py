@@ -210,19 +210,25 @@ def test_proxy_list_json(lists):
 
 # ---- revocations, audit, export, rotation --------------------------------------------------------
 
-def test_grant_revoke_empties_the_grant_list(run, lists):
-    res = ok(run.home, "grant", "revoke", "ann", "prod-db", "superuser")
-    assert res.stdout.strip() == "revoked 1 grant(s) of ann on prod-db/superuser"
+@pytest.fixture(scope="module")
+def revoked(run, lists):
+    """The grant and the session revoked once, so the audit tests see them whichever tests run."""
+    sid = run.steps["session create"].json()["id"]
+    return SimpleNamespace(grant=ok(run.home, "grant", "revoke", "ann", "prod-db", "superuser"),
+                           session=ok(run.home, "session", "revoke", sid), session_id=sid)
+
+
+def test_grant_revoke_empties_the_grant_list(run, revoked):
+    assert revoked.grant.stdout.strip() == "revoked 1 grant(s) of ann on prod-db/superuser"
     active, everything = run_many([((run.home, "grant", "list", "--json"), {}),
                                    ((run.home, "grant", "list", "--all", "--json"), {})])
     assert active.rc == 0 and active.json() == [], active.describe()
     assert [g["state"] for g in everything.json()] == ["revoked"]
 
 
-def test_session_revoke(run, lists):
-    sid = run.steps["session create"].json()["id"]
-    res = ok(run.home, "session", "revoke", sid)
-    assert res.stdout.strip() == f"revoked session {sid}"
+def test_session_revoke(run, revoked):
+    sid = revoked.session_id
+    assert revoked.session.stdout.strip() == f"revoked session {sid}"
     active, everything = run_many([((run.home, "session", "list", "--json"), {}),
                                    ((run.home, "session", "list", "--all", "--json"), {})])
     assert sid not in {s["id"] for s in active.json()}
@@ -230,7 +236,7 @@ def test_session_revoke(run, lists):
 
 
 @pytest.fixture(scope="module")
-def audit_events(run, lists):
+def audit_events(run, lists, revoked):
     res = ok(run.home, "audit", "tail", "--json", "-n", "1000")
     return res.json_lines()
 
