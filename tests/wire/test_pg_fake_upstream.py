@@ -57,7 +57,7 @@ async def skips_scram_final(reader, writer):
 
 async def garbage_after_login(reader, writer):
     await _read_startup(reader)
-    writer.write(_msg(b"R", struct.pack("!i", 3)))
+    writer.write(_msg(b"R", struct.pack("!i", 5) + b"salt"))  # md5: clear text needs TLS
     await _read_msg(reader)
     writer.write(_msg(b"R", struct.pack("!i", 0)) + _msg(b"K", struct.pack("!ii", 1, 2)) + _msg(b"Z", b"I"))
     await writer.drain()
@@ -69,7 +69,7 @@ async def garbage_after_login(reader, writer):
 
 async def answers_out_of_order(reader, writer):
     await _read_startup(reader)
-    writer.write(_msg(b"R", struct.pack("!i", 3)))
+    writer.write(_msg(b"R", struct.pack("!i", 5) + b"salt"))  # md5: clear text needs TLS
     await _read_msg(reader)
     writer.write(_msg(b"R", struct.pack("!i", 0)) + _msg(b"Z", b"I"))
     await writer.drain()

@@ -249,7 +249,7 @@ def test_login_notices_are_capped():
     async def server(reader, writer):
         length = struct.unpack("!i", await reader.readexactly(4))[0]
         await reader.readexactly(length - 4)
-        writer.write(pgraw.message(b"R", struct.pack("!i", 3)))
+        writer.write(pgraw.message(b"R", struct.pack("!i", 5) + b"salt"))  # md5 (clear text needs TLS)
         header = await reader.readexactly(5)
         await reader.readexactly(struct.unpack("!i", header[1:])[0] - 4)
         notice = pgraw.message(b"N", b"SNOTICE\0Mhello\0\0")
