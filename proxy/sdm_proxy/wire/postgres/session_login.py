@@ -66,15 +66,16 @@ class LoginPhase:
             pass
         return await unlock(token, datasource, None, protocol=PROTOCOL, client_addr=self.peer)
 
-    def _open_early(self, route: tuple[str, str], token: str) -> tuple[RouteHint, asyncio.Future] | None:
+    def _open_early(self, route: tuple[str, str], token: str,
+                    verdict: bool | None) -> tuple[RouteHint, asyncio.Future] | None:
         """Start reaching the database while the unlock decides (the server forks its backend in
         the meantime), along the route the last unlock of this datasource/credential took. Only for
         a token whose signature checks out locally, so strangers cannot make us open connections."""
         hint = self.ctx.route_hints.get(route)
         throttle = self.ctx.throttle
-        if hint is None or not self.ctx.unlock_client.token_plausible(token):
+        if hint is None or verdict is not True:
             return None
-        if throttle is not None and not throttle.trusts(token, True):
+        if throttle is not None and not throttle.trusts(token, verdict):
             return None  # an unlock refused this token lately (a revoked session): no database fork for it
         return hint, asyncio.ensure_future(open_early(hint, self.params, self.ctx.connect_timeout))
 
@@ -82,9 +83,12 @@ class LoginPhase:
         route = (self.params["database"], self.params["user"])
         spares = self.ctx.spares
         warm = spares is not None and spares.warm_for(self.ctx.route_hints.get(route), self.params)
-        early = None if warm else self._open_early(route, token)
+        # The token's signature and expiry, checked locally once (no database): for the early open
+        # and the failed-login throttle.
+        verdict = self.ctx.unlock_client.token_verdict(token)
+        early = None if warm else self._open_early(route, token, verdict)
         try:
-            cred = await self._unlock_or_close(token)
+            cred = await self._unlock_or_close(token, verdict)
         except BaseException:
             if early is not None:
                 _drop_early(early[1])
@@ -142,9 +146,8 @@ class LoginPhase:
         login.set_result(conn)
         return login
 
-    async def _unlock_or_close(self, token: str) -> UnlockedCredential:
+    async def _unlock_or_close(self, token: str, verdict: bool | None) -> UnlockedCredential:
         throttle = self.ctx.throttle
-        verdict = self.ctx.unlock_client.token_verdict(token) if throttle is not None else None
         if throttle is not None:
             refused = throttle.before_unlock(self.peer, token, verdict)
             if refused is not None:  # counted, and reported when the throttle ends: no event of its own
