@@ -23,8 +23,14 @@ def default_home() -> Path:
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that only the owner can ever read it (no window at 0644)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(path, data, 0o600)
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data``, created with ``mode``: readers see the old file or the whole
+    new one, never a half-written one (written, fsynced, then renamed)."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)
         os.fsync(fd)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import UsageError
-from .home import write_private
+from .home import write_atomic, write_private
 
 CA_DAYS = 3650
 CERT_DAYS = 825
@@ -110,18 +110,6 @@ def issue_gateway_cert(ca_key, ca_cert: x509.Certificate, names: list[str],
     return key, cert
 
 
-def write_public(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically (a certificate: readable by others, never seen half-written)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 class StagedCert(NamedTuple):
     """A new key and certificate written beside the live ones, checked to be a pair; ``install``
     renames them into place, ``discard`` removes them."""
@@ -142,7 +130,7 @@ def stage_gateway_cert(tls_dir: Path, key, cert: x509.Certificate) -> StagedCert
     staged = StagedCert(tls_dir / f"gateway-key.pem.{os.getpid()}.new", tls_dir / f"gateway.pem.{os.getpid()}.new")
     try:
         write_private(staged.key, _pem_key(key))
-        write_public(staged.cert, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(staged.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(staged.cert, staged.key)  # what the gateway loads
     except BaseException:
         staged.discard()
@@ -161,5 +149,5 @@ def create_gateway_tls(tls_dir: Path, extra_names: list[str] | None = None) -> N
     key, cert = issue_gateway_cert(ca_key, ca_cert, base_names() + list(extra_names or []), now)
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_private(tls_dir / "ca-key.pem", _pem_key(ca_key))
-    write_public(tls_dir / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(tls_dir / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     save_gateway_cert(tls_dir, key, cert)

@@ -5,6 +5,8 @@ audit log holds one event when the throttle starts and one with the count when i
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import psycopg
 import pymysql
 import pytest
@@ -59,64 +61,59 @@ def _check_the_log(home, protocol: str) -> None:
     assert ok(home, "audit", "verify").rc == 0
 
 
-@pytest.mark.postgres
-def test_postgres_throttles_bad_tokens_but_not_a_valid_one(pg_cluster, tmp_path):
+@pytest.fixture
+def pg_gateway(pg_cluster, tmp_path):
+    """A home with datasource `db` (PostgreSQL), `sdm gateway` on ADDRESS with the small limit, and
+    ann's psycopg settings from `sdm connect` (TLS, verified)."""
     def add(home):
         ok(home, "datasource", "add", "db", "--type", "postgres", "--host", pg_cluster.host,
            "--port", str(pg_cluster.port), "--database", pg_cluster.database)
         _credential(home, pg_cluster)
 
     home, key = _home(tmp_path, add)
-    port = free_port()
-    proc = start_gateway(home, "--api", f"127.0.0.1:{free_port()}", "--postgres", f"{ADDRESS}:{port}",
+    proc = start_gateway(home, "--api", f"127.0.0.1:{free_port()}", "--postgres", f"{ADDRESS}:{free_port()}",
                          "--mysql", "off", "--login-failure-limit", str(LIMIT))
     try:
         settings = ok(home, "connect", "db", "--format", "json", api_key=key).json()
         good = {k: settings[k] for k in ("host", "port", "user", "password", "sslmode", "sslrootcert")}
         good["dbname"] = settings["database"]
-        bad = {**good, "password": good["password"][:-4] + "AAAA"}  # a forged signature
-        for _ in range(LIMIT):
-            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-                psycopg.connect(**bad, connect_timeout=10)
-        for _ in range(2):
-            with pytest.raises(psycopg.OperationalError, match=f"FATAL:  too many failed logins from {ADDRESS}:"):
-                psycopg.connect(**bad, connect_timeout=10)
-        with psycopg.connect(**good, connect_timeout=10) as conn:  # a valid token is not throttled
-            assert conn.execute("SELECT current_user").fetchone()[0] == pg_cluster.logins["read-only"].username
+        yield SimpleNamespace(home=home, key=key, good=good, proc=proc)
     finally:
-        _stop(proc)
-    _check_the_log(home, "postgres")
+        if proc.poll() is None:
+            _stop(proc)
 
 
 @pytest.mark.postgres
-def test_a_revoked_session_token_gets_no_pass_through_the_throttle(pg_cluster, tmp_path):
+def test_postgres_throttles_bad_tokens_but_not_a_valid_one(pg_gateway, pg_cluster):
+    good = pg_gateway.good
+    bad = {**good, "password": good["password"][:-4] + "AAAA"}  # a forged signature
+    for _ in range(LIMIT):
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(**bad, connect_timeout=10)
+    for _ in range(2):
+        with pytest.raises(psycopg.OperationalError, match=f"FATAL:  too many failed logins from {ADDRESS}:"):
+            psycopg.connect(**bad, connect_timeout=10)
+    with psycopg.connect(**good, connect_timeout=10) as conn:  # a valid token is not throttled
+        assert conn.execute("SELECT current_user").fetchone()[0] == pg_cluster.logins["read-only"].username
+    _stop(pg_gateway.proc)
+    _check_the_log(pg_gateway.home, "postgres")
+
+
+@pytest.mark.postgres
+def test_a_revoked_session_token_gets_no_pass_through_the_throttle(pg_gateway):
     """Its signature and expiry still check out locally, but once an unlock has refused it, it is
     throttled like a forged one (and opens no early database connection)."""
-    def add(home):
-        ok(home, "datasource", "add", "db", "--type", "postgres", "--host", pg_cluster.host,
-           "--port", str(pg_cluster.port), "--database", pg_cluster.database)
-        _credential(home, pg_cluster)
-
-    home, key = _home(tmp_path, add)
-    port = free_port()
-    proc = start_gateway(home, "--api", f"127.0.0.1:{free_port()}", "--postgres", f"{ADDRESS}:{port}",
-                         "--mysql", "off", "--login-failure-limit", str(LIMIT))
-    try:
-        settings = ok(home, "connect", "db", "--format", "json", api_key=key).json()
-        good = {k: settings[k] for k in ("host", "port", "user", "password", "sslmode", "sslrootcert")}
-        good["dbname"] = settings["database"]
-        session = ok(home, "session", "create", "--json", api_key=key).json()
-        ok(home, "session", "revoke", session["id"])
-        revoked = {**good, "password": session["token"]}
-        for _ in range(LIMIT):
-            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-                psycopg.connect(**revoked, connect_timeout=10)
-        with pytest.raises(psycopg.OperationalError, match=f"too many failed logins from {ADDRESS}:"):
+    home, key, good = pg_gateway.home, pg_gateway.key, pg_gateway.good
+    session = ok(home, "session", "create", "--json", api_key=key).json()
+    ok(home, "session", "revoke", session["id"])
+    revoked = {**good, "password": session["token"]}
+    for _ in range(LIMIT):
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(**revoked, connect_timeout=10)
-        with psycopg.connect(**good, connect_timeout=10) as conn:  # a live session's token still gets in
-            assert conn.execute("SELECT 1").fetchone()[0] == 1
-    finally:
-        _stop(proc)
+    with pytest.raises(psycopg.OperationalError, match=f"too many failed logins from {ADDRESS}:"):
+        psycopg.connect(**revoked, connect_timeout=10)
+    with psycopg.connect(**good, connect_timeout=10) as conn:  # a live session's token still gets in
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
 
 
 @pytest.mark.mysql
