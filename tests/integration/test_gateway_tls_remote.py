@@ -13,7 +13,7 @@ from cryptography import x509
 from sqlalchemy import text
 
 from tests.support.api_server import free_port
-from tests.support.cli import ok, sdm, start_gateway
+from tests.support.cli import ok, reader_home, sdm, start_gateway
 from tests.support.net import non_loopback_address
 
 pytestmark = pytest.mark.postgres
@@ -27,17 +27,8 @@ def remote_gateway(pg_cluster, tmp_path_factory):
     if ADDRESS is None:
         pytest.skip("this machine has no non-loopback IPv4 address to put a listener on")
     home = tmp_path_factory.mktemp("tls-remote") / "home"
-    ok(home, "init", "--tls-name", ADDRESS, "--tls-name", "sdm.example.internal")
-    ok(home, "datasource", "add", "pg", "--type", "postgres", "--host", pg_cluster.host,
-       "--port", str(pg_cluster.port), "--database", pg_cluster.database)
+    key = reader_home(home, "pg", "postgres", pg_cluster, "--tls-name", ADDRESS, "--tls-name", "sdm.example.internal")
     login = pg_cluster.logins["read-only"]
-    ok(home, "credential", "add", "pg", "read-only", "--username", login.username, "--password-stdin",
-       stdin=login.password)
-    ok(home, "role", "create", "analysts")
-    ok(home, "role", "lease", "analysts", "pg", "read-only")
-    ok(home, "user", "add", "ann")
-    ok(home, "role", "assign", "analysts", "ann")
-    key = ok(home, "user", "key", "ann").stdout.strip()
     api, pg = free_port(), free_port()
     proc = start_gateway(home, "--api", f"127.0.0.1:{api}", "--postgres", f"{ADDRESS}:{pg}", "--mysql", "off")
     yield {"home": home, "key": key, "api": f"http://127.0.0.1:{api}", "port": pg, "db_user": login.username}

@@ -12,30 +12,18 @@ import pymysql
 import pytest
 
 from tests.support.api_server import free_port
-from tests.support.cli import ok, start_gateway
+from tests.support.cli import ok, reader_home, start_gateway
 from tests.support.net import non_loopback_address
 
 ADDRESS = non_loopback_address()
 LIMIT = 3
 
 
-def _home(tmp_path, add_datasource) -> tuple:
+def _home(tmp_path, db_type: str, server) -> tuple:
     if ADDRESS is None:
         pytest.skip("this machine has no non-loopback IPv4 address to put a listener on")
     home = tmp_path / "home"
-    ok(home, "init", "--tls-name", ADDRESS)
-    add_datasource(home)
-    ok(home, "role", "create", "analysts")
-    ok(home, "role", "lease", "analysts", "db", "read-only")
-    ok(home, "user", "add", "ann")
-    ok(home, "role", "assign", "analysts", "ann")
-    return home, ok(home, "user", "key", "ann").stdout.strip()
-
-
-def _credential(home, server) -> None:
-    login = server.logins["read-only"]
-    ok(home, "credential", "add", "db", "read-only", "--username", login.username, "--password-stdin",
-       stdin=login.password)
+    return home, reader_home(home, "db", db_type, server, "--tls-name", ADDRESS)
 
 
 def _stop(proc) -> None:
@@ -65,12 +53,7 @@ def _check_the_log(home, protocol: str) -> None:
 def pg_gateway(pg_cluster, tmp_path):
     """A home with datasource `db` (PostgreSQL), `sdm gateway` on ADDRESS with the small limit, and
     ann's psycopg settings from `sdm connect` (TLS, verified)."""
-    def add(home):
-        ok(home, "datasource", "add", "db", "--type", "postgres", "--host", pg_cluster.host,
-           "--port", str(pg_cluster.port), "--database", pg_cluster.database)
-        _credential(home, pg_cluster)
-
-    home, key = _home(tmp_path, add)
+    home, key = _home(tmp_path, "postgres", pg_cluster)
     proc = start_gateway(home, "--api", f"127.0.0.1:{free_port()}", "--postgres", f"{ADDRESS}:{free_port()}",
                          "--mysql", "off", "--login-failure-limit", str(LIMIT))
     try:
@@ -118,12 +101,7 @@ def test_a_revoked_session_token_gets_no_pass_through_the_throttle(pg_gateway):
 
 @pytest.mark.mysql
 def test_mysql_throttles_bad_tokens_with_error_1129(mysql_server, tmp_path):
-    def add(home):
-        ok(home, "datasource", "add", "db", "--type", "mysql", "--host", mysql_server.host,
-           "--port", str(mysql_server.port), "--database", mysql_server.database)
-        _credential(home, mysql_server)
-
-    home, key = _home(tmp_path, add)
+    home, key = _home(tmp_path, "mysql", mysql_server)
     port = free_port()
     proc = start_gateway(home, "--api", f"127.0.0.1:{free_port()}", "--postgres", "off",
                          "--mysql", f"{ADDRESS}:{port}", "--login-failure-limit", str(LIMIT))

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.api_server import free_port
-from tests.support.cli import assert_clean_error, ok, sdm, start_gateway
+from tests.support.cli import assert_clean_error, ok, reader_home, sdm, start_gateway
 from tests.support.net import non_loopback_address
 
 
@@ -90,17 +90,8 @@ def test_a_restarted_gateway_serves_the_reissued_certificate(pg_cluster, tmp_pat
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to put a listener on")
     home = tmp_path / "home"
-    ok(home, "init")  # no --tls-name: clients on the network cannot verify this gateway yet
-    ok(home, "datasource", "add", "pg", "--type", "postgres", "--host", pg_cluster.host,
-       "--port", str(pg_cluster.port), "--database", pg_cluster.database)
+    key = reader_home(home, "pg", "postgres", pg_cluster)  # no --tls-name: clients cannot verify it yet
     login = pg_cluster.logins["read-only"]
-    ok(home, "credential", "add", "pg", "read-only", "--username", login.username, "--password-stdin",
-       stdin=login.password)
-    ok(home, "role", "create", "analysts")
-    ok(home, "role", "lease", "analysts", "pg", "read-only")
-    ok(home, "user", "add", "ann")
-    ok(home, "role", "assign", "analysts", "ann")
-    key = ok(home, "user", "key", "ann").stdout.strip()
     args = ("--api", f"127.0.0.1:{free_port()}", "--postgres", f"{address}:{free_port()}", "--mysql", "off")
 
     proc = start_gateway(home, *args)

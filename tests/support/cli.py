@@ -107,6 +107,22 @@ def ok(home, *args, **kw) -> Result:
     return res
 
 
+def reader_home(home, datasource: str, db_type: str, server, *init_args: str) -> str:
+    """`sdm init INIT_ARGS`, then datasource DATASOURCE on ``server`` (a test DatabaseServer) with
+    its read-only login, leased by role `analysts` to user ann; returns ann's API key."""
+    ok(home, "init", *init_args)
+    ok(home, "datasource", "add", datasource, "--type", db_type, "--host", server.host,
+       "--port", str(server.port), "--database", server.database)
+    login = server.logins["read-only"]
+    ok(home, "credential", "add", datasource, "read-only", "--username", login.username, "--password-stdin",
+       stdin=login.password)
+    ok(home, "role", "create", "analysts")
+    ok(home, "role", "lease", "analysts", datasource, "read-only")
+    ok(home, "user", "add", "ann")
+    ok(home, "role", "assign", "analysts", "ann")
+    return ok(home, "user", "key", "ann").stdout.strip()
+
+
 def start_gateway(home, *args: str, limit: float = 30.0) -> subprocess.Popen:
     """``sdm gateway ARGS`` in the background, once it is up (it writes ``gateway.json`` then)."""
     proc = subprocess.Popen([str(SDM_BIN), "gateway", *args], env=cli_env(home),

@@ -15,7 +15,7 @@ import pymysql
 import pytest
 
 from tests.support.api_server import free_port
-from tests.support.cli import SDM_BIN, cli_env, ok, start_gateway
+from tests.support.cli import SDM_BIN, cli_env, ok, reader_home, start_gateway
 from tests.support.net import non_loopback_address
 
 pytestmark = pytest.mark.mysql
@@ -26,17 +26,8 @@ ADDRESS = non_loopback_address()
 def running_gateway(mysql_server, tmp_path, request):
     address = getattr(request, "param", "127.0.0.1")  # another address: the certificate must name it
     home = tmp_path / "home"
-    ok(home, "init", *(("--tls-name", address) if address != "127.0.0.1" else ()))
-    ok(home, "datasource", "add", "shop", "--type", "mysql", "--host", mysql_server.host,
-       "--port", str(mysql_server.port), "--database", mysql_server.database)
-    login = mysql_server.logins["read-only"]
-    ok(home, "credential", "add", "shop", "read-only", "--username", login.username, "--password-stdin",
-       stdin=login.password)
-    ok(home, "role", "create", "analysts")
-    ok(home, "role", "lease", "analysts", "shop", "read-only")
-    ok(home, "user", "add", "ann")
-    ok(home, "role", "assign", "analysts", "ann")
-    ann_key = ok(home, "user", "key", "ann").stdout.strip()
+    ann_key = reader_home(home, "shop", "mysql", mysql_server,
+                          *(("--tls-name", address) if address != "127.0.0.1" else ()))
     api, my = free_port(), free_port()
     proc = start_gateway(home, "--api", f"127.0.0.1:{api}", "--postgres", "off", "--mysql", f"{address}:{my}")
     yield home, ann_key, api, my, proc
