@@ -7,124 +7,25 @@ the test (never by the scanner) to check what the server really said.
 
 from __future__ import annotations
 
-import random
-import socket
 import struct
 
 import pytest
-from sdm_proxy.wire.mysql.auth import (
-    UpstreamLogin,
-    native_password_scramble,
-    upstream_capabilities,
-)
-from sdm_proxy.wire.mysql.commands import ResponseKind, ResponseScanner, classify
-from sdm_proxy.wire.mysql.errors import ServerProtocolError, UpstreamLoginError
 from sdm_proxy.wire.mysql.messages import (
-    NATIVE_PASSWORD,
     Cap,
-    ErrPacket,
     OkPacket,
     Status,
-    build_handshake_response,
-    parse_auth_reply,
-    parse_handshake,
 )
 from sdm_proxy.wire.mysql.packets import (
     MAX_FRAME,
-    MAX_SERVER_CONTROL_PACKET,
-    PacketReader,
-    PayloadReader,
     frame,
 )
 
+from tests.wire.mysql.raw_client import CLIENT_CAPS
+from tests.wire.mysql.raw_client import command as _command
+from tests.wire.mysql.raw_client import raw_login as _raw_login
+from tests.wire.mysql.raw_client import text_rows as _text_rows
+
 pytestmark = pytest.mark.mysql
-
-CLIENT_CAPS = int(Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | Cap.PLUGIN_AUTH | Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA
-                  | Cap.MULTI_RESULTS | Cap.PS_MULTI_RESULTS | Cap.TRANSACTIONS | Cap.LONG_PASSWORD
-                  | Cap.CONNECT_WITH_DB | Cap.CONNECT_ATTRS)
-
-
-def _read_packet(sock: socket.socket, reader: PacketReader):
-    while (packet := reader.next_packet()) is None:
-        data = sock.recv(65536)
-        assert data, "server closed the connection"
-        reader.feed(data)
-    return packet
-
-
-def _raw_login(server, key: str, *, password: str | None = None, caps: int = CLIENT_CAPS):
-    """Our own login: returns (socket, negotiated caps, greeting, server reply)."""
-    login = server.login(key)
-    pw = (login.password if password is None else password).encode()
-    sock = socket.create_connection((server.host, server.port), timeout=15)
-    reader = PacketReader(limit=MAX_SERVER_CONTROL_PACKET, error=ServerProtocolError, expect_seq=0)
-    greeting = parse_handshake(_read_packet(sock, reader).payload)
-    negotiated = upstream_capabilities(caps, greeting.capabilities, tls=False)
-    response = build_handshake_response(
-        capabilities=negotiated, username=login.username,
-        auth_response=native_password_scramble(pw, greeting.scramble), database=server.database,
-        auth_plugin=NATIVE_PASSWORD, attrs={"_client_name": "sdm-gateway-test", "program_name": "pytest"})
-    sock.sendall(frame(response, 1))
-    reader.expect_seq = 2
-    reply = parse_auth_reply(_read_packet(sock, reader).payload)
-    return sock, negotiated, greeting, reply
-
-
-def _command(sock, payload: bytes, caps: int, kind: ResponseKind | None = None, *, seed: int = 0,
-             client_file: bytes | None = None):
-    """Send one command, follow the response with the scanner fed in random slices; return (scanner, bytes)."""
-    if kind is None:
-        kind = classify(payload, capabilities=caps, multi_statements_allowed=True).response
-    sock.sendall(frame(payload, 0))
-    scanner = ResponseScanner(kind, capabilities=caps, seq=1)
-    rng = random.Random(seed)
-    raw = bytearray()
-    while not scanner.done:
-        if scanner.wants_client_data:
-            assert client_file is not None
-            seq = scanner.next_seq
-            data = frame(client_file, seq) + frame(b"", (seq + 1) & 0xFF)
-            assert scanner.feed_client(data) == len(data)
-            sock.sendall(data)
-            continue
-        data = sock.recv(1 << 20)
-        assert data, "server closed the connection"
-        pos = 0
-        while pos < len(data) and not scanner.done and not scanner.wants_client_data:
-            piece = data[pos:pos + rng.choice((1, 2, 3, 5, 7, 64, 4096, 1 << 20))]
-            used = scanner.feed(piece)
-            raw += piece[:used]
-            pos += used
-            if used < len(piece):
-                break
-        assert pos == len(data), "server sent bytes after the end of the response"
-    return scanner, bytes(raw)
-
-
-def _text_rows(raw: bytes, caps: int) -> list[list[bytes | None]]:
-    """Decode a text result set in the test (the scanner never does)."""
-    reader = PacketReader(limit=1 << 30, error=ServerProtocolError, expect_seq=None)
-    reader.feed(raw)
-    packets = []
-    while (p := reader.next_packet()) is not None:
-        packets.append(p.payload)
-    ncols = PayloadReader(packets[0], error=ServerProtocolError).lenenc_int()
-    body = packets[1 + ncols + (0 if caps & Cap.DEPRECATE_EOF else 1):]
-    rows = []
-    for payload in body:
-        if payload[0] == 0xFE and len(payload) < MAX_FRAME:
-            break
-        r = PayloadReader(payload, error=ServerProtocolError)
-        row = []
-        for _ in range(ncols):
-            if r.peek() == 0xFB:
-                r.skip(1)
-                row.append(None)
-            else:
-                row.append(r.lenenc_bytes())
-        rows.append(row)
-    return rows
-
 
 @pytest.fixture(params=[True, False], ids=["deprecate_eof", "classic_eof"])
 def ro_conn(request, mysql_server):
@@ -134,110 +35,6 @@ def ro_conn(request, mysql_server):
     yield sock, negotiated
     sock.sendall(frame(b"\x01", 0))
     sock.close()
-
-
-# ---- login -------------------------------------------------------------------------------------
-
-
-def test_greeting_parses(mysql_server):
-    sock = socket.create_connection((mysql_server.host, mysql_server.port), timeout=15)
-    try:
-        reader = PacketReader(limit=MAX_SERVER_CONTROL_PACKET, error=ServerProtocolError, expect_seq=0)
-        hs = parse_handshake(_read_packet(sock, reader).payload)
-    finally:
-        sock.close()
-    assert hs.is_mariadb and hs.protocol_version == 10
-    assert len(hs.scramble) == 20 and b"\0" not in hs.scramble
-    assert hs.auth_plugin == NATIVE_PASSWORD
-    assert hs.capabilities & Cap.PROTOCOL_41 and hs.capabilities & Cap.DEPRECATE_EOF
-    assert hs.connection_id > 0
-
-
-def test_native_password_login_then_current_user(mysql_server):
-    sock, caps, greeting, reply = _raw_login(mysql_server, "read-only", caps=CLIENT_CAPS | Cap.DEPRECATE_EOF)
-    try:
-        assert isinstance(reply, OkPacket), reply
-        assert reply.status & Status.AUTOCOMMIT
-        scanner, raw = _command(sock, b"\x03SELECT CURRENT_USER(), CONNECTION_ID()", caps)
-        assert scanner.error is None and scanner.rows == 1 and scanner.result_sets == 1
-        [[user, conn_id]] = _text_rows(raw, caps)
-        assert user == mysql_server.logins["read-only"].username.encode() + b"@%"
-        assert int(conn_id) == greeting.connection_id  # what KILL mapping relies on
-    finally:
-        sock.close()
-
-
-def test_wrong_password_is_err_1045(mysql_server):
-    sock, _, _, reply = _raw_login(mysql_server, "read-only", password="not-the-password")
-    sock.close()
-    assert isinstance(reply, ErrPacket)
-    assert (reply.code, reply.sqlstate) == (1045, "28000")
-    assert "not-the-password" not in reply.message
-
-
-def _drive_login(server, key: str, *, password: str | None = None, front_caps: int = CLIENT_CAPS,
-                 tls: str = "disable") -> tuple[UpstreamLogin, socket.socket]:
-    login = server.login(key)
-    secret = (login.password if password is None else password).encode()
-    calls = []
-
-    def secret_fn() -> bytes:
-        calls.append(1)
-        return secret
-
-    machine = UpstreamLogin(username=login.username, database=server.database, front_capabilities=front_caps,
-                            attrs={"_client_name": "sdm-gateway"}, tls=tls)
-    sock = socket.create_connection((server.host, server.port), timeout=15)
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                raise AssertionError("server closed")
-            step = machine.receive_data(data, secret_fn)
-            assert not step.start_tls
-            if step.send:
-                sock.sendall(step.send)
-            if step.done:
-                break
-    except BaseException:
-        sock.close()
-        raise
-    assert calls, "the secret was never asked for"
-    return machine, sock
-
-
-def test_upstream_login_machine_real_server(mysql_server):
-    machine, sock = _drive_login(mysql_server, "restricted", front_caps=CLIENT_CAPS | Cap.DEPRECATE_EOF)
-    try:
-        assert machine.ok is not None and machine.thread_id == machine.handshake.connection_id
-        assert machine.capabilities & Cap.DEPRECATE_EOF
-        assert "pw_" not in repr(machine) and "pw_" not in repr(machine.auth)
-        _, raw = _command(sock, b"\x03SELECT CURRENT_USER()", machine.capabilities)
-        assert _text_rows(raw, machine.capabilities) == [[b"sdm_restricted@%"]]
-    finally:
-        sock.close()
-
-
-def test_upstream_login_machine_wrong_password(mysql_server):
-    with pytest.raises(UpstreamLoginError) as info:
-        _drive_login(mysql_server, "superuser", password="wrong-" + "x" * 10)
-    assert info.value.code == 1045 and info.value.sqlstate == "28000"
-    assert "wrong-" not in str(info.value) and mysql_server.logins["superuser"].password not in repr(info.value)
-
-
-def test_upstream_tls_required_but_not_offered(mysql_server):
-    sock = socket.create_connection((mysql_server.host, mysql_server.port), timeout=15)
-    try:
-        greeting_bytes = sock.recv(65536)
-    finally:
-        sock.close()
-    machine = UpstreamLogin(username="x", database=None, front_capabilities=CLIENT_CAPS, tls="require")
-    reader = PacketReader(limit=MAX_SERVER_CONTROL_PACKET, error=ServerProtocolError)
-    reader.feed(greeting_bytes)
-    if parse_handshake(reader.next_packet().payload).capabilities & Cap.SSL:
-        pytest.skip("this MariaDB offers TLS")
-    with pytest.raises(UpstreamLoginError, match="requires TLS"):
-        machine.receive_data(greeting_bytes, lambda: b"unused")
 
 
 # ---- responses followed by the scanner -------------------------------------------------------------
