@@ -4,7 +4,7 @@ against a simulated MySQL 8 server that really verifies what the gateway sends.
 No MySQL 8 server is available here (MariaDB has no caching_sha2_password), so the simulated server
 below checks the caching_sha2 scramble from its stored SHA256(SHA256(password)) and decrypts the
 RSA-OAEP reply with its private key, exactly as mysqld does. mysql_native_password is checked
-against the real MariaDB in test_mysql_real_server.py.
+against the real MariaDB in test_mysql_real_server_login.py.
 """
 
 from __future__ import annotations
