@@ -46,7 +46,7 @@ def measure(work_dir: Path, events: int = 200_000, producers: int = 64, sync: st
     """Returns queries_per_s (audited queries per second; events_per_s counts both events of each),
     lost, verified and the raw counts."""
     from sdm_proxy.audit.verify import verify_db
-    from sdm_proxy.gateway import GatewayConfig, open_audit_writer, start_chainer
+    from sdm_proxy.gateway import GatewayConfig, open_audit_writer, start_chainer, tune_interpreter
 
     from tests.support.gateway_state import GatewayState
 
@@ -55,6 +55,7 @@ def measure(work_dir: Path, events: int = 200_000, producers: int = 64, sync: st
     per = max(1, events // producers)
     sent = per * producers
 
+    tune_interpreter()  # as `sdm gateway` does before its event loop starts
     forked = start_chainer(cp, GatewayConfig(audit_sync=sync, audit_chainer=chainer))
 
     async def run() -> float:

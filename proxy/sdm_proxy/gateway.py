@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from functools import partial
 
@@ -37,6 +38,11 @@ DEFAULT_API = ("127.0.0.1", 8471)
 DEFAULT_POSTGRES = ("127.0.0.1", 15432)
 DEFAULT_MYSQL = ("127.0.0.1", 13306)
 DRAIN_SECONDS = 30.0
+# The event loop and the audit chaining thread share one GIL. A thread that gave it up for a system
+# call waits for it back up to the switch interval while the other runs Python, and the chaining
+# thread gives it up several times per batch (SQLite, the sink): at CPython's 5 ms it chained a
+# third less than at 0.5 ms, where pgbench did not move (docs/benchmarks.md, "The GIL").
+GIL_SWITCH_INTERVAL = 0.0005
 
 
 class _ApiServer(uvicorn.Server):
@@ -168,7 +174,13 @@ def start_chainer(cp: ControlPlane, config: GatewayConfig) -> ChainerProcess | N
     return ChainerProcess.start(cp.audit)
 
 
+def tune_interpreter() -> None:
+    """What the gateway's process sets before its event loop starts (the audit benchmark too)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+
+
 def run(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
+    tune_interpreter()
     chainer = start_chainer(cp, config)
     try:
         try:  # uvloop (the `fast` extra) when installed: a faster loop for the relay

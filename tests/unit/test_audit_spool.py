@@ -15,12 +15,15 @@ import threading
 import pytest
 from sdm_proxy.audit import AuditLog
 from sdm_proxy.audit.events import query_event
+from sdm_proxy.audit import spool as spool_module
 from sdm_proxy.audit.spool import AuditSpool, recover_spools
 from sdm_proxy.audit.verify import verify_db
 from sdm_proxy.errors import AuditUnavailable
 from sdm_proxy.wire.audit_writer import AuditWriter
 
 from tests.support.audit_log import chained_queries, spool_lines, sqlite_audit_log
+
+SPOOL_WRITE = spool_module._write  # the spool's one write(2) (tests patch it to fail)
 
 
 def q(n: int):
@@ -159,10 +162,10 @@ def test_a_spool_that_cannot_be_written_refuses_and_leaves_no_torn_line(audit_lo
                 return real_write(fd, bytes(data[:7]))  # a short write ...
             raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
 
-        monkeypatch.setattr(os, "write", half_then_full)
+        monkeypatch.setattr(spool_module, "_write", half_then_full)
         with pytest.raises(AuditUnavailable, match="cannot write the audit spool .*No space left"):
             await writer.write([q(1)])
-        monkeypatch.setattr(os, "write", real_write)
+        monkeypatch.setattr(spool_module, "_write", SPOOL_WRITE)
         assert [line["query"] for line in spool_lines(spool_dir)] == ["SELECT 0"]
         await writer.aclose()
 
@@ -319,3 +322,19 @@ def test_fsync_mode_with_a_chain_faster_than_the_fsync(audit_log, tmp_path):
 
     asyncio.run(main())
     assert len(chained_queries(audit_log)) == 200
+
+
+def test_the_spool_write_keeps_the_gil_and_reports_errors_like_os_write(tmp_path):
+    # On Linux the spool writes through libc without releasing the GIL (spool._write's docstring).
+    assert spool_module._c_write is not None
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        assert spool_module._write(fd, b"one\n") == 4
+        assert spool_module._write(fd, bytearray(b"two\n")) == 4  # not bytes: through os.write
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"one\ntwo\n"
+    with pytest.raises(OSError) as caught:
+        spool_module._write(fd, b"closed fd\n")  # the descriptor is closed now
+    assert caught.value.errno == errno.EBADF

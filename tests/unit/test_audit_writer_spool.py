@@ -16,6 +16,7 @@ import pytest
 from sdm_proxy.audit import AuditLog, CheckpointSigner, store, verify_db, verify_jsonl
 from sdm_proxy.audit import sink as sink_module
 from sdm_proxy.audit.events import query_end_event, query_event
+from sdm_proxy.audit import spool as spool_module
 from sdm_proxy.audit.spool import AuditSpool
 from sdm_proxy.control.db import StateDB, make_engine, upgrade
 from sdm_proxy.errors import AuditUnavailable
@@ -23,6 +24,8 @@ from sdm_proxy.audit.records import records_of
 from sdm_proxy.wire.audit_writer import AuditWriter
 
 from tests.support.audit_log import chained_queries, spool_lines, sqlite_audit_log
+
+SPOOL_WRITE = spool_module._write  # the spool's one write(2) (tests patch it to fail)
 
 
 def q(n: int):
@@ -59,7 +62,7 @@ def test_a_posted_outcome_rides_with_the_next_write(audit_log, tmp_path, monkeyp
         spool = AuditSpool(spool_dir)
         spool.open()
         writer = AuditWriter(audit_log, spool=spool, flush_interval=60)
-        monkeypatch.setattr(os, "write", counting_write)
+        monkeypatch.setattr(spool_module, "_write", counting_write)
         await writer.write([q(0)])
         writer.post([q(100)])
         assert spooled(spool_dir) == ["SELECT 0"], "not yet written ..."
@@ -68,7 +71,7 @@ def test_a_posted_outcome_rides_with_the_next_write(audit_log, tmp_path, monkeyp
         writer.post([q(101)])
         await asyncio.sleep(0)  # ... or at the end of the loop's pass
         assert len(writes) == 3 and spooled(spool_dir)[-1] == "SELECT 101"
-        monkeypatch.setattr(os, "write", real_write)
+        monkeypatch.setattr(spool_module, "_write", SPOOL_WRITE)
         await writer.aclose()
 
     asyncio.run(main())
@@ -92,10 +95,10 @@ def test_a_failed_shared_write_refuses_only_the_statement_and_keeps_the_outcome(
             real_write(fd, bytes(data[:25]))
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(os, "write", torn)
+        monkeypatch.setattr(spool_module, "_write", torn)
         with pytest.raises(AuditUnavailable, match="No space left"):
             await writer.write([q(1)])  # ... which fails: this statement is refused
-        monkeypatch.setattr(os, "write", real_write)
+        monkeypatch.setattr(spool_module, "_write", SPOOL_WRITE)
         assert spooled(spool_dir) == ["SELECT 0"], "no torn line is left in the spool"
         await writer.aclose()
 

@@ -2,8 +2,9 @@
 
 Why: chaining an event into the state database and fsyncing the JSON-lines sink costs about a
 millisecond, far more than relaying a small query. So the gateway writes each event to this spool
-(one ``write(2)``, a few microseconds) before the statement runs, and moves spooled events into the
-chain in batches (group commit) a few milliseconds later.
+(one ``write(2)``, a few microseconds, made without giving up the GIL: ``_write``) before the
+statement runs, and moves spooled events into the chain in batches (group commit) a few
+milliseconds later.
 
 What survives what:
 - the gateway process dies (crash, ``kill -9``, OOM): nothing is lost, the bytes are in the kernel's
@@ -20,6 +21,8 @@ deleted once chained. One line per event: its canonical body (``prev_hash`` stil
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import json
 import logging
@@ -36,6 +39,42 @@ log = logging.getLogger("sdm.audit.spool")
 SUFFIX = ".spool"
 SEGMENT_BYTES = 16 << 20  # move to a new file once this much is written and chained
 RECOVERY_BATCH = 1000
+
+
+def _libc_write_holding_gil():
+    """``write(2)`` called without releasing the GIL (``ctypes.PyDLL``), or None where unavailable.
+
+    Why: ``os.write`` releases the GIL, the audit chaining thread (which nearly always wants it)
+    takes it, and the event loop then waits for it back while that thread runs Python. A spool
+    write lands in the page cache in about a microsecond, so keeping the GIL across it costs the
+    chaining thread nothing and spares the loop a hand-over per statement. Together with the
+    gateway's shorter switch interval (``gateway.GIL_SWITCH_INTERVAL``) this took
+    ``benchmarks/audit_rate.py`` from about 16,000 to 26,000 audited statements per second on the
+    2-core machine; either change alone did little (docs/benchmarks.md, "The GIL").
+    """
+    try:
+        write = ctypes.PyDLL(None, use_errno=True).write
+    except (OSError, AttributeError):
+        return None
+    write.restype = ctypes.c_ssize_t
+    write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+    return write
+
+
+_c_write = _libc_write_holding_gil()
+
+
+def _write(fd: int, data: bytes) -> int:
+    """``os.write(fd, data)``, without handing the GIL to another thread where possible."""
+    if _c_write is None or type(data) is not bytes:
+        return os.write(fd, data)
+    while True:
+        n = _c_write(fd, data, len(data))
+        if n >= 0:
+            return n
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err))
 
 
 class SpoolMark(NamedTuple):
@@ -93,11 +132,9 @@ class AuditSpool:
             raise AuditUnavailable("audit log unavailable: the audit spool is closed; the action was refused")
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            written = os.write(seg.fd, data)
-            if written != len(data):  # short write: finish it (or fail below)
-                view = memoryview(data)[written:]
-                while view:
-                    view = view[os.write(seg.fd, view):]
+            written = _write(seg.fd, data)
+            while written < len(data):  # short write: finish it (or fail below)
+                written += _write(seg.fd, data[written:])
         except OSError as exc:
             try:  # leave no torn line behind: the statement will not run, so neither may its record
                 os.ftruncate(seg.fd, seg.size)
