@@ -2,7 +2,8 @@
 none are lost.
 
 One audited query is what a listener records for a statement: a ``query`` event written before it
-runs (``AuditWriter.write``) and its ``query.end`` outcome posted after it (``AuditWriter.post``).
+runs (``AuditWriter.write_records``) and its ``query.end`` outcome posted after it
+(``AuditWriter.post_records``), both built as a session builds them (``audit/query_records.py``).
 ``producers`` asyncio tasks (standing in for client sessions) do that as fast as the writer lets
 them, through the gateway's own writer (``open_audit_writer``: spool + batched chain into a real
 SQLite state database and JSON-lines sink). The clock stops when every event is chained (after
@@ -21,22 +22,20 @@ import time
 from pathlib import Path
 
 
-def _query(n: int, producer: int):
-    from sdm_proxy.audit.events import query_event
+def _session_records(producer: int):
+    from sdm_proxy.audit.query_records import QueryRecords
 
-    return query_event(user=f"analyst{producer % 8}", session_id=f"s{producer}", proxy_id="bench",
-                       datasource="bench", credential="read-only", db_user="ro", protocol="postgres",
-                       query=f"SELECT abalance FROM pgbench_accounts WHERE aid = {n};",
-                       client={"addr": f"127.0.0.1:{40000 + producer}"})
+    return QueryRecords(user=f"analyst{producer % 8}", session_id=f"s{producer}", proxy_id="bench",
+                        datasource="bench", credential="read-only", db_user="ro", protocol="postgres")
 
 
 async def _produce(writer, producer: int, count: int) -> None:
-    from sdm_proxy.audit.events import query_end_event
-
+    records = _session_records(producer)  # as a listener's session builds its records
+    client = {"addr": f"127.0.0.1:{40000 + producer}"}
     for n in range(count):
-        ev = _query(n, producer)
-        await writer.write([ev])
-        writer.post([query_end_event(ev, duration_ms=0.05, rows=1, status="ok", error=None)])
+        started = records.start(f"SELECT abalance FROM pgbench_accounts WHERE aid = {n};", client)
+        await writer.write_records([started.record])
+        writer.post_records([started.end(duration_ms=0.05, rows=1, status="ok", error=None)])
         if n % 64 == 63:
             await asyncio.sleep(0)  # let the other sessions (and the writer) run, as sockets would
 

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from ..audit.events import Event
+from ..audit.query_records import event_of
 from ..audit.records import chainable, check_records, records_of, spool_lines
 from ..audit.spool import AuditSpool, SpoolMark
 from ..errors import AuditUnavailable
@@ -106,10 +107,24 @@ class AuditWriter(ChainingSteps):
             self._enqueue_events(events, fut)
             await fut
             return
-        if len(self._queue) >= self._max_backlog:
-            await self._wait_for_catch_up()
         records = records_of(events)
         check_records(records)  # one that can never be chained is refused here, not retried forever
+        await self._write_spooled(records)
+
+    async def write_records(self, records: list[tuple]) -> None:
+        """``write`` for records made ready (``audit/query_records.py``, valid by construction)."""
+        if not records:
+            return
+        if self._spool is None:  # commit mode chains Event objects
+            await self.write([event_of(r) for r in records])
+            return
+        if self._closed:
+            raise AuditUnavailable(SHUTTING_DOWN)
+        await self._write_spooled(records)
+
+    async def _write_spooled(self, records: list[tuple]) -> None:
+        if len(self._queue) >= self._max_backlog:
+            await self._wait_for_catch_up()
         mark = self._spool_write((records, spool_lines(records)))
         if self.sync == "fsync":
             await self._fsynced(mark)
@@ -122,7 +137,16 @@ class AuditWriter(ChainingSteps):
         if self._spool is None:
             self._enqueue_events(events, None)
             return
-        records = chainable(records_of(events))
+        self._post_spooled(chainable(records_of(events)))
+
+    def post_records(self, records: list[tuple]) -> None:
+        """``post`` for records made ready (``audit/query_records.py``, valid by construction)."""
+        if self._spool is None:
+            self.post([event_of(r) for r in records])
+            return
+        self._post_spooled(records)
+
+    def _post_spooled(self, records: list[tuple]) -> None:
         if not records:
             return
         self._pending.append((records, spool_lines(records)))

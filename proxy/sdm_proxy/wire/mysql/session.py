@@ -76,6 +76,7 @@ class Session(LoginPhase, CommandPhase, KillCommand, AccessWatch, SessionAudit, 
                                      tls_required=ctx.require_tls, server_version=ctx.server_version,
                                      max_command_packet=ctx.max_command_packet)
         self.cred: UnlockedCredential | None = None
+        self._query_records = None  # (cred, QueryRecords) of session_audit, made at the first command
         self.upstream_thread: int | None = None
         self.up: UpstreamChannel | None = None
         self.statements = StatementMap()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from ...audit import events as audit
+from ...audit.query_records import QueryRecords, StartedQuery
 from ..sqlcomment import client_fields
 from .commands import Command, Query, StmtExecute
 from .errors import ER_QUERY_INTERRUPTED
@@ -27,9 +28,15 @@ class SessionAudit:
             details={"connection_id": self.connection_id, "upstream_thread": self.upstream_thread}
             if kind == "end" else {"connection_id": self.connection_id})
 
-    def _query_event(self, cmd: Command, text: str | None = None) -> audit.Event:
+    def _query_event(self, cmd: Command, text: str | None = None, details: dict | None = None) -> StartedQuery:
+        """The command's ``query`` record (written before it is forwarded)."""
         cred = self.cred
-        details = None
+        cached = self._query_records
+        if cached is None or cached[0] is not cred:  # made at the first command, again after a COM_CHANGE_USER
+            cached = self._query_records = (cred, QueryRecords(
+                user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
+                datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
+                protocol=PROTOCOL))
         if text is None:
             if isinstance(cmd, StmtExecute):
                 real = self.statements.resolve(cmd.statement_id)
@@ -44,31 +51,26 @@ class SessionAudit:
         shown = text
         if len(shown) > QUERY_TEXT_LIMIT:
             shown = shown[:QUERY_TEXT_LIMIT] + f"... [truncated: {len(text)} characters in all]"
-        event = audit.query_event(
-            user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
-            datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
-            protocol=PROTOCOL, query=shown, client=client_fields(self.peer, text))
-        event.details = details
-        return event
+        return cached[1].start(shown, client_fields(self.peer, text), details)
 
-    def _post_outcome(self, event: audit.Event, started: float, scanner: ResponseScanner | None, *,
+    def _post_outcome(self, started: StartedQuery, begun: float, scanner: ResponseScanner | None, *,
                       failure: str | None = None) -> None:
         if failure is not None:
             rows = (scanner.rows or None) if scanner is not None else None
             status = audit.CANCELLED if self._ended or self._goodbye else audit.ERROR
-            self._post_end(event, started, rows, status, failure)
+            self._post_end(started, begun, rows, status, failure)
             return
         err = scanner.error
         if err is not None:
             status = audit.CANCELLED if err.code in _CANCELLED_CODES else audit.ERROR
-            self._post_end(event, started, scanner.rows or None, status, f"({err.code}) {err.message}")
+            self._post_end(started, begun, scanner.rows or None, status, f"({err.code}) {err.message}")
         else:
-            self._post_end(event, started, scanner.rows or scanner.affected_rows, audit.OK, None)
+            self._post_end(started, begun, scanner.rows or scanner.affected_rows, audit.OK, None)
 
-    def _post_end(self, event: audit.Event, started: float, rows: int | None, status: str,
+    def _post_end(self, started: StartedQuery, begun: float, rows: int | None, status: str,
                   error: str | None) -> None:
-        self.ctx.audit.post([audit.query_end_event(event, duration_ms=(time.perf_counter() - started) * 1000,
-                                                   rows=rows, status=status, error=error)])
+        self.ctx.audit.post_records([started.end(duration_ms=(time.perf_counter() - begun) * 1000,
+                                                 rows=rows, status=status, error=error)])
 
     def _post_denied(self, reason: str) -> None:
         throttle = self.ctx.throttle

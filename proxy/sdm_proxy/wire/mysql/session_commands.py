@@ -11,6 +11,7 @@ import time
 
 from ... import errors as sdm_errors
 from ...audit import events as audit
+from ...audit.query_records import StartedQuery
 from .channel import ConnectionLost
 from .commands import (
     ChangeUserCommand,
@@ -131,10 +132,10 @@ class CommandPhase:
         await self._relay(packet, cmd, payload, event)
         return True
 
-    async def _audit_or_refuse(self, event: audit.Event, packet: Packet) -> bool:
+    async def _audit_or_refuse(self, event: StartedQuery, packet: Packet) -> bool:
         """Write the record before the statement runs; if the log is down, refuse it (fail closed)."""
         try:
-            await self.ctx.audit.write([event])
+            await self.ctx.audit.write_records([event.record])
         except sdm_errors.AuditUnavailable as exc:
             self.front.reply_error(CommandRefused(f"statement refused: {exc.message}", code=ER_UNKNOWN_ERROR,
                                                   sqlstate=SQLSTATE_GENERAL), packet)
@@ -142,7 +143,7 @@ class CommandPhase:
         self.commands += 1
         return True
 
-    async def _relay(self, packet: Packet, cmd: Command, payload: bytes, event: audit.Event | None) -> None:
+    async def _relay(self, packet: Packet, cmd: Command, payload: bytes, event: StartedQuery | None) -> None:
         up = self.up
         started = time.perf_counter()
         if up is None:

@@ -46,10 +46,9 @@ class KillCommand:
             return
         tcred = target.cred
         sql = f"KILL {'QUERY ' if query_only else ''}{target.upstream_thread}"
-        event = self._query_event(cmd, text=text)
-        event.details = {"kill": {"connection_id": target_id, "upstream_thread": target.upstream_thread,
-                                  "query_only": query_only, "datasource": tcred.datasource.name,
-                                  "credential": tcred.credential}}
+        event = self._query_event(cmd, text=text, details={"kill": {
+            "connection_id": target_id, "upstream_thread": target.upstream_thread, "query_only": query_only,
+            "datasource": tcred.datasource.name, "credential": tcred.credential}})
         if not await self._audit_or_refuse(event, packet):
             return
         same_login = (tcred.datasource.name == cred.datasource.name and tcred.credential == cred.credential

@@ -88,6 +88,7 @@ class Session(LoginPhase, RelayPhase, SessionAudit, ClosingPhase):
         self.cred: UnlockedCredential | None = None
         self.upstream: UpstreamConnection | None = None
         self.tracker = StatementTracker()
+        self._query_records = None  # SessionAudit's, made at the first statement
         self.cancel_pid: int | None = None
         self._started_event = False
         self._down_splitter: framing.MessageSplitter | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...audit import events as audit
+from ...audit.query_records import QueryRecords, StartedQuery
 from ..sqlcomment import client_fields
 from .upstream import dropped_params
 
@@ -31,6 +32,7 @@ class SessionAudit:
         tracker: StatementTracker
         _replenish: asyncio.TimerHandle | None
         _spare_due: bool
+        _query_records: QueryRecords | None  # made at the first statement, once the login is known
 
         # from LoginPhase:
         def _spare_soon(self) -> None: ...
@@ -47,38 +49,38 @@ class SessionAudit:
         dropped = dropped_params(self.params)
         return {"dropped_startup_parameters": dropped} if dropped else None
 
-    def _query_event(self, stmt: Statement) -> audit.Event:
-        cred = self.cred
+    def _query_event(self, stmt: Statement) -> StartedQuery:
+        """The statement's ``query`` record (written by the relay before it forwards the statement)."""
+        records = self._query_records
+        if records is None:
+            cred = self.cred
+            records = self._query_records = QueryRecords(
+                user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
+                datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
+                protocol=PROTOCOL)
         text = stmt.text
         if len(text) > QUERY_TEXT_LIMIT:
             text = text[:QUERY_TEXT_LIMIT] + f"... [truncated: {len(stmt.text)} characters in all]"
-        event = audit.query_event(
-            user=cred.user, session_id=cred.session_id, proxy_id=self.ctx.proxy_id,
-            datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
-            protocol=PROTOCOL, query=text, client=client_fields(self.peer, stmt.text))
-        details = {}
+        details = None
         if stmt.kind == "execute" and stmt.statement:
-            details["prepared_statement"] = stmt.statement
+            details = {"prepared_statement": stmt.statement}
         elif stmt.kind == "query" and self.tracker.has_named_statements:
             # SQL `EXECUTE name` may run a statement prepared over the protocol: record its text.
             targets = self.tracker.sql_execute_targets(stmt.text)
             if targets:
-                details["executes"] = targets
-        if details:
-            event.details = details
-        return event
+                details = {"executes": targets}
+        return records.start(text, client_fields(self.peer, stmt.text), details)
 
     def _record_outcomes(self, stmts: list[Statement]) -> None:
         if self._replenish is not None and not self._spare_due:
             self._spare_soon()
-        events = []
+        records = []
         for s in stmts:
             if s.tag is None:
                 continue
             rows = s.rows if s.rows is not None else (s.counted or None)
-            events.append(audit.query_end_event(s.tag, duration_ms=s.duration_ms, rows=rows,
-                                                status=s.status, error=s.error))
-        self.ctx.audit.post(events)
+            records.append(s.tag.end(duration_ms=s.duration_ms, rows=rows, status=s.status, error=s.error))
+        self.ctx.audit.post_records(records)
 
     def _post_denied(self, reason: str) -> None:
         throttle = self.ctx.throttle

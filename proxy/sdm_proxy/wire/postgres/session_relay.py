@@ -29,6 +29,7 @@ from .tracker import CLIENT_PARSED, Statement
 from .upstream import REQUIRED_ENCODING, send_cancel
 
 if TYPE_CHECKING:
+    from ...audit.query_records import StartedQuery
     from ...unlock.client import UnlockedCredential
     from .server import ListenerContext
     from .tracker import StatementTracker
@@ -63,7 +64,7 @@ class RelayPhase:
         _wake_relay: asyncio.Event
 
         # from SessionAudit:
-        def _query_event(self, stmt: Statement) -> audit.Event: ...
+        def _query_event(self, stmt: Statement) -> StartedQuery: ...
 
     async def _start_relay(self) -> None:
         up = self.upstream
@@ -176,7 +177,7 @@ class RelayPhase:
         """Audit, then forward (DESIGN §2.4: the record exists before the statement runs)."""
         if stmts:
             try:
-                await self.ctx.audit.write([s.tag for s in stmts])
+                await self.ctx.audit.write_records([s.tag.record for s in stmts])
             except sdm_errors.AuditUnavailable as exc:
                 await self._refuse(stmts, exc.message)
                 return
