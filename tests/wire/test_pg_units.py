@@ -230,6 +230,23 @@ def test_tracker_sql_prepare_makes_names_unknown():
     assert t.on_client(E, _execute()).text == UNKNOWN_TEXT
 
 
+@pytest.mark.parametrize("sql, taints", [
+    ("Discard ALL", True), ("close c1", True), ("DECLARE c CURSOR FOR SELECT 1", True),
+    ("deallocate s1", True), ("PrePare s2 AS SELECT 1", True),
+    ("SELECT preparedness, closed FROM t", False), ("SELECT 1", False)])
+def test_tracker_sql_namespace_words_in_any_case(sql, taints):
+    t = StatementTracker()
+    t.on_client(P, _parse("s1", "SELECT 1"))
+    t.on_client(S, None)
+    t.on_server(ord("1"), None)
+    t.on_server(ord("Z"), b"I")
+    t.on_client(Q, sql.encode() + b"\0")
+    t.on_server(ord("C"), b"SELECT 1\0")
+    t.on_server(ord("Z"), b"I")
+    t.on_client(B, _bind("", "s1"))
+    assert (t.on_client(E, _execute()).text == UNKNOWN_TEXT) is taints
+
+
 def test_tracker_refuses_answers_that_fit_no_request():
     t = StatementTracker()
     t.on_client(P, _parse("", "SELECT 1"))
