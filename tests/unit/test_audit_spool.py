@@ -332,9 +332,16 @@ def test_the_spool_write_keeps_the_gil_and_reports_errors_like_os_write(tmp_path
     try:
         assert spool_module._write(fd, b"one\n") == 4
         assert spool_module._write(fd, bytearray(b"two\n")) == 4  # not bytes: through os.write
+        big = b"x" * (spool_module.GIL_WRITE_MAX + 1)  # too big to hold the GIL for: os.write
+        assert spool_module._write(fd, big) == len(big)
     finally:
         os.close(fd)
-    assert path.read_bytes() == b"one\ntwo\n"
-    with pytest.raises(OSError) as caught:
-        spool_module._write(fd, b"closed fd\n")  # the descriptor is closed now
+    assert path.read_bytes() == b"one\ntwo\n" + big
+    read_only = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as caught:
+            spool_module._write(read_only, b"not writable\n")
+    finally:
+        os.close(read_only)
     assert caught.value.errno == errno.EBADF
+

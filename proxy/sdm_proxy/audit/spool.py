@@ -64,17 +64,24 @@ def _libc_write_holding_gil():
 _c_write = _libc_write_holding_gil()
 
 
+GIL_WRITE_MAX = 1 << 16  # larger writes (rare: a huge statement) give the GIL up, as os.write does
+
+
 def _write(fd: int, data: bytes) -> int:
-    """``os.write(fd, data)``, without handing the GIL to another thread where possible."""
-    if _c_write is None or type(data) is not bytes:
-        return os.write(fd, data)
-    while True:
-        n = _c_write(fd, data, len(data))
-        if n >= 0:
-            return n
-        err = ctypes.get_errno()
-        if err != errno.EINTR:
-            raise OSError(err, os.strerror(err))
+    """``os.write(fd, data)``, without handing the GIL to another thread for the usual small write."""
+    if _c_write is None or type(data) is not bytes or len(data) > GIL_WRITE_MAX:
+        n = os.write(fd, data)
+    else:
+        while True:
+            n = _c_write(fd, data, len(data))
+            if n >= 0:
+                break
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                raise OSError(err, os.strerror(err))
+    if n == 0 and data:  # a file that takes nothing: fail, never retry forever
+        raise OSError(errno.EIO, "the spool file took none of the bytes written")
+    return n
 
 
 class SpoolMark(NamedTuple):

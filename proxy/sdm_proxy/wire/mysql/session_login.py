@@ -8,10 +8,12 @@ goes through the same login again.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from ... import errors as sdm_errors
 from ...audit import events as audit
 from ...unlock.client import UnlockedCredential
+from ...vault.secret import SecretValue
 from ..net import record_beside_login
 from .channel import UpstreamChannel
 from .errors import ClientProtocolError, LoginRefused, LoginThrottled, WireError
@@ -20,6 +22,8 @@ from .session_audit import PROTOCOL
 from .session_close import _Close
 from .tlsbio import TLSServerSession
 from .upstream import connect_upstream
+
+_NO_SECRET = SecretValue(b"")
 
 
 class _Token:
@@ -115,7 +119,9 @@ class LoginPhase:
                 client={"addr": self.peer})])
             raise _Close(LoginRefused(message), status=audit.DENIED)
         self._token = _Token(req.token)
-        self.cred = cred
+        # The session keeps who/what for audit and policy checks, never the secret (DESIGN §2.1):
+        # only the login task below holds it, until it is done.
+        self.cred = replace(cred, secret=_NO_SECRET)
         attrs = {"_client_name": "sdm-gateway", "sdm_user": cred.user,
                  "sdm_connection_id": str(self.connection_id)}
         if req.attrs.get("program_name"):
@@ -148,6 +154,7 @@ class LoginPhase:
             self._started_event = False
         self._close_upstream()
         self.cred, self.upstream_thread, self._token = None, None, None
+        self._query_records = None  # the next command is recorded under the new login's identity
         self.statements.clear()
         await self._log_in(req)
         self.front.login_succeeded(status=self.status_flags)
