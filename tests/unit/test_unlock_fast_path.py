@@ -270,3 +270,14 @@ def test_unknown_proxy_is_refused(state):
                                 proxy_id="px-0000000000000000", ephemeral_public_key=ephemeral,
                                 now=datetime.now(timezone.utc), protocol="postgres", client_addr="127.0.0.1")
     assert refused(state, ProxyRejected, state.proxy.sign(request)) == "proxy is not enrolled"
+
+
+def test_a_request_signs_the_same_bytes_as_dataclasses_asdict_gave():
+    """``as_dict`` replaced ``dataclasses.asdict`` on the signing path: same keys, same values."""
+    from dataclasses import asdict
+
+    request = UnlockRequest.new(session_token="sdms.x", datasource="db", credential=None, proxy_id="px-1",
+                                ephemeral_public_key=b"k" * 32, now=datetime.now(timezone.utc),
+                                protocol="postgres", client_addr="127.0.0.1:5")
+    assert request.as_dict() == asdict(request)
+    assert list(request.as_dict()) == list(asdict(request))

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
 from ..errors import ProxyRejected
@@ -61,8 +61,12 @@ class UnlockRequest:
             protocol=protocol, client_addr=client_addr,
         )
 
+    def as_dict(self) -> dict:
+        """The fields by name: ``dataclasses.asdict`` without its deep copy (every connect signs one)."""
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
+
     def signed_bytes(self) -> bytes:
-        return canonical(asdict(self))
+        return canonical(self.as_dict())
 
     def issued_at(self) -> datetime:
         try:
@@ -83,6 +87,7 @@ class UnlockRequest:
         return raw
 
 
+_FIELD_NAMES = tuple(f.name for f in fields(UnlockRequest))
 _REQUIRED_STR = ("session_token", "datasource", "nonce", "timestamp", "proxy_id", "ephemeral_public_key")
 _OPTIONAL_STR = ("credential", "protocol", "client_addr")
 
@@ -114,4 +119,4 @@ def parse_signed_request(body: object) -> tuple[UnlockRequest, bytes]:
 
 def sign_request(request: UnlockRequest, private_key) -> dict:
     signature = private_key.sign(request.signed_bytes())
-    return {"request": asdict(request), "signature": base64.b64encode(signature).decode()}
+    return {"request": request.as_dict(), "signature": base64.b64encode(signature).decode()}
