@@ -40,8 +40,8 @@ DEFAULT_MYSQL = ("127.0.0.1", 13306)
 DRAIN_SECONDS = 30.0
 # The event loop and the audit chaining thread share one GIL. A thread that gave it up for a system
 # call waits for it back up to the switch interval while the other runs Python, and the chaining
-# thread gives it up several times per batch (SQLite, the sink): at CPython's 5 ms it chained a
-# third less than at 0.5 ms, where pgbench did not move (docs/benchmarks.md, "The GIL").
+# thread gives it up several times per batch (SQLite, the sink): at CPython's 5 ms it chained about
+# a quarter less than at 0.5 ms, where pgbench did not move (docs/benchmarks.md, "The GIL").
 GIL_SWITCH_INTERVAL = 0.0005
 
 
