@@ -55,6 +55,15 @@ def _client(c: Client | None) -> str:
     )
 
 
+def _rows(r: object) -> str:
+    """A row count: null or a plain int (a bool or an int subclass: the generic path decides)."""
+    if r is None:
+        return "null"
+    if type(r) is int:
+        return int.__repr__(r)
+    raise _Slow
+
+
 def _details(d: object) -> str:
     if d is None:
         return "null"
@@ -73,12 +82,7 @@ def _fast(ev: Event) -> str:
         dur = float.__repr__(d)
     else:
         dur = _scalar(d)
-    if r is None:
-        rows = "null"
-    elif type(r) is int:
-        rows = int.__repr__(r)
-    else:
-        raise _Slow
+    rows = _rows(r)
     # encode_basestring raises TypeError for anything but a str (or a subclass, which the generic
     # encoder writes the same way): the generic path then decides.
     cr, ds, du, er, id_, ph = ev.credential, ev.datasource, ev.db_user, ev.error, ev.id, ev.prev_hash

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from json.encoder import encode_basestring as _s
 from typing import Any
 
-from .body import _Slow, _client, _details, event_body
+from .body import _rows, _Slow, _client, _details, event_body
 from .events import OK, QUERY, QUERY_END, STARTED, Client, Event, _text, query_end_event, query_event
 from .stamps import new_id, now_ts
 
@@ -78,17 +78,23 @@ class QueryRecords:
         if self._fast:
             try:
                 cj = _client(client)
-                text = _text(query)
+                query_json, details_json = _s(_text(query)), _details(details)
                 id_, ts = new_id(), now_ts()
-                body = (f'{{"client":{cj}{self._before_details}{_details(details)},"duration_ms":null,'
-                        f'"error":null,"id":"{id_}"{self._before_query}{_s(text)},"rows":null'
-                        f'{self._before_status}"{STARTED}","ts":"{ts}"{self._query_tail}')
+                body = self._body(cj, details_json, "null", "null", id_, query_json, "null", f'"{STARTED}"', ts,
+                                  self._query_tail)
                 return StartedQuery(id_, client, cj, (id_, ts, QUERY, self._user, body), self)
             except _FALLBACK:
                 pass
         ev = query_event(**self._identity, query=query, client=client)
         ev.details = details
         return StartedQuery(ev.id, client, None, (ev.id, ev.ts, QUERY, ev.user, event_body(ev)), self)
+
+    def _body(self, client: str, details: str, duration: str, error: str, id_: str, query: str, rows: str,
+              status: str, ts: str, tail: str) -> str:
+        """One body from JSON-encoded values: every key in sorted order, as ``canonical_json`` writes them."""
+        return (f'{{"client":{client}{self._before_details}{details},"duration_ms":{duration},"error":{error},'
+                f'"id":"{id_}"{self._before_query}{query},"rows":{rows}{self._before_status}{status},'
+                f'"ts":"{ts}"{tail}')
 
     def end(self, started: StartedQuery, *, duration_ms: float | None, rows: int | None,
             status: str = OK, error: str | None = None) -> tuple:
@@ -104,17 +110,10 @@ class QueryRecords:
                     if d - d != 0.0:  # NaN or infinite: the general path refuses it as it always did
                         raise _Slow
                     dur = float.__repr__(d)
-                if rows is None:
-                    rows_json = "null"
-                elif type(rows) is int:
-                    rows_json = int.__repr__(rows)
-                else:
-                    raise _Slow
-                err = _text(error)
+                rows_json, error_json, status_json = _rows(rows), _nullable(_text(error)), _s(status)
                 id_, ts = new_id(), now_ts()
-                body = (f'{{"client":{cj}{self._before_details}{{"query_event_id":"{started.id}"}},'
-                        f'"duration_ms":{dur},"error":{_nullable(err)},"id":"{id_}"{self._before_query}null,'
-                        f'"rows":{rows_json}{self._before_status}{_s(status)},"ts":"{ts}"{self._end_tail}')
+                body = self._body(cj, f'{{"query_event_id":"{started.id}"}}', dur, error_json, id_, "null",
+                                  rows_json, status_json, ts, self._end_tail)
                 return (id_, ts, QUERY_END, self._user, body)
             except _FALLBACK:
                 pass
