@@ -32,7 +32,7 @@ class Statement:
     sqlstate: str | None = None
     duration_ms: float | None = None
     skipped: bool = False
-    tag: object = None  # the glue's handle (the audit event written before forwarding)
+    tag: object = None  # the glue's handle (its query record, written before forwarding: StartedQuery)
 
 
 @dataclass(eq=False)
