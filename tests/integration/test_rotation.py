@@ -68,7 +68,8 @@ def test_rotate_generate_refused_by_the_database_changes_nothing(pg_cluster, tmp
 
 
 @pytest.mark.mysql
-def test_rotate_generate_on_mariadb(mysql_server, tmp_path):
+@pytest.mark.parametrize("over", ["tcp", "unix socket"])
+def test_rotate_generate_on_mariadb(mysql_server, tmp_path, over):
     user, old = f"rot_{secrets.token_hex(3)}", secrets.token_urlsafe(12)
     conn = pymysql.connect(**mysql_server.connect_kwargs("bootstrap"))
     with conn.cursor() as cur:
@@ -77,7 +78,8 @@ def test_rotate_generate_on_mariadb(mysql_server, tmp_path):
     conn.close()
     st = GatewayState.create(tmp_path / "home")
     try:
-        st.add_datasource("my", type="mysql", port=mysql_server.port, credentials={"rot": (user, old)})
+        host = str(mysql_server.socket_path) if over == "unix socket" else "127.0.0.1"
+        st.add_datasource("my", type="mysql", host=host, port=mysql_server.port, credentials={"rot": (user, old)})
         st.role_leasing("ops", "my", "rot")
         ops = st.add_user("ops", roles_=("ops",))
         rotate_with_generated_password(st.cp, st.admin, "my", "rot")

@@ -62,11 +62,14 @@ def _set_password_mysql(ds, username: str, current: SecretValue, new: SecretValu
     # PyMySQL treats an empty dict as "no TLS": `require` must be spelled out (encrypted, unverified).
     ssl = ({"ca": ds.ca_file} if ds.tls_mode == "verify-full"
            else {"check_hostname": False, "verify_mode": _ssl.CERT_NONE} if ds.tls_mode == "require" else None)
-    # Without TLS, a server's switch to mysql_clear_password is refused (as the wire proxy does).
-    plugins = {"mysql_clear_password": _RefuseClearText} if ssl is None else None
+    # A host that is a path is the server's Unix socket, which counts as secure (as in the wire proxy).
+    local = ds.host.startswith("/")
+    where = {"unix_socket": ds.host} if local else {"host": ds.host, "port": ds.port}
+    # Over plain TCP, a server's switch to mysql_clear_password is refused (as the wire proxy does).
+    plugins = {"mysql_clear_password": _RefuseClearText} if ssl is None and not local else None
     try:
-        conn = pymysql.connect(host=ds.host, port=ds.port, user=username, password=current.reveal().decode(),
-                               database=ds.database, ssl=ssl, connect_timeout=10, auth_plugin_map=plugins)
+        conn = pymysql.connect(**where, user=username, password=current.reveal().decode(), database=ds.database,
+                               ssl=None if local else ssl, connect_timeout=10, auth_plugin_map=plugins)
         try:
             # Changing one's own password needs no privilege in either dialect, with these forms.
             statement = ("SET PASSWORD = PASSWORD(%s)" if "MariaDB" in conn.get_server_info()

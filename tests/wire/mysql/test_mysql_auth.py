@@ -252,8 +252,8 @@ def test_upstream_lacking_a_format_flag_is_refused():
 class FakeMySQL8:
     """Enough of mysqld's login to check UpstreamLogin end to end (packets, sequence ids, TLS step)."""
 
-    def __init__(self, *, plugin=CACHING_SHA2, cached=True, tls=True, password=PASSWORD):
-        self.plugin, self.cached, self.password = plugin, cached, password
+    def __init__(self, *, plugin=CACHING_SHA2, cached=True, tls=True, password=PASSWORD, local=False):
+        self.plugin, self.cached, self.password, self.local = plugin, cached, password, local
         self.caps = SERVER_CAPS if tls else SERVER_CAPS & ~Cap.SSL
         self.reader = PacketReader(limit=1 << 16, expect_seq=1)
         self.seq = 1
@@ -294,7 +294,7 @@ class FakeMySQL8:
         payload = packet.payload
         if payload == b"\x02":
             return self._send(b"\x01" + PUBLIC_PEM)
-        if self.tls_seen:
+        if self.tls_seen or self.local:  # mysqld takes a password in clear over TLS or a Unix socket
             ok = payload == self.password + b"\0"
         else:
             ok = _server_decrypt(payload, NONCE) == self.password + b"\0"
@@ -333,6 +333,14 @@ def test_login_full_auth_over_tls():
 def test_login_full_auth_rsa_key_request():
     login = _run_login(FakeMySQL8(cached=False, tls=False), tls="prefer", allow_public_key_request=True)
     assert not login.tls_active and login.ok is not None
+
+
+def test_login_full_auth_over_a_unix_socket_sends_the_password_as_mysql_clients_do():
+    login = _run_login(FakeMySQL8(cached=False, tls=False, local=True), tls="disable", local_socket=True)
+    assert not login.tls_active and login.ok is not None
+    # The same server over TCP without TLS, a key or leave to ask for one: never in clear.
+    with pytest.raises(UpstreamLoginError, match="requires the server's RSA public key"):
+        _run_login(FakeMySQL8(cached=False, tls=False, local=True), tls="disable")
 
 
 def test_login_wrong_password_and_tls_required():

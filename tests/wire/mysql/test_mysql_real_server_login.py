@@ -135,3 +135,29 @@ def test_upstream_tls_required_but_not_offered(mysql_server):
         pytest.skip("this MariaDB offers TLS")
     with pytest.raises(UpstreamLoginError, match="requires TLS"):
         machine.receive_data(greeting_bytes, lambda: b"unused")
+
+
+def test_connect_upstream_over_the_unix_socket(mysql_server):
+    """A datasource whose host is a path: the gateway logs in over the server's Unix socket."""
+    import asyncio
+
+    from sdm_proxy.unlock.client import DatasourceInfo, UnlockedCredential
+    from sdm_proxy.vault.secret import SecretValue
+    from sdm_proxy.wire.mysql.upstream import connect_upstream
+
+    login = mysql_server.logins["read-only"]
+    cred = UnlockedCredential(
+        user="ann", session_id="s", credential="read-only", db_user=login.username, version=1, via="role:r",
+        datasource=DatasourceInfo("my", "mysql", str(mysql_server.socket_path), 0, mysql_server.database,
+                                  "disable", None),
+        access_expires_at=None, secret=SecretValue(login.password.encode()))
+
+    async def main():
+        up = await connect_upstream(cred, capabilities=CLIENT_CAPS)
+        try:
+            assert up.thread_id > 0  # the server's OK came back
+            assert up.writer.transport.get_extra_info("socket").family == socket.AF_UNIX
+        finally:
+            up.writer.close()
+
+    asyncio.run(main())

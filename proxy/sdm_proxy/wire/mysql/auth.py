@@ -100,6 +100,8 @@ class UpstreamLogin:
     """The gateway's login to the database, sans I/O: feed bytes in, get a ``LoginStep`` out.
 
     ``tls``: "disable", "prefer" (use it when offered) or "require" (refuse a server without it).
+    ``local_socket``: the connection is a Unix socket, which MySQL's clients count as secure as TLS
+    (a full-auth or ``mysql_clear_password`` password may go over it; nothing else can listen in).
     The client's HandshakeResponse is never forwarded: the gateway writes its own, with the leased
     credential's user name, and only takes the client's charset and format-shaping flags from it.
     """
@@ -107,7 +109,7 @@ class UpstreamLogin:
     def __init__(self, *, username: str, database: str | None, front_capabilities: int,
                  charset: int = DEFAULT_CHARSET, attrs: dict[str, str] | None = None, tls: str = "disable",
                  server_public_key: bytes | None = None, allow_public_key_request: bool = False,
-                 max_packet: int = DEFAULT_MAX_PACKET):
+                 max_packet: int = DEFAULT_MAX_PACKET, local_socket: bool = False):
         if tls not in ("disable", "prefer", "require"):
             raise ValueError(f"tls must be disable, prefer or require, not {tls!r}")
         self.username = username
@@ -116,6 +118,7 @@ class UpstreamLogin:
         self.charset = charset
         self.attrs = attrs
         self.tls_mode = tls
+        self.local_socket = local_socket
         self.max_packet = max_packet
         self.phase = LoginPhase.AWAIT_GREETING
         self.handshake: ServerHandshake | None = None
@@ -182,7 +185,8 @@ class UpstreamLogin:
     def _response(self, secret_fn: SecretFn) -> bytes:
         hs = self.handshake
         key, allow = self._auth_options
-        self.auth = UpstreamAuth(secure=self.tls_active, server_public_key=key, allow_public_key_request=allow)
+        self.auth = UpstreamAuth(secure=self.tls_active or self.local_socket, server_public_key=key,
+                                 allow_public_key_request=allow)
         plugin = hs.auth_plugin if self.capabilities & Cap.PLUGIN_AUTH else NATIVE_PASSWORD
         auth_response = self.auth.start(plugin, hs.scramble, secret_fn)
         return build_handshake_response(

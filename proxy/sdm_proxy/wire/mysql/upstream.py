@@ -84,7 +84,8 @@ async def _connect(cred: UnlockedCredential, capabilities: int, charset: int, at
     ds = cred.datasource
     mode = _login_tls_mode(ds)
     login = UpstreamLogin(username=cred.db_user, database=ds.database, front_capabilities=capabilities,
-                          charset=charset or DEFAULT_CHARSET, attrs=attrs, tls=mode)
+                          charset=charset or DEFAULT_CHARSET, attrs=attrs, tls=mode,
+                          local_socket=ds.host.startswith("/"))
     secret_fn = cred.secret.reveal
     reader, writer = await _open(ds, what)
     try:
