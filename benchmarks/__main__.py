@@ -24,10 +24,10 @@ from benchmarks import machine, report, table  # noqa: E402
 SECTIONS = ("bulk", "pgbench", "connect", "notebook", "audit", "memory", "mysql")
 ALIASES = {"small": "pgbench", "small-queries": "pgbench", "sql": "notebook", "dataframe": "notebook",
            "mem": "memory", "connect-first": "connect"}
-FULL = dict(rows=1_000_000, repeat=3, connects=50, pgbench_seconds=10, pgbench_scale=1, idle=200,
-            notebook_repeat=3, audit_tx=2_000, audit_events=200_000, audit_producers=16, mysql_round_trips=2_000)
-QUICK = dict(rows=20_000, repeat=1, connects=5, pgbench_seconds=2, pgbench_scale=1, idle=20,
-             notebook_repeat=1, audit_tx=100, audit_events=5_000, audit_producers=4, mysql_round_trips=200)
+FULL = dict(rows=1_000_000, repeat=3, connects=50, pgbench_seconds=10, pgbench_rounds=3, pgbench_scale=1,
+            idle=200, notebook_repeat=3, audit_tx=2_000, audit_events=200_000, audit_producers=16, mysql_round_trips=2_000)
+QUICK = dict(rows=20_000, repeat=1, connects=5, pgbench_seconds=2, pgbench_rounds=1, pgbench_scale=1,
+             idle=20, notebook_repeat=1, audit_tx=100, audit_events=5_000, audit_producers=4, mysql_round_trips=200)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, help="bulk runs per side; the median counts (3)")
     p.add_argument("--connects", type=int, help="connect + first query samples per side (50)")
     p.add_argument("--pgbench-seconds", type=float, help="pgbench -T per run (10)")
+    p.add_argument("--pgbench-rounds", type=int,
+                   help="rounds of every pgbench path, interleaved; medians count, the range is kept (3)")
     p.add_argument("--pgbench-scale", type=int, help="pgbench -i -s (1)")
     p.add_argument("--idle", type=int, help="idle sessions held through the gateway (200)")
     p.add_argument("--notebook-repeat", type=int, help="DataFrame runs per method; the median counts (3)")
@@ -69,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sections = [s for s in SECTIONS if s in chosen]  # always in the order
     if args.rows < 10 or args.idle < 1:
         p.error("--rows must be at least 10 and --idle at least 1")
+    if args.pgbench_rounds < 1:
+        p.error("--pgbench-rounds must be at least 1")
     return args
 
 
@@ -80,13 +84,13 @@ class Progress:
         print(f"[{time.monotonic() - self.start:7.1f}s] {text}", file=sys.stderr, flush=True)
 
 
-def run_pg_section(name: str, bench, args) -> dict:
+def run_pg_section(name: str, bench, args, progress=None) -> dict:
     from benchmarks import audit, memory, notebook, pg_rows, pgbench
 
     if name == "bulk":
         return pg_rows.bulk(bench, args.rows, args.repeat)
     if name == "pgbench":
-        return pgbench.section(bench, args.pgbench_seconds, args.pgbench_scale)
+        return pgbench.section(bench, args.pgbench_seconds, args.pgbench_scale, args.pgbench_rounds, progress)
     if name == "connect":
         return pg_rows.connect(bench, args.connects)
     if name == "notebook":
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"starting it again before {name}")
                     results.setdefault("gateway_down_before", []).append(name)
                     bench.gateway.start()
-                results["sections"][name] = _guarded(name, lambda n=name: run_pg_section(n, bench, args),
+                results["sections"][name] = _guarded(name, lambda n=name: run_pg_section(n, bench, args, progress),
                                                      secrets, progress)
     if "mysql" in args.sections:
         from benchmarks import mysql_rows

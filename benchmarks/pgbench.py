@@ -1,12 +1,18 @@
 """Row 2 of the issue: ``pgbench -S`` (one primary-key SELECT per transaction, simple protocol) at 1
 and 16 clients against PostgreSQL direct, PgBouncer in session mode, a bare Python byte forwarder
 (``forwarder.py``: the event loop's own cost, for reference) and the gateway, in that order for each
-client count. Added latency per query = a path's average latency minus direct's."""
+client count. Added latency per query = a path's average latency minus direct's in the same round.
+
+Rounds: on a shared 2-core machine one 10 s run of a path can land in a slow patch (another tenant's
+burst), and a ratio of two such runs swings by 2x. So each client count runs ``rounds`` times, every
+round all four paths back to back (drift hits each path alike); a path's figures are the medians
+over the rounds and each ratio is the median of the rounds' own ratios, with their range kept."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+from statistics import median
 
 CLIENT_COUNTS = (1, 16)
 _PROCESSED = re.compile(r"number of transactions actually processed: (\d+)(?:/(\d+))?")
@@ -42,23 +48,72 @@ def parse_output(stdout: str) -> dict:
             "failed": int(failed.group(1)) if failed else 0}
 
 
-def section(bench, seconds: float, scale: int) -> dict:
+def section(bench, seconds: float, scale: int, rounds: int = 1, progress=None) -> dict:
     bench.pgbench_init(scale)
     port, pgbouncer = bench.pgbouncer()
     targets = ["direct"] + (["pgbouncer"] if port else []) + ["forwarder", "gateway"]
-    out: dict = {"mode": "pgbench -n -S -M simple", "seconds_per_run": seconds, "scale": scale,
+    out: dict = {"mode": "pgbench -n -S -M simple", "seconds_per_run": seconds, "scale": scale, "rounds": rounds,
                  "pgbouncer": pgbouncer if port else None, "pgbouncer_missing": None if port else pgbouncer}
     for clients in CLIENT_COUNTS:
-        runs = {target: run_pgbench(bench, target, clients, seconds=seconds) for target in targets}
-        bench.gateway.ensure_alive()
-        direct = runs["direct"].get("latency_ms")
-        for target in ("pgbouncer", "forwarder", "gateway"):
-            latency = runs.get(target, {}).get("latency_ms")
-            if direct is not None and latency is not None:
-                runs[target]["added_latency_us"] = round((latency - direct) * 1000, 1)
-        out[f"c{clients}"] = runs
-        out[f"c{clients}"]["comparison"] = compare(runs)
+        per_round = []
+        for n in range(rounds):
+            runs = {target: run_pgbench(bench, target, clients, seconds=seconds) for target in targets}
+            bench.gateway.ensure_alive()
+            add_added_latency(runs)
+            per_round.append(runs)
+            if progress is not None and rounds > 1:
+                progress(f"pgbench -c{clients}: round {n + 1}/{rounds} done")
+        out[f"c{clients}"] = merge_rounds(per_round)
     return out
+
+
+def add_added_latency(runs: dict) -> None:
+    """Each path's average latency minus direct's, in µs (same round)."""
+    direct = runs.get("direct", {}).get("latency_ms")
+    for target in ("pgbouncer", "forwarder", "gateway"):
+        latency = runs.get(target, {}).get("latency_ms")
+        if direct is not None and latency is not None:
+            runs[target]["added_latency_us"] = round((latency - direct) * 1000, 1)
+
+
+def merge_rounds(per_round: list[dict]) -> dict:
+    """One client count's rounds -> per path the medians (a path that failed in any round keeps that
+    round's error), ``comparison`` with each ratio the median of the rounds' ratios, and
+    ``comparison["rounds"]`` holding every round's own ratios (their spread)."""
+    merged: dict = {}
+    for target in per_round[0]:
+        results = [runs[target] for runs in per_round]
+        failed = next((r for r in results if "error" in r), None)
+        merged[target] = failed if failed is not None else _medians(results)
+    comparisons = [compare(runs) for runs in per_round]
+    summary = {key: _rounded(_median_or_none([c[key] for c in comparisons])) for key in comparisons[0]}
+    if len(per_round) > 1:
+        summary["rounds"] = comparisons
+    merged["comparison"] = summary
+    return merged
+
+
+def _medians(results: list[dict]) -> dict:
+    out = dict(results[0]) if len(results) == 1 else {"clients": results[0]["clients"]}
+    if len(results) > 1:
+        for key in ("tps", "latency_ms", "added_latency_us"):
+            value = _median_or_none([r.get(key) for r in results])
+            if value is not None:  # direct has no added latency
+                out[key] = round(value, 3)
+        out["transactions"] = sum(r.get("transactions") or 0 for r in results)
+        out["failed"] = sum(r.get("failed") or 0 for r in results)
+        out["rounds"] = [{k: r[k] for k in ("tps", "latency_ms", "added_latency_us") if k in r} for r in results]
+    return out
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _median_or_none(values: list):
+    """The median of the values a round could measure; None when no round could."""
+    known = [v for v in values if v is not None]
+    return median(known) if known else None
 
 
 def compare(runs: dict) -> dict:

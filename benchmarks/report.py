@@ -62,7 +62,9 @@ def markdown(results: dict, rows: list[Row]) -> str:
     if results.get("profile") == "quick":
         head += ["**Quick smoke run** (`--quick`): sizes too small for the figures to mean much; "
                  "run `python -m benchmarks` for real figures.", ""]
-    head += [f"Sizes: {p.get('rows', 0):,} rows; pgbench {p.get('pgbench_seconds')} s per run; "
+    rounds = p.get("pgbench_rounds") or 1
+    per_run = f"pgbench {p.get('pgbench_seconds')} s per run" + (f", {rounds} interleaved rounds" if rounds > 1 else "")
+    head += [f"Sizes: {p.get('rows', 0):,} rows; {per_run}; "
              f"{p.get('idle')} idle sessions; sections: {', '.join(results.get('sections', {}))}. "
              "Every figure is measured side by side in this one run (see docs/benchmarks.md).", "", ""]
     errors = {k: v["error"] for k, v in results.get("sections", {}).items() if isinstance(v, dict) and "error" in v}
