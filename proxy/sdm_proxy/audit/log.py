@@ -28,7 +28,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -47,6 +47,16 @@ __all__ = ["AuditLog", "CheckpointSigner", "Checkpoint"]
 
 log = logging.getLogger("sdm.audit")
 
+
+
+# Built once: every append (each audit batch, each unlock) runs both, and building a statement and
+# its cache key costs more than SQLite's own work for these one-row reads and writes.
+_HEAD_FOR_UPDATE = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID).with_for_update()
+_MOVE_HEAD = update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+
+
+def _move_head(s: Session, head: tuple[int, str]) -> None:
+    s.connection().execute(_MOVE_HEAD, {"new_seq": head[0], "new_hash": head[1]})
 
 
 def refused(reason: str) -> AuditUnavailable:
@@ -147,7 +157,7 @@ class AuditLog(AuditReader):
             insert_events(s, batch.rows)
             if batch.checkpoints:
                 s.execute(insert(CHECKPOINTS), [_cp_row(cp) for cp in batch.checkpoints])
-            s.execute(update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=batch.head[0], hash=batch.head[1]))
+            _move_head(s, batch.head)
         except _Refuse as exc:
             raise refused(str(exc)) from None
         except SQLAlchemyError as exc:
@@ -290,10 +300,7 @@ class AuditLog(AuditReader):
                         if batch.checkpoints:
                             s.execute(insert(CHECKPOINTS), [_cp_row(cp) for cp in batch.checkpoints])
                         if batch.head is not None:
-                            s.execute(
-                                update(HEAD).where(HEAD.c.id == HEAD_ID)
-                                .values(seq=batch.head[0], hash=batch.head[1])
-                            )  # fmt: skip
+                            _move_head(s, batch.head)
                 outcome["committed"] = batch is not None
                 # Committed. The DB is the source of truth; a sink failure below still refuses the
                 # action, and the next append (or `export_jsonl`) brings the file up to date.
@@ -313,14 +320,14 @@ class AuditLog(AuditReader):
             raise refused(_reason(exc)) from exc
 
     def _lock_head(self, s: Session) -> tuple[int, str]:
-        q = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID).with_for_update()
-        row = s.execute(q).first()
+        conn = s.connection()
+        row = conn.execute(_HEAD_FOR_UPDATE).first()
         if row is None:
             # First append ever: create the head, unless events exist (then the head was deleted).
             if s.execute(select(EVENTS.c.seq).limit(1)).first() is not None:
                 raise _Refuse("the audit head row is missing although events exist (run `sdm audit verify`)")
             _insert_head_if_missing(s)
-            row = s.execute(q).first()
+            row = conn.execute(_HEAD_FOR_UPDATE).first()
         return int(row[0]), row[1]
 
     def _backfill(self, s: Session, sink, after: int, upto: int) -> None:
