@@ -61,5 +61,31 @@ def test_file_references_may_not_point_into_the_home(state):
                                    secret_ref=f"file:{target}")
 
 
+def test_file_references_may_not_read_the_gateways_own_process_or_devices(state, tmp_path):
+    """/proc/self/environ passes a check made in the CLI's process and, at unlock, reads the
+    gateway's environment (API keys, cloud credentials) as the "password"."""
+    link = tmp_path / "innocent-looking"
+    link.symlink_to("/proc/self/environ")
+    for target in ("/proc/self/environ", "/proc/1/cmdline", "/sys/kernel/hostname", "/dev/urandom", link):
+        with pytest.raises(UsageError, match="/proc, /sys or /dev"):
+            catalog.add_credential(state.cp, state.admin, "prod", "evil", username="x",
+                                   secret_ref=f"file:{target}")
+
+
+def test_a_stored_reference_into_proc_is_refused_at_unlock_too(state):
+    """A reference stored before this check (or written to the state database directly) is still
+    refused when it would be read."""
+    from sqlalchemy import update
+
+    from sdm_proxy.control.models import Credential
+
+    with state.cp.db.transaction() as s:
+        s.execute(update(Credential).where(Credential.name == "read-only")
+                  .values(secret_ref="file:/proc/self/environ", sealed=None))
+    body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
+    with pytest.raises(UsageError, match="/proc, /sys or /dev"):
+        unlock(state.cp, body)
+
+
 def test_control_characters_are_not_printed_raw():
     assert printable("ann\x1b]0;pwned\x07\x9b2J") == "ann?]0;pwned??2J"

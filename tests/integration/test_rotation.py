@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 
 import psycopg
 import pymysql
@@ -67,18 +68,22 @@ def test_rotate_generate_refused_by_the_database_changes_nothing(pg_cluster, tmp
         st.close()
 
 
-@pytest.mark.mysql
-@pytest.mark.parametrize("over", ["tcp", "unix socket"])
-def test_rotate_generate_on_mariadb(mysql_server, tmp_path, over):
+def _mariadb_login(mysql_server) -> tuple[str, str]:
     user, old = f"rot_{secrets.token_hex(3)}", secrets.token_urlsafe(12)
     conn = pymysql.connect(**mysql_server.connect_kwargs("bootstrap"))
     with conn.cursor() as cur:
         cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (old,))
         cur.execute(f"GRANT SELECT ON {mysql_server.database}.* TO '{user}'@'%'")
     conn.close()
+    return user, old
+
+
+@pytest.mark.mysql
+def test_rotate_generate_on_mariadb_over_its_unix_socket(mysql_server, tmp_path):
+    user, old = _mariadb_login(mysql_server)
     st = GatewayState.create(tmp_path / "home")
     try:
-        host = str(mysql_server.socket_path) if over == "unix socket" else "127.0.0.1"
+        host = str(mysql_server.socket_path)
         st.add_datasource("my", type="mysql", host=host, port=mysql_server.port, credentials={"rot": (user, old)})
         st.role_leasing("ops", "my", "rot")
         ops = st.add_user("ops", roles_=("ops",))
@@ -89,6 +94,54 @@ def test_rotate_generate_on_mariadb(mysql_server, tmp_path, over):
         with pytest.raises(pymysql.err.OperationalError):
             pymysql.connect(**kwargs, password=old)
     finally:
+        st.close()
+
+
+@pytest.mark.mysql
+def test_rotate_generate_on_mysql_over_plain_tcp_is_refused_before_connecting(mysql_server, tmp_path):
+    """MySQL takes the new password from the SQL text, and PyMySQL's login would encrypt the current
+    one to any RSA key a server in the middle offers: over unencrypted TCP nothing is attempted."""
+    user, old = _mariadb_login(mysql_server)
+    listener = socket.create_server(("127.0.0.1", 0))  # stands where the server would be: counts connections
+    listener.settimeout(0.5)
+    st = GatewayState.create(tmp_path / "home")
+    try:
+        st.add_datasource("my", type="mysql", host="127.0.0.1", port=mysql_server.port,
+                          credentials={"rot": (user, old)})
+        st.add_datasource("trap", type="mysql", host="127.0.0.1", port=listener.getsockname()[1],
+                          credentials={"rot": (user, old)})
+        for datasource in ("my", "trap"):
+            with pytest.raises(UpstreamError, match="over an unencrypted connection the new password would travel"):
+                rotate_with_generated_password(st.cp, st.admin, datasource, "rot")
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing connected: not even the login was tried
+        assert [c["version"] for c in list_credentials(st.cp, st.admin)] == [1, 1]
+        assert not [e for e in st.events() if e["type"] == "admin.credential.rotate"]
+        pymysql.connect(host=mysql_server.host, port=mysql_server.port, user=user, password=old,
+                        database=mysql_server.database).close()  # the old password still works
+    finally:
+        listener.close()
+        st.close()
+
+
+@pytest.mark.postgres
+def test_rotate_generate_on_postgres_with_a_libpq_that_cannot_refuse_clear_text(pg_cluster, tmp_path, monkeypatch):
+    """Before libpq 16 `require_auth` does not exist: over plain TCP the rotation then refuses
+    before connecting (a server asking for the password in clear would get it)."""
+    login = pg_cluster.logins["superuser"]
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    monkeypatch.setattr(psycopg.pq, "version", lambda: 150004)
+    st = GatewayState.create(tmp_path / "home")
+    try:
+        st.add_datasource("trap", port=listener.getsockname()[1], credentials={"su": (login.username, login.password)})
+        with pytest.raises(UpstreamError, match="cannot refuse a server that asks for the password in clear text"):
+            rotate_with_generated_password(st.cp, st.admin, "trap", "su")
+        with pytest.raises(TimeoutError):
+            listener.accept()
+        assert [c["version"] for c in list_credentials(st.cp, st.admin)] == [1]
+    finally:
+        listener.close()
         st.close()
 
 

@@ -160,14 +160,23 @@ def rotate_credential(cp: ControlPlane, actor: Actor, datasource: str, name: str
         return credential_view(cred)
 
 
+# The process's own state: /proc/self/environ resolves to the gateway's pid at unlock time, /dev and
+# /sys hold devices and kernel state. None of it is a stored secret.
+_SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
 def check_ref_outside_home(cp: ControlPlane, secret_ref: str) -> None:
-    """A ``file:`` reference may not point into $SDM_HOME: the gateway's own keys would otherwise
-    be sent upstream as a "password" to a host an admin chooses."""
+    """A ``file:`` reference may not point into $SDM_HOME, nor into /proc, /sys or /dev: the
+    gateway's own keys (or its environment: API keys, cloud credentials) would otherwise be sent
+    upstream as a "password" to a host an admin chooses. Checked when stored and at every unlock."""
     ref = validate_secret_ref(secret_ref)
     if ref.scheme == "file":
         target, home = Path(ref.target).resolve(), cp.home.root.resolve()
         if target == home or home in target.parents:
             raise UsageError("a file: secret reference may not point inside $SDM_HOME")
+        if any(target == tree or tree in target.parents for tree in _SYSTEM_TREES):
+            raise UsageError("a file: secret reference may not point into /proc, /sys or /dev "
+                             "(the gateway's own process and devices)")
 
 
 def refuse_rotating_a_reference(cred: Credential) -> None:

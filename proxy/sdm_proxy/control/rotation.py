@@ -41,7 +41,11 @@ def _set_password_postgres(ds, username: str, current: SecretValue, new: SecretV
     # As the wire proxy (wire/postgres/auth.py): the password never goes out in clear text over
     # plain TCP. libpq 16+ refuses the `password` method itself when told so.
     plain_tcp = sslmode == "disable" and not ds.host.startswith("/")
-    guard = {"require_auth": "!password"} if plain_tcp and psycopg.pq.version() >= 160000 else {}
+    if plain_tcp and psycopg.pq.version() < 160000:  # an older libpq cannot be told to refuse it
+        raise UpstreamError(f"could not set the new password on {ds.name}: this libpq ({psycopg.pq.version()}) "
+                            "cannot refuse a server that asks for the password in clear text, and the "
+                            "connection is unencrypted: refused (use TLS for the datasource, or libpq 16 or newer)")
+    guard = {"require_auth": "!password"} if plain_tcp else {}
     try:
         with psycopg.connect(host=ds.host, port=ds.port, dbname=ds.database or "postgres", user=username,
                              password=current.reveal().decode(), sslmode=sslmode,
@@ -64,12 +68,18 @@ def _set_password_mysql(ds, username: str, current: SecretValue, new: SecretValu
            else {"check_hostname": False, "verify_mode": _ssl.CERT_NONE} if ds.tls_mode == "require" else None)
     # A host that is a path is the server's Unix socket, which counts as secure (as in the wire proxy).
     local = ds.host.startswith("/")
+    if ssl is None and not local:
+        # MySQL takes a new password from the SQL text (a pre-hashed one is no better: with one sniffed
+        # login it lets the listener log in), and PyMySQL would encrypt the current one to whatever RSA
+        # key a server in the middle hands it (caching_sha2_password's full authentication).
+        raise UpstreamError(f"could not set the new password on {ds.name}: over an unencrypted connection the "
+                            "new password would travel in clear text: refused (use TLS for the datasource or "
+                            "its Unix socket; or set the password on the database yourself and store it with "
+                            "`sdm credential rotate --password-stdin`)")
     where = {"unix_socket": ds.host} if local else {"host": ds.host, "port": ds.port}
-    # Over plain TCP, a server's switch to mysql_clear_password is refused (as the wire proxy does).
-    plugins = {"mysql_clear_password": _RefuseClearText} if ssl is None and not local else None
     try:
         conn = pymysql.connect(**where, user=username, password=current.reveal().decode(), database=ds.database,
-                               ssl=None if local else ssl, connect_timeout=10, auth_plugin_map=plugins)
+                               ssl=None if local else ssl, connect_timeout=10)
         try:
             # Changing one's own password needs no privilege in either dialect, with these forms.
             statement = ("SET PASSWORD = PASSWORD(%s)" if "MariaDB" in conn.get_server_info()
@@ -80,26 +90,7 @@ def _set_password_mysql(ds, username: str, current: SecretValue, new: SecretValu
             conn.close()
     except pymysql.MySQLError as exc:
         code = exc.args[0] if exc.args else "?"
-        if code == CLEAR_TEXT_REFUSED:
-            raise UpstreamError(f"could not set the new password on {ds.name}: the server asks for the password "
-                                "in clear text (mysql_clear_password) over an unencrypted connection: refused "
-                                "(use TLS for the datasource)") from None
         raise UpstreamError(f"could not set the new password on {ds.name}: MySQL error {code}") from None
-
-
-CLEAR_TEXT_REFUSED = 2059  # CR_AUTH_PLUGIN_CANNOT_LOAD, what libmysqlclient says for a refused plugin
-
-
-class _RefuseClearText:
-    """PyMySQL auth plugin handler for mysql_clear_password over plain TCP: refuse, send nothing."""
-
-    def __init__(self, connection) -> None:
-        pass
-
-    def authenticate(self, packet):
-        import pymysql
-
-        raise pymysql.err.OperationalError(CLEAR_TEXT_REFUSED, "mysql_clear_password refused without TLS")
 
 
 def rotate_with_generated_password(cp: ControlPlane, actor: Actor, datasource: str, name: str) -> dict:

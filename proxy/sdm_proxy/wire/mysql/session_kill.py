@@ -62,10 +62,12 @@ class KillCommand:
         # so the dual key and the audit see it), then the OK or the database's ERR goes back.
         started = time.perf_counter()
         try:
-            kcred = await self.ctx.unlock_client.unlock(self._token.value, tcred.datasource.name, tcred.credential,
-                                                        protocol=PROTOCOL, client_addr=self.peer)
-            answer, _ = await run_one_statement(kcred, sql, timeout=self.ctx.connect_timeout)
-            del kcred
+            # The unlocked credential goes straight into run_one_statement, which drops its secret
+            # after the login: no name here keeps it for the statement's run (or an error's).
+            answer, _ = await run_one_statement(
+                await self.ctx.unlock_client.unlock(self._token.value, tcred.datasource.name, tcred.credential,
+                                                    protocol=PROTOCOL, client_addr=self.peer),
+                sql, timeout=self.ctx.connect_timeout)
         except (sdm_errors.SdmError, WireError) as exc:
             message = getattr(exc, "message", type(exc).__name__)
             self._post_end(event, started, None, audit.ERROR, message)

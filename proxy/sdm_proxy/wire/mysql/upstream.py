@@ -133,12 +133,15 @@ async def run_one_statement(cred: UnlockedCredential, sql: str, *, timeout: floa
     """Log in, run one statement that answers with OK or ERR (e.g. KILL), log out.
 
     Returns (the server's answer payload, its sequence id). Used for KILL on a thread that the
-    caller's own upstream login may not kill (another credential of the same user).
+    caller's own upstream login may not kill (another credential of the same user). The caller
+    hands ``cred`` over without keeping it: its secret is dropped here once the login is done.
     """
     from .packets import MAX_SERVER_CONTROL_PACKET, PacketReader
 
+    name = cred.datasource.name
     up = await connect_upstream(cred, capabilities=int(Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION), timeout=timeout,
                                 attrs={"_client_name": "sdm-gateway", "sdm_purpose": "kill"}, what="kill")
+    del cred  # the secret's last reference: only the login needed it (DESIGN §2.1)
     try:
         async with asyncio.timeout(timeout):
             up.writer.write(frame(b"\x03" + sql.encode(), 0))
@@ -146,7 +149,7 @@ async def run_one_statement(cred: UnlockedCredential, sql: str, *, timeout: floa
             while (packet := reader.next_packet()) is None:
                 data = await up.reader.read(1 << 16)
                 if not data:
-                    raise UpstreamLoginError(f"datasource {cred.datasource.name} closed the connection")
+                    raise UpstreamLoginError(f"datasource {name} closed the connection")
                 reader.feed(data)
             return packet.payload, packet.seq
     finally:
