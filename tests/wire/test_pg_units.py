@@ -61,6 +61,10 @@ def test_command_tag_rows():
     assert framing.command_tag_rows(b"COPY 10\0") == 10
     assert framing.command_tag_rows(b"CREATE TABLE\0") is None
     assert framing.command_tag_rows(b"BEGIN\0") is None
+    assert framing.command_tag_rows(b"SELECT 18446744073709551615\0") == (1 << 64) - 1
+    # a server's absurd count is no count (int() of 5000 digits raises, ending the session)
+    assert framing.command_tag_rows(b"SELECT " + b"9" * 5000 + b"\0") is None
+    assert framing.command_tag_rows(b"INSERT 0 " + b"1" * 21 + b"\0") is None
 
 
 def _stream(messages: list[tuple[bytes, bytes]]) -> bytes:

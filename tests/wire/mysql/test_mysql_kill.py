@@ -29,6 +29,7 @@ def test_plain_kills(sql, expected):
 @pytest.mark.parametrize("sql", [
     "KILL @id", "KILL 2+3", "KILL (SELECT 1)", "KILL QUERY ID 5", "KILL USER 'bob'", "KILL 0x10",
     "KILL 5; SELECT 1", "KILL", "KILL QUERY", "KILL '5'", "KILL 5.0", "KILL 18446744073709551616", "KILL ٣",
+    "KILL " + "9" * 5000, "KILL 000000000000000000001",  # past int()'s digit limit; more than 20 digits
 ])
 def test_unmappable_kills_are_refused(sql):
     with pytest.raises(UnsupportedKill) as info:

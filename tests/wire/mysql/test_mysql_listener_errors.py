@@ -221,6 +221,32 @@ def test_oversized_command_is_refused_before_it_is_buffered(mysql_gateway):
         gw.loop.run(listener.close())
 
 
+@pytest.mark.parametrize("command", [b"\x03", b"\x16"], ids=["COM_QUERY", "COM_STMT_PREPARE"])
+def test_a_statement_longer_than_the_audit_keeps_is_refused_not_run(mysql_gateway, command):
+    """The audit keeps 1 MiB of statement text; MySQL takes 64 MiB. A longer statement would have run
+    with only its first MiB on record (its real part hidden after a comment): refused, as a server
+    past max_allowed_packet refuses, and the PostgreSQL side does the same."""
+    from sdm_proxy.wire.mysql.session_audit import QUERY_TEXT_LIMIT
+
+    gw = mysql_gateway
+    marker = f"hidden_{command[0]}_after_a_long_comment"
+    sql = "/*" + "x" * QUERY_TEXT_LIMIT + f"*/ SELECT '{marker}'"
+    sock = raw.login(gw.host, gw.port, "read-only", gw.tokens["ann"])
+    packets = raw.exchange(sock, frame(command + sql.encode(), 0))
+    seq, payload = packets[-1]
+    assert raw.err_code(payload) == 1153 and seq == 1 and b"longer than" in payload
+    assert len(packets) == 1  # the ERR and nothing else: no result, the gateway hung up
+    assert not [e for e in gw.events("query") if marker in (e["query"] or "")]
+    # Exactly at the limit still runs, and is recorded whole.
+    fits = "/*" + "x" * (QUERY_TEXT_LIMIT - 60) + f"*/ SELECT 'fits_{command[0]}'"
+    assert len(fits) <= QUERY_TEXT_LIMIT
+    with gw.connect("ann", "read-only") as conn, conn.cursor() as cur:
+        cur.execute(fits)
+        assert cur.fetchone() == (f"fits_{command[0]}",)
+    [event] = gw.query_events(f"SELECT 'fits_{command[0]}'")
+    assert event["query"] == fits
+
+
 def test_auth_timeout_and_too_many_connections(mysql_gateway):
     gw = mysql_gateway
     cp = gw.cp

@@ -110,7 +110,8 @@ def parse_kill(sql: str) -> KillRequest | None:
     query_only = False
     if rest and rest[0] in ("QUERY", "CONNECTION"):
         query_only = rest.pop(0) == "QUERY"
-    if len(rest) == 1 and rest[0].isdigit() and rest[0].isascii():
+    # At most 20 digits (2**64 has 20): int() of thousands of digits raises instead of answering.
+    if len(rest) == 1 and rest[0].isdigit() and rest[0].isascii() and len(rest[0]) <= 20:
         thread_id = int(rest[0])
         if thread_id <= _MAX_ID:
             return KillRequest(thread_id, query_only, hard)

@@ -26,6 +26,7 @@ from .commands import (
 )
 from .errors import (
     CR_SERVER_LOST,
+    ER_NET_PACKET_TOO_LARGE,
     ER_UNKNOWN_ERROR,
     SQLSTATE_GENERAL,
     ClientProtocolError,
@@ -37,6 +38,7 @@ from .kill import parse_kill
 from .machine import CommandReceived, LoginRequest
 from .packets import Packet, frame
 from .responses import ResponseScanner
+from .session_audit import QUERY_TEXT_LIMIT
 from .session_close import _Close, _message
 
 # Commands that run nothing worth a record of their own (their effect is audited elsewhere:
@@ -102,6 +104,12 @@ class CommandPhase:
         front = self.front
         try:
             cmd = classify(packet.payload, capabilities=front.capabilities)
+            if isinstance(cmd, (Query, StmtPrepare)) and len(cmd.sql) > QUERY_TEXT_LIMIT:
+                # As a server past max_allowed_packet does: an ERR, then the connection ends. Nothing
+                # runs that the audit would record truncated (the PostgreSQL side refuses the same).
+                raise _Close(ClientProtocolError(
+                    f"statement refused: {len(cmd.sql)} characters, longer than the {QUERY_TEXT_LIMIT} the audit "
+                    "records", code=ER_NET_PACKET_TOO_LARGE), seq=packet.next_seq)
             kill = parse_kill(cmd.sql) if isinstance(cmd, (Query, StmtPrepare)) else None
             if kill is not None and isinstance(cmd, StmtPrepare):
                 raise CommandRefused("KILL cannot be prepared through the gateway")

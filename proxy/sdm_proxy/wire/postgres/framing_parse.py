@@ -150,4 +150,5 @@ def command_tag_rows(payload: bytes) -> int | None:
     if verb not in _ROW_TAGS or not rest:
         return None
     last = rest.rsplit(" ", 1)[-1]
-    return int(last) if last.isdigit() else None
+    # A row count fits 20 digits (64 bits); int() of a server's thousands of digits would raise.
+    return int(last) if last.isdigit() and len(last) <= 20 else None
