@@ -7,6 +7,7 @@ import asyncio
 import base64
 import struct
 import threading
+import time
 from types import SimpleNamespace
 
 import psycopg
@@ -270,3 +271,44 @@ def test_login_notices_are_capped():
 
     conn = asyncio.run(main())
     assert len(conn.notices) == upstream.MAX_LOGIN_NOTICES
+
+
+# ---- 5. a client that only sends ----------------------------------------------------------------
+
+
+def test_a_client_that_never_reads_cannot_grow_the_answer_queue_without_end(gateway, monkeypatch):
+    """Every Sync waits for its ReadyForQuery in the tracker's queue. A client sending Syncs and
+    never reading made that queue (and the gateway's memory) grow without bound; past the cap the
+    gateway stops reading from the client until answers come back, and then carries on."""
+    from sdm_proxy.wire.postgres import session_relay
+
+    cap = 1000
+    monkeypatch.setattr(session_relay, "MAX_PENDING_ANSWERS", cap, raising=False)
+    msgs, sock = pgraw.login(gateway.host, gateway.port, user="read-only", database="pgtest",
+                             password=gateway.tokens["ann"])
+    assert msgs[-1][0] == b"Z"
+    session = next(s for s in list(gateway.listener.sessions) if s.cred is not None and s.cred.user == "ann"
+                   and s.tracker.idle)
+    flood = pgraw.sync() * 200_000  # 1 MB: the socket buffers may take it all, the tracker must not
+    sock.setblocking(False)
+    sent, stalled_since = 0, None
+    while sent < len(flood):
+        try:
+            sent += sock.send(flood[sent:sent + 65536])
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 1.0:
+                break  # the gateway has stopped reading from us
+            time.sleep(0.01)
+    time.sleep(1.0)  # whatever the gateway would still read, it has read by now
+    assert session.tracker.pending <= cap + 65536 // 5, session.tracker.pending
+    # Now read: answers drain, the gateway reads on, and every Sync is answered in order.
+    sock.setblocking(True)
+    sock.sendall(flood[sent:])
+    answered = pgraw.read_until_ready(sock, count=200_000, timeout=60)
+    assert sum(1 for m in answered if m[0] == b"Z") == 200_000
+    sock.sendall(pgraw.query("SELECT 'still served'"))
+    rows = pgraw.read_until_ready(sock)
+    assert any(m[0] == b"D" and b"still served" in m[1] for m in rows)
+    sock.close()

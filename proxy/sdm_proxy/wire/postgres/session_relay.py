@@ -39,8 +39,14 @@ log = logging.getLogger("sdm.wire.postgres")
 
 CLIENT_READ = 1 << 16
 X_TYPE = ord("X")  # Terminate
+COPY_IN_CLIENT = frozenset(b"cfSH")  # what may come while the server takes COPY data (CopyData is not observed)
 NAME_TOO_LONG = "42622"
 POLICY_FAILURES_MAX = 3  # consecutive failed live policy checks before the connection is closed
+# Requests awaiting an answer, past which nothing more is read from the client until some are
+# answered. Each costs the tracker a few hundred bytes; a client that only sends (a flood of Syncs,
+# never reading) would otherwise grow that queue without end. One read adds at most 13,108 more
+# (64 KiB of 5-byte messages), so a session's queue stays under about 12 MB.
+MAX_PENDING_ANSWERS = 32_768
 
 
 class RelayPhase:
@@ -131,10 +137,12 @@ class RelayPhase:
         text_limit = min(self.ctx.max_statement_bytes, QUERY_TEXT_LIMIT)
         limits = text_limit + 5  # type-less header (4) + the terminating NUL of the text
         splitter = framing.MessageSplitter(
-            full=CLIENT_PARSED.replace("B", "").replace("F", ""), observe="SHX",
+            full=CLIENT_PARSED.replace("B", "").replace("F", ""), observe="SHXcf",
             prefix={"B": 1 << 16, "F": 64}, max_full=limits, error=ClientProtocolError)
         tracker = self.tracker
         while True:
+            if tracker.pending >= MAX_PENDING_ANSWERS:
+                await self._answers_below(MAX_PENDING_ANSWERS)
             data = await reader.read(CLIENT_READ)
             if not data:
                 return audit.OK, None
@@ -152,6 +160,12 @@ class RelayPhase:
                 if m.type == X_TYPE:  # Terminate: pass it on, then we are done
                     await self._forward(forward[pos:m.start + 5], pending)
                     return audit.OK, None
+                if tracker.copy_in and m.type not in COPY_IN_CLIENT:
+                    # The server would take it as bad COPY data and never run it, while the audit
+                    # recorded it as started. Legitimate clients end the COPY first.
+                    await self._forward(forward[pos:m.start], pending)
+                    raise ClientProtocolError(f"message {chr(m.type)!r} during COPY FROM STDIN: only CopyData, "
+                                              "CopyDone, CopyFail, Flush and Sync may come until it ends")
                 if m.truncated and m.type == ord("B") and m.payload.count(b"\0") < 2:
                     raise ClientProtocolError("Bind message with over-long portal or statement name")
                 if m.payload is not None:
@@ -172,6 +186,13 @@ class RelayPhase:
                     stmt.tag = self._query_event(stmt)
                     pending.append(stmt)
             await self._forward(forward[pos:], pending)
+
+    async def _answers_below(self, limit: int) -> None:
+        """Read nothing more from the client until the server has answered enough (backpressure:
+        the client's own sends then wait, as they would on a database that is slow to answer)."""
+        while self.tracker.pending >= limit:
+            self._progress.clear()
+            await self._progress.wait()
 
     async def _forward(self, data: bytes, stmts: list[Statement]) -> None:
         """Audit, then forward (DESIGN §2.4: the record exists before the statement runs)."""

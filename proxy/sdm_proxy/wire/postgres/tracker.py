@@ -69,6 +69,7 @@ class StatementTracker(ClientSide, ServerSide):
         self._portals = _Names()
         self._portal_stmt: dict[str, str] = {}
         self._tainted = False  # SQL-level PREPARE/DECLARE may have created names we never saw
+        self._copy_in = False  # the server takes COPY data now, until the client's CopyDone/CopyFail
         self.txn_status = b"I"
 
     # ---- state -------------------------------------------------------------------------------
@@ -81,6 +82,12 @@ class StatementTracker(ClientSide, ServerSide):
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    @property
+    def copy_in(self) -> bool:
+        """The server is in COPY FROM STDIN mode and the client has not ended it yet: only CopyData,
+        CopyDone, CopyFail, Flush and Sync may come (the server ignores Flush and Sync there)."""
+        return self._copy_in
 
     def prepared_text(self, name: str) -> str | None:
         return self._stmts.text.get(name)

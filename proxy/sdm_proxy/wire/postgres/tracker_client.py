@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 # Message type bytes.
 Q, P_, B, E_, S_, D_, C_, H_, F_, X_ = (ord(c) for c in "QPBESDCHFX")
+COPY_DONE, COPY_FAIL = ord("c"), ord("f")
 
 # Client messages whose payload the tracker reads (everything else streams through).
 CLIENT_PARSED = "QPBECDF"
@@ -58,6 +59,7 @@ class ClientSide:
         _portals: _Names
         _portal_stmt: dict[str, str]
         _tainted: bool
+        _copy_in: bool
 
     # ---- client side ---------------------------------------------------------------------------
 
@@ -179,8 +181,18 @@ class ClientSide:
                 self._push(_Expect("function", self._seg, stmt=stmt))
                 return stmt
             if mtype == S_:
+                if self._copy_in:
+                    return None  # the server ignores a Sync while it takes COPY data: no answer comes
                 self._push(_Expect("sync", self._seg))
                 self._seg += 1
+                return None
+            if mtype in (COPY_DONE, COPY_FAIL):
+                if self._copy_in:
+                    self._copy_in = False
+                elif self._queue:
+                    # Sent before the server said it takes COPY data (or outside COPY, where the server
+                    # ignores it): marks where a COPY that starts earlier in the queue would end.
+                    self._push(_Expect("copy_end", self._seg))
                 return None
         except (ValueError, IndexError, struct.error):
             # Malformed: PostgreSQL answers it with an ErrorResponse; expect that answer.

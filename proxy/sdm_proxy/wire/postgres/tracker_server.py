@@ -25,6 +25,7 @@ PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
 NO_DATA, PARAM_DESC, ROW_DESC = ord("n"), ord("t"), ord("T")
 COMMAND_COMPLETE, EMPTY_QUERY, PORTAL_SUSPENDED = ord("C"), ord("I"), ord("s")
 ERROR_RESPONSE, READY, FUNCTION_RESULT = ord("E"), ord("Z"), ord("V")
+COPY_IN_RESPONSE, COPY_BOTH_RESPONSE = ord("G"), ord("W")
 
 # Server messages the tracker must see: with payload, and by type only.
 SERVER_PARSED = "CEZS"  # S: ParameterStatus (the session checks client_encoding)
@@ -40,6 +41,7 @@ class ServerSide:
         _stmts: _Names
         _portals: _Names
         _portal_stmt: dict[str, str]
+        _copy_in: bool
         txn_status: bytes
 
     # ---- server side ---------------------------------------------------------------------------
@@ -92,6 +94,7 @@ class ServerSide:
         elif mtype == PARAM_DESC:
             self._expect(head, "describe", mtype)
         elif mtype == ERROR_RESPONSE:
+            self._copy_in = False  # an error ends COPY FROM STDIN; the client's CopyDone is then ignored
             done.extend(self._on_error(payload or b""))
         elif mtype == READY:
             if payload:
@@ -99,8 +102,31 @@ class ServerSide:
             done.extend(self._on_ready())
             if self.txn_status == b"I":
                 self._drop_portals()
-        # G/H/W (COPY), V (function result): intermediate, nothing to resolve.
+        elif mtype in (COPY_IN_RESPONSE, COPY_BOTH_RESPONSE) and kind in ("query", "execute"):
+            self._enter_copy_in()
+        # H (COPY TO), V (function result): intermediate, nothing to resolve.
+        while q and q[0].kind == "copy_end":
+            q.popleft()  # a CopyDone/CopyFail no COPY took: the server ignored it, no answer comes
         return done
+
+    def _enter_copy_in(self) -> None:
+        """The head statement's COPY FROM STDIN started. Until the client's CopyDone or CopyFail the
+        server ignores Sync (and Flush): drop the Syncs already queued behind it, up to the CopyDone
+        if that came already; else the client side leaves out those still to come (``_copy_in``)."""
+        q = self._queue
+        i = 1
+        while i < len(q):
+            kind = q[i].kind
+            if kind == "sync":
+                del q[i]
+            elif kind == "copy_end":
+                del q[i]
+                return
+            else:
+                # The server reads this request as COPY data gone wrong, fails the COPY and never runs
+                # it: what the audit recorded as started would not match what ran. Fail closed.
+                raise TrackerDesync(f"a {kind} request was pipelined into COPY FROM STDIN")
+        self._copy_in = True
 
     def _on_error(self, payload: bytes) -> list[Statement]:
         q = self._queue

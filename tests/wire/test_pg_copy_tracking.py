@@ -1,0 +1,186 @@
+"""COPY FROM STDIN and the statement tracker: while the server takes COPY data it ignores Sync (and
+Flush), so those get no answer. Before, the tracker waited for one anyway and every later result
+landed on the wrong statement (a DELETE recorded as a syntax error, its rows on another statement),
+and libpq's extended-protocol COPY (Parse/Bind/Describe/Execute/Sync, data, CopyDone, Sync) ended
+the session at the next statement."""
+
+from __future__ import annotations
+
+import pytest
+from sdm_proxy.wire.postgres.tracker import StatementTracker, TrackerDesync
+
+from tests.wire import pgraw
+
+P, B, D, E, S, Q = (ord(c) for c in "PBDESQ")
+COPY_DONE, COPY_FAIL = ord("c"), ord("f")
+
+
+def _parse(name, sql):
+    return name.encode() + b"\0" + sql.encode() + b"\0\0\0"
+
+
+def _bind(portal, stmt):
+    return portal.encode() + b"\0" + stmt.encode() + b"\0\0\0\0\0\0\0"
+
+
+def _execute(portal=""):
+    return portal.encode() + b"\0\0\0\0\0"
+
+
+def _then_a_query_is_matched_right(t: StatementTracker) -> None:
+    after = t.on_client(Q, b"DELETE FROM victim\0")
+    assert t.on_server(ord("C"), b"DELETE 3\0") == []
+    assert t.on_server(ord("Z"), b"I") == [after]
+    assert after.status == "ok" and after.rows == 3 and t.idle
+
+
+# ---- the tracker alone --------------------------------------------------------------------------
+
+
+def test_a_sync_sent_while_the_server_takes_copy_data_gets_no_answer():
+    t = StatementTracker()
+    copy = t.on_client(Q, b"COPY t FROM STDIN\0")
+    t.on_server(ord("G"), b"\0\0\0")
+    assert t.copy_in
+    t.on_client(S, None)  # ignored by the server
+    t.on_client(COPY_DONE, None)
+    assert not t.copy_in
+    t.on_server(ord("C"), b"COPY 1\0")
+    assert t.on_server(ord("Z"), b"I") == [copy] and copy.rows == 1 and copy.status == "ok"
+    _then_a_query_is_matched_right(t)
+
+
+def test_a_sync_pipelined_behind_the_copy_before_the_server_answered():
+    t = StatementTracker()
+    copy = t.on_client(Q, b"COPY t FROM STDIN\0")
+    t.on_client(S, None)  # sent before the CopyInResponse arrived: still ignored by the server
+    t.on_client(COPY_DONE, None)
+    assert t.pending == 3
+    t.on_server(ord("G"), b"\0\0\0")
+    assert not t.copy_in and t.pending == 1  # the Sync dropped, the CopyDone marker used up
+    t.on_server(ord("C"), b"COPY 1\0")
+    assert t.on_server(ord("Z"), b"I") == [copy]
+    _then_a_query_is_matched_right(t)
+
+
+def test_extended_protocol_copy_as_libpq_sends_it():
+    t = StatementTracker()
+    t.on_client(P, _parse("", "COPY t FROM STDIN"))
+    t.on_client(B, _bind("", ""))
+    t.on_client(D, b"P\0")
+    copy = t.on_client(E, _execute())
+    t.on_client(S, None)  # libpq sends Sync right behind Execute: the server ignores it in COPY
+    for answer in (ord("1"), ord("2"), ord("n")):
+        t.on_server(answer, None)
+    t.on_server(ord("G"), b"\0\0\0")
+    t.on_client(COPY_DONE, None)
+    t.on_client(S, None)  # ... and another after CopyDone: this one is answered
+    assert t.on_server(ord("C"), b"COPY 2\0") == [copy] and copy.rows == 2
+    assert t.on_server(ord("Z"), b"I") == [] and t.idle
+    _then_a_query_is_matched_right(t)
+
+
+def test_a_copy_failed_by_the_client_in_the_extended_protocol():
+    t = StatementTracker()
+    t.on_client(P, _parse("", "COPY t FROM STDIN"))
+    t.on_client(B, _bind("", ""))
+    copy = t.on_client(E, _execute())
+    t.on_client(S, None)
+    t.on_server(ord("1"), None)
+    t.on_server(ord("2"), None)
+    t.on_server(ord("G"), b"\0\0\0")
+    t.on_client(COPY_FAIL, b"stop\0")
+    t.on_client(S, None)
+    assert t.on_server(ord("E"), b"C57014\0MCOPY from stdin failed: stop\0\0") == [copy]
+    assert copy.status == "cancelled" and not t.copy_in
+    assert t.on_server(ord("Z"), b"I") == [] and t.idle
+    _then_a_query_is_matched_right(t)
+
+
+def test_a_request_pipelined_into_the_copy_data_fails_closed():
+    t = StatementTracker()
+    t.on_client(Q, b"COPY t FROM STDIN\0")
+    t.on_client(Q, b"SELECT 'never runs'\0")  # the server would read it as bad COPY data
+    with pytest.raises(TrackerDesync, match="pipelined into COPY FROM STDIN"):
+        t.on_server(ord("G"), b"\0\0\0")
+
+
+def test_a_copy_done_outside_copy_is_ignored_like_the_server_does():
+    t = StatementTracker()
+    first = t.on_client(Q, b"SELECT 1\0")
+    t.on_client(COPY_DONE, None)
+    t.on_server(ord("T"), None)
+    t.on_server(ord("C"), b"SELECT 1\0")
+    assert t.on_server(ord("Z"), b"I") == [first] and t.idle
+    t.on_client(COPY_DONE, None)  # with nothing pending: nothing to mark
+    assert t.idle
+    _then_a_query_is_matched_right(t)
+
+
+# ---- through the gateway, against PostgreSQL ---------------------------------------------------
+
+
+def _outcomes(gateway, marker: str) -> list[tuple[str, str, int | None]]:
+    """(query text, status, rows) of the statements carrying ``marker``, oldest first."""
+    return [(q["query"], (end := gateway.outcome(q))["status"], end["rows"]) for q in gateway.query_events(marker)]
+
+
+def _login(gateway):
+    msgs, sock = pgraw.login(gateway.host, gateway.port, user="superuser", database="pgtest",
+                             password=gateway.tokens["bob"])
+    assert msgs[-1][0] == b"Z", msgs
+    return sock
+
+
+def test_outcomes_stay_on_their_statements_after_a_sync_inside_copy(gateway):
+    sock = _login(gateway)
+    sock.sendall(pgraw.query("CREATE TEMP TABLE t(x int); CREATE TEMP TABLE victim(x int); "
+                             "INSERT INTO victim VALUES (1), (2), (3) /*cs-setup*/"))
+    pgraw.read_until_ready(sock)
+    sock.sendall(pgraw.query("COPY t FROM STDIN /*cs-copy*/"))
+    assert pgraw.read_message(sock)[0] == b"G"
+    sock.sendall(pgraw.sync() + pgraw.message(b"d", b"5\n") + pgraw.message(b"c"))
+    pgraw.read_until_ready(sock)
+    for sql in ("SELEC broken1 /*cs-1*/", "DELETE FROM victim /*cs-2*/", "SELEC broken2 /*cs-3*/"):
+        sock.sendall(pgraw.query(sql))
+        pgraw.read_until_ready(sock)
+    sock.sendall(pgraw.message(b"X"))
+    sock.close()
+    assert _outcomes(gateway, "/*cs-copy*/") == [("COPY t FROM STDIN /*cs-copy*/", "ok", 1)]
+    assert [o[1:] for o in _outcomes(gateway, "/*cs-1*/")] == [("error", None)]
+    assert _outcomes(gateway, "/*cs-2*/") == [("DELETE FROM victim /*cs-2*/", "ok", 3)]
+    assert [o[1:] for o in _outcomes(gateway, "/*cs-3*/")] == [("error", None)]
+
+
+def test_extended_protocol_copy_from_stdin_keeps_the_session(gateway):
+    sock = _login(gateway)
+    sock.sendall(pgraw.query("CREATE TEMP TABLE tx(x int) /*ec-setup*/"))
+    pgraw.read_until_ready(sock)
+    # As libpq's PQsendQueryParams does: Parse, Bind, Describe, Execute and Sync in one go.
+    sock.sendall(pgraw.parse("", "COPY tx FROM STDIN /*ec-copy*/") + pgraw.message(b"B", b"\0\0" + b"\0" * 6)
+                 + pgraw.message(b"D", b"P\0") + pgraw.message(b"E", b"\0\0\0\0\0") + pgraw.sync())
+    while (msg := pgraw.read_message(sock))[0] != b"G":
+        assert msg[0] in (b"1", b"2", b"n"), msg
+    sock.sendall(pgraw.message(b"d", b"7\n8\n") + pgraw.message(b"c") + pgraw.sync())
+    assert pgraw.read_until_ready(sock)[-1][0] == b"Z"
+    sock.sendall(pgraw.query("SELECT count(*) FROM tx /*ec-after*/"))
+    rows = pgraw.read_until_ready(sock)
+    assert any(m[0] == b"D" and m[1].endswith(b"2") for m in rows), rows
+    sock.sendall(pgraw.message(b"X"))
+    sock.close()
+    assert _outcomes(gateway, "/*ec-copy*/") == [("COPY tx FROM STDIN /*ec-copy*/", "ok", 2)]
+    assert _outcomes(gateway, "/*ec-after*/") == [("SELECT count(*) FROM tx /*ec-after*/", "ok", 1)]
+
+
+def test_a_statement_sent_into_the_copy_data_ends_the_session(gateway):
+    sock = _login(gateway)
+    sock.sendall(pgraw.query("CREATE TEMP TABLE ty(x int) /*pi-setup*/"))
+    pgraw.read_until_ready(sock)
+    sock.sendall(pgraw.query("COPY ty FROM STDIN /*pi-copy*/"))
+    assert pgraw.read_message(sock)[0] == b"G"
+    sock.sendall(pgraw.query("SELECT 'into the copy' /*pi-stmt*/"))
+    msgs = pgraw.read_until_end(sock)
+    sock.close()
+    fields = pgraw.error_fields(msgs[-1][1])
+    assert msgs[-1][0] == b"E" and fields["C"] == "08P01" and "during COPY FROM STDIN" in fields["M"], fields
+    assert not gateway.query_events("/*pi-stmt*/")  # never recorded as started: it was never forwarded
