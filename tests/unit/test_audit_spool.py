@@ -123,6 +123,34 @@ def test_a_full_backlog_makes_statements_wait_for_the_chain(audit_log, tmp_path)
     assert chained_queries(audit_log) == [f"SELECT {n}" for n in range(6)]
 
 
+def test_the_backlog_is_bounded_by_its_text_too(audit_log, tmp_path):
+    """A statement's record can hold 1 MiB of text, so a count of records alone does not bound the
+    memory: past ``max_backlog_chars`` of queued text statements wait as well."""
+    gated = GatedLog(audit_log)
+
+    def big(n: int):
+        return query_event(user="u", session_id="s", proxy_id="p", datasource="d", credential="c", db_user="x",
+                           protocol="postgres", query=f"SELECT {n} /*{'x' * 4000}*/")
+
+    async def main():
+        spool = AuditSpool(tmp_path / "spool")
+        spool.open()
+        writer = AuditWriter(gated, spool=spool, flush_interval=0.001, max_backlog=1000, max_backlog_chars=10_000)
+        gated.gate.clear()
+        for n in range(3):  # about 12,500 characters of bodies: past the bound, under the count
+            await writer.write([big(n)])
+        fourth = asyncio.create_task(writer.write([big(3)]))
+        await asyncio.sleep(0.2)
+        assert not fourth.done(), "the fourth statement waits while 3 big records fill the backlog"
+        gated.gate.set()
+        await asyncio.wait_for(fourth, 10)
+        await writer.aclose()
+        return writer._queued_chars
+
+    assert asyncio.run(main()) == 0  # every chained record's text was counted off again
+    assert [x.split(" /*")[0] for x in chained_queries(audit_log)] == [f"SELECT {n}" for n in range(4)]
+
+
 def test_a_long_outage_refuses_new_statements_once_the_backlog_is_full(audit_log, tmp_path, monkeypatch):
     import sdm_proxy.wire.audit_writer as writer_mod
 

@@ -47,6 +47,7 @@ class ChainingSteps:
         _marks: deque[tuple[int, int, int]]
         _settlement: Settlement
         _trim: bool
+        _queued_chars: int
         _closed: bool
         _cancelled: bool
         _close_deadline: float | None
@@ -69,6 +70,7 @@ class ChainingSteps:
             exc = _unavailable(failed.cause)
             if self._giving_up(exc):
                 self._trim = False  # they stay in the spool (untrimmed from here on): the next start chains them
+                self._queued_chars -= body_chars(failed.batch)
                 return 0.0
             self._queue.extendleft(reversed(failed.batch))  # keep them, in order, and try again later
             retry_delay = min(RETRY_MAX_DELAY, max(0.05, retry_delay * 2))
@@ -99,7 +101,7 @@ class ChainingSteps:
                 self._recheck = True
                 raise _BatchFailed(batch, exc) from None
             try:
-                loop.call_soon_threadsafe(self._spool_progress, len(batch))
+                loop.call_soon_threadsafe(self._spool_progress, len(batch), body_chars(batch))
             except RuntimeError:  # the loop is gone (shut down): the spool keeps the rest
                 return
 
@@ -112,9 +114,11 @@ class ChainingSteps:
                     "them again", len(known))
         return [r for r in batch if r[0] not in known]
 
-    def _spool_progress(self, n: int) -> None:
-        """(Loop) ``n`` more records are chained: trim the spool, let held-back statements in."""
+    def _spool_progress(self, n: int, chars: int) -> None:
+        """(Loop) ``n`` more records (``chars`` of text) are chained: trim the spool, let held-back
+        statements in."""
         self.chained += n
+        self._queued_chars -= chars
         self._settlement.finished(n)
         mark = None
         marks = self._marks
@@ -170,6 +174,13 @@ class ChainingSteps:
             self._spool.chained(mark)
         except OSError as exc:  # only housekeeping failed: recovery skips events the chain holds
             log.warning("could not trim the audit spool: %s", exc.strerror or exc)
+
+
+def body_chars(records) -> int:
+    """The text the backlog holds for these spooled records ``(id, ts, type, user, body)``."""
+    if len(records) == 1:  # the usual case on the event loop: one statement's record
+        return len(records[0][4])
+    return sum(len(r[4]) for r in records)
 
 
 class _BatchFailed(Exception):

@@ -17,8 +17,8 @@ statement ran.
 
 One worker moves queued events into the chain (group commit) from a thread, so many concurrent
 statements share one commit. In spool modes a failed commit is retried (the events are safe in the
-spool); past ``max_backlog`` queued events new statements wait for the chain to catch up (bounded
-memory, backpressure) and are refused if it does not within ``CATCH_UP_WAIT``.
+spool); past ``max_backlog`` queued events (or ``max_backlog_chars`` of their text: a statement's
+record can hold 1 MiB) new statements wait for the chain to catch up (bounded memory, backpressure) and are refused if it does not within ``CATCH_UP_WAIT``.
 
 In spool modes the queue holds plain tuples ``(id, ts, type, user, body)`` (``AuditLog.
 append_spooled``), not the ``Event`` objects: those die with their statement, and the queue holds
@@ -38,7 +38,7 @@ from ..audit.query_records import event_of
 from ..audit.records import chainable, check_records, records_of, spool_lines
 from ..audit.spool import AuditSpool, SpoolMark
 from ..errors import AuditUnavailable
-from .audit_chaining import BUSY_BATCH, SHUTTING_DOWN, ChainingSteps
+from .audit_chaining import BUSY_BATCH, SHUTTING_DOWN, ChainingSteps, body_chars
 from .audit_settle import Settlement
 
 log = logging.getLogger("sdm.wire.audit")
@@ -46,6 +46,7 @@ log = logging.getLogger("sdm.wire.audit")
 SYNC_MODES = ("write", "fsync", "commit")
 SETTLE_WAIT = 2.0  # longest a reader (activity, audit tail) waits for the chain to take in what was recorded
 CATCH_UP_WAIT = 10.0  # longest a statement waits for the chain to catch up before it is refused
+MAX_BACKLOG_CHARS = 64 << 20  # text of the queued records; 10,000 ordinary records hold about 6 MB
 
 
 class AuditWriter(ChainingSteps):
@@ -53,7 +54,7 @@ class AuditWriter(ChainingSteps):
 
     def __init__(self, audit_log, *, spool: AuditSpool | None = None, sync: str = "write",
                  max_batch: int = 5000, post_delay: float = 0.05, flush_interval: float = 0.02,
-                 max_backlog: int = 10000):
+                 max_backlog: int = 10000, max_backlog_chars: int = MAX_BACKLOG_CHARS):
         if sync not in SYNC_MODES:
             raise ValueError(f"audit sync mode must be one of {', '.join(SYNC_MODES)}")
         self._log = audit_log
@@ -67,6 +68,8 @@ class AuditWriter(ChainingSteps):
         # Past this many queued events (~1 KB each in memory) statements wait for the chain to
         # catch up (backpressure); if it does not within CATCH_UP_WAIT, they are refused.
         self._max_backlog = max_backlog
+        self._max_backlog_chars = max_backlog_chars
+        self._queued_chars = 0  # spool modes: the bodies' length of the records in _queue
         self._caught_up: asyncio.Event | None = None
         # Spool modes: records (id, ts, type, user, body), in spool order. Commit mode: (events,
         # a waiter or None).
@@ -123,7 +126,7 @@ class AuditWriter(ChainingSteps):
         await self._write_spooled(records)
 
     async def _write_spooled(self, records: list[tuple]) -> None:
-        if len(self._queue) >= self._max_backlog:
+        if self._backlog_full():
             await self._wait_for_catch_up()
         mark = self._spool_write((records, spool_lines(records)))
         if self.sync == "fsync":
@@ -208,7 +211,7 @@ class AuditWriter(ChainingSteps):
         self._caught_up.clear()
         try:
             async with asyncio.timeout(CATCH_UP_WAIT):
-                while len(self._queue) >= self._max_backlog:
+                while self._backlog_full():
                     await self._caught_up.wait()
                     self._caught_up.clear()
         except TimeoutError:
@@ -232,6 +235,7 @@ class AuditWriter(ChainingSteps):
     def _enqueue_records(self, records: list[tuple], mark: SpoolMark | None) -> None:
         first = not self._queue
         self._queue.extend(records)
+        self._queued_chars += body_chars(records)
         self._settlement.enqueued(len(records))
         if mark is not None:
             self._marks.append((self._settlement.queued, mark[0], mark[1]))
@@ -289,8 +293,11 @@ class AuditWriter(ChainingSteps):
     def _waiting(self) -> int:
         return len(self._queue) if self._spool is not None else self._queued_events
 
+    def _backlog_full(self) -> bool:
+        return self._waiting() >= self._max_backlog or self._queued_chars >= self._max_backlog_chars
+
     def _let_in(self) -> None:
-        if self._caught_up is not None and self._waiting() < self._max_backlog:
+        if self._caught_up is not None and not self._backlog_full():
             self._caught_up.set()  # statements held back by a full backlog may go on
 
     async def aclose(self) -> None:
