@@ -184,3 +184,103 @@ def test_a_statement_sent_into_the_copy_data_ends_the_session(gateway):
     fields = pgraw.error_fields(msgs[-1][1])
     assert msgs[-1][0] == b"E" and fields["C"] == "08P01" and "during COPY FROM STDIN" in fields["M"], fields
     assert not gateway.query_events("/*pi-stmt*/")  # never recorded as started: it was never forwarded
+
+
+# ---- where the server and the tracker could part ways --------------------------------------------
+
+
+def test_a_sync_after_copy_data_fails_closed():
+    """Bad data ends COPY early, and the server then answers a Sync it would otherwise ignore:
+    after data, a Sync before CopyDone cannot be followed, so the tracker refuses to guess."""
+    t = StatementTracker()
+    t.on_client(Q, b"COPY t FROM STDIN\0")
+    t.on_client(ord("d"), None)
+    t.on_client(S, None)
+    with pytest.raises(TrackerDesync, match="Sync was sent after COPY data"):
+        t.on_server(ord("G"), b"\0\0\0")
+    t = StatementTracker()
+    t.on_client(Q, b"COPY t FROM STDIN\0")
+    t.on_server(ord("G"), b"\0\0\0")
+    assert t.refused_in_copy(S) is None  # no data yet: ignored by the server, as libpq relies on
+    t.on_client(ord("d"), None)
+    assert "Sync after COPY data" in t.refused_in_copy(S)
+    assert "during COPY FROM STDIN" in t.refused_in_copy(Q)
+    assert t.refused_in_copy(ord("d")) is None and t.refused_in_copy(COPY_DONE) is None
+
+
+@pytest.mark.parametrize("answer", [b"Z", b"1", b"2", b"3", b"C", b"T", b"n"])
+def test_an_answer_with_nothing_pending_fails_closed(answer):
+    t = StatementTracker()
+    done = t.on_client(Q, b"SELECT 1\0")
+    t.on_server(ord("C"), b"SELECT 1\0")
+    assert t.on_server(ord("Z"), b"I") == [done] and t.idle
+    assert t.on_server(ord("S"), b"in_hot_standby\0off\0") == []  # settings may change unasked
+    assert t.on_server(ord("E"), b"SFATAL\0C57P01\0Mshutdown\0\0") == []  # and a FATAL may come
+    with pytest.raises(TrackerDesync, match="no request pending"):
+        t.on_server(answer[0], b"I\0")
+
+
+def test_requests_sent_while_the_server_skips_to_sync_are_finished_at_once():
+    """After an extended-protocol error the server ignores everything up to the next Sync. What
+    the client sends meanwhile is not queued (a batch of 20,000 rows failing at the first one would
+    otherwise fill the queue past its cap and stall on a Sync never read): statements come back
+    already finished as not executed, and a simple Query among them is not taken for run."""
+    t = StatementTracker()
+    t.on_client(P, _parse("", "INSERT INTO t VALUES (1)"))
+    t.on_client(B, _bind("", ""))
+    first = t.on_client(E, _execute())
+    t.on_server(ord("1"), None)
+    t.on_server(ord("2"), None)
+    assert t.on_server(ord("E"), b"C23505\0Mduplicate key\0\0") == [first] and first.status == "error"
+    ignored = []
+    for _ in range(50_000):
+        t.on_client(B, _bind("", ""))
+        ignored.append(t.on_client(E, _execute()))
+    ignored.append(t.on_client(Q, b"DELETE FROM victim\0"))
+    assert t.pending == 0
+    assert all(s.ignored and s.skipped and s.status == "error" and "not executed" in s.error for s in ignored)
+    assert ignored[-1].text == "DELETE FROM victim"
+    t.on_client(S, None)
+    assert t.on_server(ord("Z"), b"I") == [] and t.idle
+    _then_a_query_is_matched_right(t)
+
+
+def test_through_the_gateway_a_sync_after_bad_copy_data_ends_the_session(gateway):
+    """The review's attack: bad COPY data, Sync, CopyDone, then redefine s1 and Bind it. The server
+    leaves COPY at the bad row and answers the Sync; the gateway ends the session instead."""
+    sock = _login(gateway)
+    sock.sendall(pgraw.query("CREATE TEMP TABLE tz(x int) /*sd-setup*/"))
+    pgraw.read_until_ready(sock)
+    sock.sendall(pgraw.parse("", "COPY tz FROM STDIN /*sd-copy*/") + pgraw.bind("", "") + pgraw.execute()
+                 + pgraw.sync())
+    while (msg := pgraw.read_message(sock))[0] != b"G":
+        assert msg[0] in (b"1", b"2"), msg
+    sock.sendall(pgraw.message(b"d", b"not-a-number\n") + pgraw.sync() + pgraw.message(b"c")
+                 + pgraw.close_statement("s1") + pgraw.parse("s1", "SELECT 'redefined' /*sd-evil*/") + pgraw.sync())
+    msgs = pgraw.read_until_end(sock)
+    sock.close()
+    fatal = [pgraw.error_fields(m[1]) for m in msgs if m[0] == b"E"]
+    assert any(f.get("C") == "08P01" and "Sync after COPY data" in f.get("M", "") for f in fatal), fatal
+
+
+def test_through_the_gateway_a_failing_batch_past_the_cap_still_ends(gateway, monkeypatch):
+    """A well-behaved pipelining client (writing and reading at once) whose batch fails at its first
+    row: the server answers nothing until the Sync at the end, so those requests must not count
+    against the cap on unanswered requests, or the gateway would never read that Sync."""
+    import threading
+
+    from sdm_proxy.wire.postgres import session_relay
+
+    monkeypatch.setattr(session_relay, "MAX_PENDING_ANSWERS", 1000)
+    sock = _login(gateway)
+    batch = pgraw.parse("", "SELECT x FROM no_such_table /*fb-batch*/") + \
+        (pgraw.bind("", "") + pgraw.execute()) * 20_000 + pgraw.sync()
+    writer = threading.Thread(target=sock.sendall, args=(batch,), daemon=True)
+    writer.start()
+    msgs = pgraw.read_until_ready(sock, timeout=60)
+    writer.join(10)
+    assert [m[0] for m in msgs] == [b"E", b"Z"]
+    sock.sendall(pgraw.query("SELECT 'after the batch' /*fb-after*/"))
+    assert any(m[0] == b"D" for m in pgraw.read_until_ready(sock))
+    sock.close()
+    assert _outcomes(gateway, "/*fb-after*/") == [("SELECT 'after the batch' /*fb-after*/", "ok", 1)]

@@ -39,7 +39,6 @@ log = logging.getLogger("sdm.wire.postgres")
 
 CLIENT_READ = 1 << 16
 X_TYPE = ord("X")  # Terminate
-COPY_IN_CLIENT = frozenset(b"cfSH")  # what may come while the server takes COPY data (CopyData is not observed)
 NAME_TOO_LONG = "42622"
 POLICY_FAILURES_MAX = 3  # consecutive failed live policy checks before the connection is closed
 # Requests awaiting an answer, past which nothing more is read from the client until some are
@@ -137,7 +136,7 @@ class RelayPhase:
         text_limit = min(self.ctx.max_statement_bytes, QUERY_TEXT_LIMIT)
         limits = text_limit + 5  # type-less header (4) + the terminating NUL of the text
         splitter = framing.MessageSplitter(
-            full=CLIENT_PARSED.replace("B", "").replace("F", ""), observe="SHXcf",
+            full=CLIENT_PARSED.replace("B", "").replace("F", ""), observe="SHXcfd",
             prefix={"B": 1 << 16, "F": 64}, max_full=limits, error=ClientProtocolError)
         tracker = self.tracker
         while True:
@@ -160,12 +159,11 @@ class RelayPhase:
                 if m.type == X_TYPE:  # Terminate: pass it on, then we are done
                     await self._forward(forward[pos:m.start + 5], pending)
                     return audit.OK, None
-                if tracker.copy_in and m.type not in COPY_IN_CLIENT:
-                    # The server would take it as bad COPY data and never run it, while the audit
-                    # recorded it as started. Legitimate clients end the COPY first.
-                    await self._forward(forward[pos:m.start], pending)
-                    raise ClientProtocolError(f"message {chr(m.type)!r} during COPY FROM STDIN: only CopyData, "
-                                              "CopyDone, CopyFail, Flush and Sync may come until it ends")
+                if tracker.copy_in:
+                    refused = tracker.refused_in_copy(m.type)
+                    if refused is not None:  # legitimate clients end the COPY first
+                        await self._forward(forward[pos:m.start], pending)
+                        raise ClientProtocolError(refused)
                 if m.truncated and m.type == ord("B") and m.payload.count(b"\0") < 2:
                     raise ClientProtocolError("Bind message with over-long portal or statement name")
                 if m.payload is not None:
@@ -206,6 +204,9 @@ class RelayPhase:
             for s in stmts:
                 s.started = now
             self.statements += len(stmts)
+            ignored = [s for s in stmts if s.ignored]
+            if ignored:  # sent while the server skips to the next Sync: on record as not executed
+                self._record_outcomes(ignored)
         if data:
             self._relay_proto.write(data)
             await self._relay_proto.drain()

@@ -60,6 +60,9 @@ __all__ = [
 ]
 
 
+COPY_IN_CLIENT = frozenset(b"dcfSH")  # what may come while the server takes COPY data
+
+
 class StatementTracker(ClientSide, ServerSide):
     def __init__(self, clock: Callable[[], float] = time.perf_counter):
         self._clock = clock
@@ -70,6 +73,9 @@ class StatementTracker(ClientSide, ServerSide):
         self._portal_stmt: dict[str, str] = {}
         self._tainted = False  # SQL-level PREPARE/DECLARE may have created names we never saw
         self._copy_in = False  # the server takes COPY data now, until the client's CopyDone/CopyFail
+        self._copy_mark = 0  # ... and _copy_data was this when the COPY statement was sent
+        self._copy_data = 0  # CopyData messages the client has sent
+        self._skipping = False  # an extended-protocol error: the server ignores requests until a Sync
         self.txn_status = b"I"
 
     # ---- state -------------------------------------------------------------------------------
@@ -88,6 +94,22 @@ class StatementTracker(ClientSide, ServerSide):
         """The server is in COPY FROM STDIN mode and the client has not ended it yet: only CopyData,
         CopyDone, CopyFail, Flush and Sync may come (the server ignores Flush and Sync there)."""
         return self._copy_in
+
+    def refused_in_copy(self, mtype: int) -> str | None:
+        """Why a client message may not be forwarded while the server takes COPY data, or None.
+
+        Anything but CopyData, CopyDone, CopyFail, Flush or Sync: the server would take it as bad data
+        and never run it. A Sync after data: the server ignores it only while still in COPY, and bad
+        data ends COPY early, after which it answers that Sync; nobody here can tell which happens."""
+        if not self._copy_in:
+            return None
+        if mtype not in COPY_IN_CLIENT:
+            return f"message {chr(mtype)!r} during COPY FROM STDIN: only CopyData, CopyDone, CopyFail, Flush " \
+                   "and Sync may come until it ends"
+        if mtype == ord("S") and self._copy_data > self._copy_mark:
+            return "Sync after COPY data, before CopyDone or CopyFail: refused (the database may or may " \
+                   "not answer it, so the audit could not follow)"
+        return None
 
     def prepared_text(self, name: str) -> str | None:
         return self._stmts.text.get(name)

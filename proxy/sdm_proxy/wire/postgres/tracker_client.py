@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 # Message type bytes.
 Q, P_, B, E_, S_, D_, C_, H_, F_, X_ = (ord(c) for c in "QPBESDCHFX")
-COPY_DONE, COPY_FAIL = ord("c"), ord("f")
+COPY_DONE, COPY_FAIL, COPY_DATA = ord("c"), ord("f"), ord("d")
 
 # Client messages whose payload the tracker reads (everything else streams through).
 CLIENT_PARSED = "QPBECDF"
@@ -60,6 +60,8 @@ class ClientSide:
         _portal_stmt: dict[str, str]
         _tainted: bool
         _copy_in: bool
+        _copy_data: int
+        _skipping: bool
 
     # ---- client side ---------------------------------------------------------------------------
 
@@ -125,6 +127,11 @@ class ClientSide:
     def on_client(self, mtype: int, payload: bytes | None) -> Statement | None:
         """Record a forwarded client message; returns the Statement to audit for Q / Execute / F."""
         now = self._clock()
+        if mtype == COPY_DATA:
+            self._copy_data += 1
+            return None
+        if self._skipping and mtype != S_:
+            return self._ignored(mtype, payload, now)
         try:
             if mtype == Q:
                 # Up to the first NUL, exactly as the server reads it (anything after is refused).
@@ -183,6 +190,7 @@ class ClientSide:
             if mtype == S_:
                 if self._copy_in:
                     return None  # the server ignores a Sync while it takes COPY data: no answer comes
+                self._skipping = False  # this Sync ends the server's skipping
                 self._push(_Expect("sync", self._seg))
                 self._seg += 1
                 return None
@@ -198,6 +206,29 @@ class ClientSide:
             # Malformed: PostgreSQL answers it with an ErrorResponse; expect that answer.
             self._push(_Expect("malformed", self._seg))
         return None
+
+    def _ignored(self, mtype: int, payload: bytes | None, now: float) -> Statement | None:
+        """A request sent while the server skips to the next Sync (after an extended-protocol
+        error): it will never run and gets no answer. Nothing is queued or predicted for it; a
+        statement is returned already finished (its record says it did not run)."""
+        if mtype not in (Q, E_, F_):
+            return None  # Parse/Bind/Close/Describe: ignored, so no name changes
+        if mtype == Q:
+            stmt = Statement("query", payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), now)
+        elif mtype == E_:
+            try:
+                portal, _ = _cstr(payload, 0)
+            except ValueError:
+                portal = ""
+            text = self._portals.text.get(portal)
+            stmt = Statement("execute", text if text is not None else UNKNOWN_TEXT, now, portal=portal,
+                             statement=self._bound_statement(portal))
+        else:
+            stmt = Statement("function", "<function call>", now)
+        stmt.status, stmt.skipped, stmt.ignored = "error", True, True
+        stmt.error = "not executed: an earlier message in the same pipeline failed"
+        stmt.duration_ms = 0.0
+        return stmt
 
     def _bound_statement(self, portal: str) -> str | None:
         return self._portal_stmt.get(portal)
@@ -225,4 +256,5 @@ class ClientSide:
         return out
 
     def _push(self, op: _Expect) -> None:
+        op.data = self._copy_data
         self._queue.append(op)

@@ -32,6 +32,7 @@ class Statement:
     sqlstate: str | None = None
     duration_ms: float | None = None
     skipped: bool = False
+    ignored: bool = False  # sent while the server skips to the next Sync: finished at once, never runs
     tag: object = None  # the glue's handle (its query record, written before forwarding: StartedQuery)
 
 
@@ -44,6 +45,7 @@ class _Expect:
     text: str | None = None
     doubtful: bool = False  # predicted to fail (name already exists): outcome unknown until answered
     stmt: Statement | None = None
+    data: int = 0  # CopyData messages the client had sent when this request was pushed
 
 
 @dataclass

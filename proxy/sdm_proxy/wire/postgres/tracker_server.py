@@ -26,6 +26,7 @@ NO_DATA, PARAM_DESC, ROW_DESC = ord("n"), ord("t"), ord("T")
 COMMAND_COMPLETE, EMPTY_QUERY, PORTAL_SUSPENDED = ord("C"), ord("I"), ord("s")
 ERROR_RESPONSE, READY, FUNCTION_RESULT = ord("E"), ord("Z"), ord("V")
 COPY_IN_RESPONSE, COPY_BOTH_RESPONSE = ord("G"), ord("W")
+PARAMETER_STATUS = ord("S")
 
 # Server messages the tracker must see: with payload, and by type only.
 SERVER_PARSED = "CEZS"  # S: ParameterStatus (the session checks client_encoding)
@@ -42,6 +43,8 @@ class ServerSide:
         _portals: _Names
         _portal_stmt: dict[str, str]
         _copy_in: bool
+        _copy_mark: int
+        _skipping: bool
         txn_status: bytes
 
     # ---- server side ---------------------------------------------------------------------------
@@ -52,11 +55,12 @@ class ServerSide:
         if rows and q and q[0].stmt is not None:
             q[0].stmt.counted += rows
         if not q:
-            if mtype == READY and payload:
-                self.txn_status = payload[:1]
-                if self.txn_status == b"I":
-                    self._drop_portals()
-            return []  # NoticeResponse, ParameterStatus, async notifications, FATAL at shutdown
+            if mtype in (ERROR_RESPONSE, PARAMETER_STATUS):
+                return []  # FATAL at shutdown or a timeout; a setting that changed (also unasked)
+            # An answer with nothing asked: the tracker's model of the stream is wrong (something the
+            # server took differently from us), so what it records next could be too. Fail closed.
+            raise TrackerDesync(f"upstream answered {chr(mtype)!r} with no request pending; closing the "
+                                "connection so the audit cannot go wrong")
         head = q[0]
         kind = head.kind
         done: list[Statement] = []
@@ -112,11 +116,16 @@ class ServerSide:
     def _enter_copy_in(self) -> None:
         """The head statement's COPY FROM STDIN started. Until the client's CopyDone or CopyFail the
         server ignores Sync (and Flush): drop the Syncs already queued behind it, up to the CopyDone
-        if that came already; else the client side leaves out those still to come (``_copy_in``)."""
+        if that came already; else the client side leaves out those still to come (``_copy_in``).
+        A Sync after COPY data fails closed: bad data ends COPY early, and the server then answers it."""
         q = self._queue
+        mark = q[0].data
         i = 1
         while i < len(q):
             kind = q[i].kind
+            if kind == "sync" and q[i].data > mark:
+                raise TrackerDesync("a Sync was sent after COPY data, before CopyDone: the database may or "
+                                    "may not answer it; closing the connection so the audit cannot go wrong")
             if kind == "sync":
                 del q[i]
             elif kind == "copy_end":
@@ -126,7 +135,7 @@ class ServerSide:
                 # The server reads this request as COPY data gone wrong, fails the COPY and never runs
                 # it: what the audit recorded as started would not match what ran. Fail closed.
                 raise TrackerDesync(f"a {kind} request was pipelined into COPY FROM STDIN")
-        self._copy_in = True
+        self._copy_in, self._copy_mark = True, mark
 
     def _on_error(self, payload: bytes) -> list[Statement]:
         q = self._queue
@@ -150,8 +159,10 @@ class ServerSide:
             self._resolve(failed, False)
         # PostgreSQL now ignores everything up to the next Sync: those requests get no answer. When the
         # failure was in preparing a statement (Parse/Bind/Describe: e.g. 1/0 folded at plan time),
-        # the Execute it was for carries the server's error.
+        # the Execute it was for carries the server's error. With no Sync queued yet, requests still
+        # to come are ignored too, until the client's Sync (``ClientSide._ignored``).
         carry = failed.stmt is None
+        self._skipping = not any(op.kind == "sync" for op in q)
         while q and q[0].kind != "sync":
             op = q.popleft()
             if carry and op.stmt is not None:
