@@ -72,6 +72,27 @@ def test_file_references_may_not_read_the_gateways_own_process_or_devices(state,
                                    secret_ref=f"file:{target}")
 
 
+def test_file_references_may_not_read_a_master_key_file_kept_outside_the_home(state, tmp_path):
+    """The local key provider may keep its key file anywhere (`"path": "/etc/sdm/master.keys"`),
+    a previous one too: neither may be sent upstream as a "password"."""
+    import json
+
+    outside, old = tmp_path / "etc" / "master.keys", tmp_path / "old" / "master.keys"
+    for path in (outside, old):
+        path.parent.mkdir()
+        path.write_text("k1 not-a-real-key\n")
+    config_path = state.home.config_path
+    config = json.loads(config_path.read_text())
+    config["key_provider"] = {"type": "local", "path": str(outside), "previous": [{"type": "local", "path": str(old)}]}
+    config_path.write_text(json.dumps(config))
+    for target in (outside, old):
+        with pytest.raises(UsageError, match="master key file"):
+            catalog.add_credential(state.cp, state.admin, "prod", "evil", username="x", secret_ref=f"file:{target}")
+    neighbour = outside.parent / "db-password"
+    neighbour.write_text("pw\n")
+    catalog.add_credential(state.cp, state.admin, "prod", "fine", username="x", secret_ref=f"file:{neighbour}")
+
+
 def test_a_stored_reference_into_proc_is_refused_at_unlock_too(state):
     """A reference stored before this check (or written to the state database directly) is still
     refused when it would be read."""

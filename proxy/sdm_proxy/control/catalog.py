@@ -18,6 +18,7 @@ from ..validation import (
     check_port,
 )
 from ..vault.envelope import EncryptionContext, seal
+from ..vault.providers import local_key_files
 from ..vault.secret import SecretValue
 from ..vault.secret_refs import validate_secret_ref
 from .context import Actor, ControlPlane
@@ -177,6 +178,9 @@ def check_ref_outside_home(cp: ControlPlane, secret_ref: str) -> None:
         if any(target == tree or tree in target.parents for tree in _SYSTEM_TREES):
             raise UsageError("a file: secret reference may not point into /proc, /sys or /dev "
                              "(the gateway's own process and devices)")
+        # A master key file may live outside $SDM_HOME (`{"type": "local", "path": "/etc/sdm/..."}`).
+        if target in local_key_files(cp.home.load_config().get("key_provider"), cp.home):
+            raise UsageError("a file: secret reference may not point at the gateway's master key file")
 
 
 def refuse_rotating_a_reference(cred: Credential) -> None:

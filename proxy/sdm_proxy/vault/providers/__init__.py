@@ -62,14 +62,25 @@ def _check(config: Mapping[str, Any] | None) -> tuple[str, Mapping[str, Any]]:
     return kind, config
 
 
+def _local_key_path(config: Mapping[str, Any], home: SdmHome) -> Path:
+    path = Path(config["path"]).expanduser() if config.get("path") else home.master_key_path
+    return path if path.is_absolute() else home.root / path
+
+
+def local_key_files(config: Mapping[str, Any] | None, home: SdmHome) -> set[Path]:
+    """Every local master key file the config names, the current one and ``previous`` ones (resolved)."""
+    _, checked = _check(config)
+    previous = checked.get("previous") or []
+    sections = [checked, *(previous if isinstance(previous, list) else [])]
+    return {_local_key_path(section, home).resolve() for section in sections
+            if isinstance(section, Mapping) and section.get("type", LOCAL_PROVIDER_NAME) == LOCAL_PROVIDER_NAME}
+
+
 def load_key_provider(config: Mapping[str, Any] | None, home: SdmHome) -> KeyProvider:
     """The provider that seals new secrets, from a config section (``None``/``{}`` means local)."""
     kind, config = _check(config)
     if kind == LOCAL_PROVIDER_NAME:
-        path = Path(config["path"]).expanduser() if config.get("path") else home.master_key_path
-        if not path.is_absolute():
-            path = home.root / path
-        return LocalKeyProvider(path)
+        return LocalKeyProvider(_local_key_path(config, home))
     if not config.get("key_id"):
         raise UsageError("key provider 'aws-kms' needs key_id (a key id, key ARN, or alias/NAME)")
     from .aws_kms import AwsKmsKeyProvider
