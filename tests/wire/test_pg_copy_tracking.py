@@ -15,16 +15,16 @@ P, B, D, E, S, Q = (ord(c) for c in "PBDESQ")
 COPY_DONE, COPY_FAIL = ord("c"), ord("f")
 
 
-def _parse(name, sql):
-    return name.encode() + b"\0" + sql.encode() + b"\0\0\0"
+def _parse(name, sql):  # the tracker takes payloads: the wire message without its 5-byte header
+    return pgraw.parse(name, sql)[5:]
 
 
 def _bind(portal, stmt):
-    return portal.encode() + b"\0" + stmt.encode() + b"\0\0\0\0\0\0\0"
+    return pgraw.bind(portal, stmt)[5:]
 
 
 def _execute(portal=""):
-    return portal.encode() + b"\0\0\0\0\0"
+    return pgraw.execute(portal)[5:]
 
 
 def _then_a_query_is_matched_right(t: StatementTracker) -> None:
