@@ -94,15 +94,16 @@ def merge_rounds(per_round: list[dict]) -> dict:
 
 
 def _medians(results: list[dict]) -> dict:
-    out = dict(results[0]) if len(results) == 1 else {"clients": results[0]["clients"]}
-    if len(results) > 1:
-        for key in ("tps", "latency_ms", "added_latency_us"):
-            value = _median_or_none([r.get(key) for r in results])
-            if value is not None:  # direct has no added latency
-                out[key] = round(value, 3)
-        out["transactions"] = sum(r.get("transactions") or 0 for r in results)
-        out["failed"] = sum(r.get("failed") or 0 for r in results)
-        out["rounds"] = [{k: r[k] for k in ("tps", "latency_ms", "added_latency_us") if k in r} for r in results]
+    if len(results) == 1:
+        return dict(results[0])
+    out: dict = {"clients": results[0]["clients"]}
+    for key in ("tps", "latency_ms", "added_latency_us"):
+        value = _median_or_none([r.get(key) for r in results])
+        if value is not None:  # direct has no added latency
+            out[key] = round(value, 3)
+    out["transactions"] = sum(r.get("transactions") or 0 for r in results)
+    out["failed"] = sum(r.get("failed") or 0 for r in results)
+    out["rounds"] = [{k: r[k] for k in ("tps", "latency_ms", "added_latency_us") if k in r} for r in results]
     return out
 
 
