@@ -30,6 +30,7 @@ from .errors import SdmError
 from .home import write_private
 from .unlock.client import InProcessUnlockClient, ProxyIdentity
 from .wire.audit_writer import AuditWriter
+from .wire.login_slots import DEFAULT_PER_ADDRESS as DEFAULT_LOGINS_PER_ADDRESS
 from .wire.login_throttle import DEFAULT_LIMIT as DEFAULT_LOGIN_FAILURE_LIMIT
 
 log = logging.getLogger("sdm.gateway")
@@ -65,6 +66,7 @@ class GatewayConfig:
     audit_chainer: str = "thread"  # thread | process: where spooled events are chained (audit/chainer.py)
     warm_logins: bool = True  # PostgreSQL spares (see wire/postgres/spares.py)
     login_failure_limit: int = DEFAULT_LOGIN_FAILURE_LIMIT  # per client address and minute; 0: off
+    logins_per_address: int = DEFAULT_LOGINS_PER_ADDRESS  # logins in flight per client address
     jupyterhub_api_url: str | None = None  # a hub whose users' API tokens may mint sessions
 
 
@@ -104,7 +106,8 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
                 *config.postgres, unlock_client=unlock_client, audit_log=audit,
                 tls_context=gateway_tls_context(cp.home.tls_dir),
                 policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id,
-                warm_logins=config.warm_logins, login_failure_limit=config.login_failure_limit)
+                warm_logins=config.warm_logins, login_failure_limit=config.login_failure_limit,
+                logins_per_address=config.logins_per_address)
             listeners.append(pg)
             addresses["postgres"] = f"{config.postgres[0]}:{pg.port}"
         if config.mysql is not None:
@@ -114,7 +117,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
                 *config.mysql, unlock_client=unlock_client, audit_log=audit,
                 tls_context=gateway_tls_context(cp.home.tls_dir),
                 policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id,
-                login_failure_limit=config.login_failure_limit)
+                login_failure_limit=config.login_failure_limit, logins_per_address=config.logins_per_address)
             listeners.append(my)
             addresses["mysql"] = f"{config.mysql[0]}:{my.port}"
         if config.jupyterhub_api_url:

@@ -10,6 +10,7 @@ import click
 
 from ..errors import UsageError
 from ..validation import parse_host_port
+from ..wire.login_slots import DEFAULT_PER_ADDRESS, MAX_PER_ADDRESS
 from ..wire.login_throttle import DEFAULT_LIMIT, MAX_LIMIT
 from .common import control_plane
 
@@ -58,6 +59,11 @@ def _hub_api_url(option: str | None, environ) -> str | None:
               help="Failed logins per client address (not loopback) and minute after which that address's "
                    "logins without a valid session token are refused for a minute, with one audit event "
                    "for the whole throttle instead of one each; 0 turns it off.")
+@click.option("--max-logins-per-address", type=click.IntRange(1, MAX_PER_ADDRESS), default=DEFAULT_PER_ADDRESS,
+              show_default=True,
+              help="Connections from one client address (not loopback) that may be logging in at once; "
+                   "past it, that address's next connections are refused until one finishes, so one host "
+                   "cannot hold every connection slot through the 60 s login timeout.")
 @click.option("--jupyterhub-api-url", metavar="URL", default=None,
               help="Take JupyterHub users' API tokens (JUPYTERHUB_API_TOKEN in their kernels) to create "
                    "sessions for the sdm user of the same name, asking this hub (e.g. "
@@ -66,7 +72,7 @@ def _hub_api_url(option: str | None, environ) -> str | None:
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 @click.pass_context
 def gateway(ctx, api_addr, pg_addr, mysql_addr, audit_sync, audit_chainer, warm_logins, login_failure_limit,
-            jupyterhub_api_url, verbose):
+            max_logins_per_address, jupyterhub_api_url, verbose):
     """Run the gateway in the foreground; SIGTERM drains and stops it."""
     host, port = parse_host_port(api_addr)
     hub_url = _hub_api_url(jupyterhub_api_url, os.environ)
@@ -93,5 +99,6 @@ def gateway(ctx, api_addr, pg_addr, mysql_addr, audit_sync, audit_chainer, warm_
         run(cp, GatewayConfig(api_host=host, api_port=port, postgres=postgres, mysql=mysql,
                                          audit_sync=audit_sync, audit_chainer=audit_chainer,
                                          warm_logins=warm_logins, login_failure_limit=login_failure_limit,
+                                         logins_per_address=max_logins_per_address,
                                          jupyterhub_api_url=hub_url),
             identity)

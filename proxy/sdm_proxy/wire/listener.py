@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .. import errors as sdm_errors
 from .audit_writer import AuditWriter
+from .login_slots import DEFAULT_PER_ADDRESS, LoginSlots
 from .net import is_loopback
 
 
@@ -42,8 +43,10 @@ def listener_setup(host: str, port: int, *, tls_context, audit_log, unlock_clien
 class Listener:
     """The server socket and the live sessions of one listener."""
 
-    def __init__(self, max_connections: int, audit: AuditWriter, owns_audit: bool):
+    def __init__(self, max_connections: int, audit: AuditWriter, owns_audit: bool,
+                 logins_per_address: int = DEFAULT_PER_ADDRESS):
         self.max_connections = max_connections
+        self.logins = LoginSlots(logins_per_address)  # logins in flight per client address
         self.sessions: set = set()
         self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.Server | None = None

@@ -14,6 +14,14 @@ from ..unlock.client import UnlockedCredential
 PolicyCheck = Callable[[UnlockedCredential], Awaitable[str | None]]
 
 
+def peer_text(peer: object) -> str | None:
+    """A socket's peer address as sessions keep it: ``host:port``, ``[v6]:port``, or as it is."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
+    return str(peer) if peer else None
+
+
 def is_loopback(host: str) -> bool:
     """Only loopback listeners may accept a session token without TLS."""
     if host == "localhost":

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from ...unlock.client import UnlockClient
 from ..audit_writer import AuditWriter
 from ..listener import Listener, listener_setup
+from ..login_slots import DEFAULT_PER_ADDRESS as DEFAULT_LOGINS_PER_ADDRESS
 from ..login_throttle import DEFAULT_LIMIT, LoginThrottle
-from ..net import PolicyCheck, is_loopback
+from ..net import PolicyCheck, is_loopback, peer_text
 from .channel import ClientChannel
 from .errors import ER_CON_COUNT_ERROR, SQLSTATE_REJECTED, ServerShutdown, err_fields
 from .handshake import DEFAULT_SERVER_VERSION
@@ -61,8 +62,8 @@ class ListenerContext:
 
 class MysqlListener(Listener):
     def __init__(self, ctx: ListenerContext, max_connections: int = DEFAULT_MAX_CONNECTIONS, *,
-                 owns_audit: bool = False):
-        super().__init__(max_connections, ctx.audit, owns_audit)
+                 owns_audit: bool = False, logins_per_address: int = DEFAULT_LOGINS_PER_ADDRESS):
+        super().__init__(max_connections, ctx.audit, owns_audit, logins_per_address)
         self.ctx = ctx
         self.throttle = ctx.throttle
         self._closing = False
@@ -84,20 +85,28 @@ class MysqlListener(Listener):
 
     async def _serve(self, channel: ClientChannel) -> None:
         try:
-            if len(self.sessions) >= self.max_connections or self._closing:
+            slot = None
+            if not (len(self.sessions) >= self.max_connections or self._closing):
+                slot = self.logins.take(peer_text(channel.peer))
+            if slot is None:
                 # Instead of a greeting, as mysqld does when max_connections is reached.
                 if self._closing:
                     code, sqlstate, message = err_fields(ServerShutdown(SHUTDOWN_MESSAGE))
-                else:
+                elif len(self.sessions) >= self.max_connections:
                     code, sqlstate, message = ER_CON_COUNT_ERROR, SQLSTATE_REJECTED, "Too many connections"
+                else:
+                    code, sqlstate, message = (ER_CON_COUNT_ERROR, SQLSTATE_REJECTED,
+                                               "Too many connections from this address are still logging in")
                 channel.write(frame(build_err(code, sqlstate, message), 0))
                 channel.close()
                 return
             session = Session(self.ctx, channel)
+            session.login_slot = slot
             self.sessions.add(session)
             try:
                 await session.run()
             finally:
+                slot.release()
                 self.sessions.discard(session)
         except asyncio.CancelledError:
             channel.abort()
@@ -141,6 +150,7 @@ async def start_mysql_listener(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     server_version: str = DEFAULT_SERVER_VERSION,
     login_failure_limit: int = DEFAULT_LIMIT,
+    logins_per_address: int = DEFAULT_LOGINS_PER_ADDRESS,
 ) -> MysqlListener:
     """Start serving; ``port=0`` picks a free port (see ``listener.port``).
 
@@ -150,6 +160,8 @@ async def start_mysql_listener(
     ``UsageError`` for a non-loopback address without ``tls_context``; off loopback, clients must
     use TLS. ``login_failure_limit``: failed logins per client address and minute before its logins
     without a valid token are refused for a minute (login_throttle.py); 0 turns that off.
+    ``logins_per_address``: connections from one client address (not loopback) still logging in at
+    once, past which its next connections are refused (login_slots.py).
     """
     setup = listener_setup(host, port, tls_context=tls_context, audit_log=audit_log,
                            unlock_client=unlock_client, proxy_id=proxy_id)
@@ -161,7 +173,8 @@ async def start_mysql_listener(
     if login_failure_limit > 0:
         ctx.throttle = LoginThrottle(setup.audit.post, protocol=PROTOCOL, proxy_id=setup.proxy_id,
                                      limit=login_failure_limit)
-    return await MysqlListener(ctx, max_connections, owns_audit=setup.owns_audit).start(host, port)
+    return await MysqlListener(ctx, max_connections, owns_audit=setup.owns_audit,
+                               logins_per_address=logins_per_address).start(host, port)
 
 
 __all__ = ["ListenerContext", "MysqlListener", "is_loopback", "start_mysql_listener"]

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 from ...audit import events as audit
 from ...unlock.client import UnlockedCredential
+from ..login_slots import LoginSlot
+from ..net import peer_text
 from .channel import ClientChannel, ConnectionLost, UpstreamChannel
 from .commands import StatementMap
 from .errors import (
@@ -57,20 +59,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("sdm.wire.mysql")
 
 
-def _peer(peer: object) -> str | None:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = peer[0]
-        return f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
-    return str(peer) if peer else None
-
-
 class Session(LoginPhase, CommandPhase, KillCommand, AccessWatch, SessionAudit, ClosingPhase):
     """One client connection: its state and entry point; the phases' methods come from the mixins."""
 
     def __init__(self, ctx: ListenerContext, client: ClientChannel):
         self.ctx = ctx
         self.client = client
-        self.peer = _peer(client.peer)
+        self.peer = peer_text(client.peer)
         self.connection_id = ctx.registry.register(self)
         self.front = FrontConnection(connection_id=self.connection_id, tls_available=ctx.tls_context is not None,
                                      tls_required=ctx.require_tls, server_version=ctx.server_version,
@@ -88,6 +83,7 @@ class Session(LoginPhase, CommandPhase, KillCommand, AccessWatch, SessionAudit, 
         self._cmd: Packet | None = None  # the command in flight
         self._answered = False  # bytes of the in-flight command's answer already went to the client
         self._ended: tuple[str, str] | None = None  # (status, reason) once access ended (revoked, expired)
+        self.login_slot: LoginSlot | None = None  # the listener's, given back once the login ends
         self._goodbye: tuple[WireError, str, str] | None = None  # close between commands: (ERR, status, reason)
         self._client_gone = False
         client.on_lost = self._on_client_lost
@@ -104,6 +100,8 @@ class Session(LoginPhase, CommandPhase, KillCommand, AccessWatch, SessionAudit, 
             except TimeoutError:
                 raise _Close(ClientProtocolError("authentication timeout: the login did not finish in time",
                                                  code=ER_HANDSHAKE_ERROR), audit_denied=True) from None
+            if self.login_slot is not None:
+                self.login_slot.release()
             if logged_in:
                 status, error = await self._serve()
         except _Close as exc:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from ...unlock.client import UnlockClient
 from ..audit_writer import AuditWriter
 from ..listener import Listener, listener_setup
+from ..login_slots import DEFAULT_PER_ADDRESS as DEFAULT_LOGINS_PER_ADDRESS
+from ..login_slots import LoginSlots
 from ..login_throttle import DEFAULT_LIMIT, LoginThrottle
 from ..net import PolicyCheck
 from . import framing
@@ -36,6 +38,7 @@ DEFAULT_POLICY_INTERVAL = 2.0
 DEFAULT_AUTH_TIMEOUT = 60.0  # PostgreSQL's authentication_timeout
 DEFAULT_MAX_STATEMENT = QUERY_TEXT_LIMIT  # the audit keeps this much text: no more may run
 DEFAULT_MAX_CONNECTIONS = 1000
+TOO_MANY_LOGINS = "sorry, too many connections from this address are still logging in"
 
 
 @dataclass
@@ -61,8 +64,9 @@ class ListenerContext:
 
 class PostgresListener(Listener):
     def __init__(self, ctx: ListenerContext, max_connections: int = DEFAULT_MAX_CONNECTIONS, *,
-                 owns_audit: bool = False):
-        super().__init__(max_connections, ctx.audit, owns_audit)
+                 owns_audit: bool = False, logins_per_address: int = DEFAULT_LOGINS_PER_ADDRESS):
+        super().__init__(max_connections, ctx.audit, owns_audit, logins_per_address)
+        self.refusals = LoginSlots(logins_per_address, warn=False)  # connections being told "too many", per address
         self.ctx = ctx
         self.throttle = ctx.throttle
 
@@ -79,11 +83,23 @@ class PostgresListener(Listener):
                 writer.write(framing.error_response("53300", "sorry, too many clients already", severity="FATAL"))
                 writer.close()
                 return
-            session = Session(self.ctx, reader, writer)
+            session = Session(self.ctx, reader, writer)  # nothing read yet
+            slot = self.logins.take(session.peer)
+            if slot is None:
+                # Refused once its TLS and startup packet are in, so the client can read why; those
+                # refusals are bounded per address too, and past that the answer comes at once.
+                slot = self.refusals.take(session.peer)
+                if slot is None:
+                    writer.write(framing.error_response("53300", TOO_MANY_LOGINS, severity="FATAL"))
+                    writer.close()
+                    return
+                session.refusal = ("53300", TOO_MANY_LOGINS)
+            session.login_slot = slot
             self.sessions.add(session)
             try:
                 await session.run()
             finally:
+                slot.release()
                 self.sessions.discard(session)
         except asyncio.CancelledError:
             pass
@@ -129,6 +145,7 @@ async def start_postgres_listener(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     warm_logins: bool = False,
     login_failure_limit: int = DEFAULT_LIMIT,
+    logins_per_address: int = DEFAULT_LOGINS_PER_ADDRESS,
 ) -> PostgresListener:
     """Start serving; ``port=0`` picks a free port (see ``listener.port``).
 
@@ -139,6 +156,8 @@ async def start_postgres_listener(
     (spares.py) so the next connect skips the database's fork and SCRAM exchange.
     ``login_failure_limit``: failed logins per client address and minute before its logins without a
     valid token are refused for a minute (login_throttle.py); 0 turns that off.
+    ``logins_per_address``: connections from one client address (not loopback) still logging in at
+    once, past which its next connections are refused (login_slots.py).
     """
     setup = listener_setup(host, port, tls_context=tls_context, audit_log=audit_log,
                            unlock_client=unlock_client, proxy_id=proxy_id)
@@ -151,4 +170,5 @@ async def start_postgres_listener(
                                      limit=login_failure_limit)
     if warm_logins:
         ctx.spares = WarmSpares(ctx.scram_cache, connect_timeout=connect_timeout)
-    return await PostgresListener(ctx, max_connections, owns_audit=setup.owns_audit).start(host, port)
+    return await PostgresListener(ctx, max_connections, owns_audit=setup.owns_audit,
+                                  logins_per_address=logins_per_address).start(host, port)

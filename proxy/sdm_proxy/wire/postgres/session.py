@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 from ...audit import events as audit
 from ...unlock.client import UnlockedCredential
+from ..login_slots import LoginSlot
+from ..net import peer_text
 from . import framing
 from .errors import (
     ADMIN_SHUTDOWN,
@@ -58,14 +60,6 @@ log = logging.getLogger("sdm.wire.postgres")
 _FALSE = frozenset({"0", "false", "off", "no", "f", "n"})
 
 
-def _peer(writer: asyncio.StreamWriter) -> str | None:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = peer[0]
-        return f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
-    return str(peer) if peer else None
-
-
 def _is_utf8(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -82,7 +76,7 @@ class Session(LoginPhase, RelayPhase, SessionAudit, ClosingPhase):
         self.reader = reader
         self.writer = writer
         self.machine = FrontMachine()
-        self.peer = _peer(writer)
+        self.peer = peer_text(writer.get_extra_info("peername"))
         self.tls = False
         self.params: dict[str, str] = {}
         self.cred: UnlockedCredential | None = None
@@ -101,6 +95,8 @@ class Session(LoginPhase, RelayPhase, SessionAudit, ClosingPhase):
         self._replenish: asyncio.TimerHandle | None = None  # the next warm spare, once due
         self._spare_due = False  # the first answer went out: the spare's time is set
         self._spares: WarmSpares | None = None  # where this session's replenish goes
+        self.login_slot: LoginSlot | None = None  # the listener's, given back once the login ends
+        self.refusal: tuple[str, str] | None = None  # (sqlstate, message): refuse once the startup is in
 
     # ---- entry ------------------------------------------------------------------------------
 
@@ -113,6 +109,8 @@ class Session(LoginPhase, RelayPhase, SessionAudit, ClosingPhase):
             except TimeoutError:
                 raise _Close(PROTOCOL_VIOLATION, "authentication timeout: the login did not finish in time",
                              audit_denied=True) from None
+            if self.login_slot is not None:
+                self.login_slot.release()
             if relay:
                 status, error = await self._relay()
         except _Close as exc:
@@ -174,6 +172,10 @@ class Session(LoginPhase, RelayPhase, SessionAudit, ClosingPhase):
                 else:
                     self.machine.advance(Input.STARTUP)
                     break
+            if self.refusal is not None:
+                # As PostgreSQL refuses (too many clients): after TLS and the startup packet, so that
+                # the client reads the message (libpq ignores one sent in reply to its SSLRequest).
+                raise _Close(*self.refusal)
             await self._accept_startup(pkt)
             token = await self._read_password()
             if token is None:
