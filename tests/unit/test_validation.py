@@ -14,7 +14,8 @@ def test_durations(text, expected):
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "2", "h", "2x", "-1h", "0s", "1h 30m", "400d", "1.5h", "2hh"])
+@pytest.mark.parametrize("text", ["", "2", "h", "2x", "-1h", "0s", "1h 30m", "400d", "1.5h", "2hh",
+                                  "1" * 5000 + "s", "٣h"])
 def test_bad_durations_are_usage_errors(text):
     with pytest.raises(UsageError, match="duration"):
         parse_duration(text)
@@ -35,6 +36,6 @@ def test_host_port():
     assert parse_host_port("0.0.0.0:5432") == ("0.0.0.0", 5432)
     assert parse_host_port(":6432") == ("127.0.0.1", 6432)
     assert parse_host_port("[::1]:7000") == ("::1", 7000)
-    for bad in ("localhost", "host:", "host:0", "host:70000", "host:abc"):
+    for bad in ("localhost", "host:", "host:0", "host:70000", "host:abc", "host:²", "host:" + "9" * 5000):
         with pytest.raises(UsageError):
             parse_host_port(bad)

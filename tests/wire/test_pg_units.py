@@ -323,6 +323,12 @@ def test_md5_and_saslprep():
 # ---- sqlcommenter ------------------------------------------------------------------------------------
 
 
+def test_parse_tags_takes_only_ascii_digits_for_the_execution_count():
+    # "²".isdigit() is True but int("²") raises: such a tag ended the client's session.
+    assert parse_tags("SELECT 1 /*sdm_execution_count='%C2%B2'*/") == {"execution_count": None}
+    assert parse_tags("SELECT 1 /*sdm_execution_count='%D9%A3'*/") == {"execution_count": None}
+
+
 def test_parse_tags():
     sql = "SELECT 1 /*sdm_cell='c%201',sdm_notebook='a%2Fb.ipynb',sdm_kernel='k',sdm_execution_count='12'*/"
     assert parse_tags(sql) == {"cell_id": "c 1", "notebook": "a/b.ipynb", "kernel_id": "k", "execution_count": 12}

@@ -72,7 +72,8 @@ def parse_tags(sql: str) -> dict[str, object]:
             continue
         value = unquote(raw[:3 * MAX_VALUE])[:MAX_VALUE]
         if field == "execution_count":
-            tags[field] = int(value) if value.isdigit() and len(value) < 12 else None
+            # isdigit() alone takes "²", which int() refuses: a client's tag must not end its session.
+            tags[field] = int(value) if value.isascii() and value.isdigit() and len(value) < 12 else None
         else:
             tags[field] = value
     return tags

@@ -120,10 +120,29 @@ def test_refused_and_unknown_commands(code):
 
 
 @pytest.mark.parametrize("payload", [b"", b"\x17\x01\x00", b"\x1c\x01\x00\x00\x00", b"\x19", b"\x0c\x01",
-                                     b"\x1b\x00", b"\x11no-nul"])
+                                     b"\x1b\x00", b"\x11no-nul", b"\x18\x01\x00\x00\x00",
+                                     b"\x18\x01\x00\x00\x00\x00"])
 def test_malformed_commands_are_client_errors(payload):
     with pytest.raises(ClientProtocolError):
         classify(payload, capabilities=CAPS)
+
+
+def test_send_long_data_needs_the_servers_minimum_length():
+    """MySQL answers a SEND_LONG_DATA shorter than its header with ERR 1835 and stays connected;
+    relayed, that ERR would be taken for the next command's answer and shift every later one."""
+    cmd = classify(b"\x18\x01\x00\x00\x00\x00\x00", capabilities=CAPS)  # id 1, parameter 0, no data
+    assert isinstance(cmd, StmtOnId) and cmd.statement_id == 1 and cmd.response is ResponseKind.NONE
+
+
+@pytest.mark.parametrize(("payload", "text"), [
+    (b"\x07\x80", "COM_REFRESH 0x80 (MASTER)"),
+    (b"\x07\x05", "COM_REFRESH 0x05 (GRANT TABLES)"),
+    (b"\x07\x00", "COM_REFRESH 0x00"),
+    (b"\x07", "COM_REFRESH"),
+])
+def test_refresh_options_are_in_the_audit_text(payload, text):
+    cmd = classify(payload, capabilities=CAPS)
+    assert cmd.describe() == text and cmd.response is ResponseKind.SIMPLE
 
 
 # ---- statement map -----------------------------------------------------------------------------

@@ -45,7 +45,13 @@ def test_not_kill(sql):
     assert parse_kill(sql) is None and not is_kill(sql)
 
 
-def test_dashdash_needs_a_space():
-    # "--5" is not a comment in MySQL; "KILL --5" is "KILL - -5": an expression, so refused.
+def test_dashdash_then_anything_hides_no_kill():
+    """MySQL takes "--" before a control character as a comment too, and MariaDB's ORACLE mode
+    any "--": a KILL after one must be seen, or it would reach the server unmapped (any thread id
+    of the shared login, another user's session included)."""
+    for lead in ("--\x01", "--\x7f", "--\x1b", "--x", "--", "-- ", "--\t"):
+        assert parse_kill(lead + "\nKILL 6") == KillRequest(6, False), lead
+    # "KILL --5" is "KILL - -5" in MySQL's default mode: an expression. Here the id is commented
+    # out instead; either way there is no plain id, so it is refused.
     with pytest.raises(UnsupportedKill):
         parse_kill("KILL --5")

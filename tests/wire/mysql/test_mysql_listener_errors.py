@@ -193,6 +193,8 @@ def test_old_clients_without_plugin_auth_are_refused_cleanly(mysql_gateway):
     (b"\xff\xff\xff\x00" + b"\x03" + b"x" * 100, None),  # a frame announcing 16 MiB, then EOF
     (frame(b"", 0), 1158),  # an empty command packet
     (frame(b"\x17\x01", 0), 1158),  # COM_STMT_EXECUTE without a statement id
+    # SEND_LONG_DATA shorter than its header: MySQL would answer with an ERR where none is expected.
+    (frame(b"\x18\x01\x00\x00\x00", 0) + frame(b"\x03SELECT 1", 0), 1158),
 ])
 def test_malformed_commands(mysql_gateway, data, code):
     gw = mysql_gateway
@@ -201,6 +203,30 @@ def test_malformed_commands(mysql_gateway, data, code):
     if code is not None:
         assert raw.err_code(packets[-1][1]) == code and packets[-1][0] == 1
     _serves(gw)
+
+
+def test_statement_ids_the_gateway_never_saw_prepared_are_not_relayed(mysql_gateway):
+    """Their record could not say what runs. EXECUTE, FETCH and RESET get the server's own 1243;
+    CLOSE and SEND_LONG_DATA, which the server ignores for an unknown id, get no answer, so the
+    next command's answer is still its own."""
+    gw = mysql_gateway
+    sock = raw.login(gw.host, gw.port, "read-only", gw.tokens["ann"])
+    unknown = (77).to_bytes(4, "little")
+    packets = raw.exchange(sock, b"".join(frame(p, 0) for p in (
+        b"\x17" + unknown + b"\x00\x01\x00\x00\x00",  # EXECUTE
+        b"\x1c" + unknown + b"\x01\x00\x00\x00",  # FETCH
+        b"\x1a" + unknown,  # RESET
+        b"\x18" + unknown + b"\x00\x00data",  # SEND_LONG_DATA
+        b"\x19" + unknown,  # CLOSE
+        b"\x03SELECT 'unknown ids left no answer behind'",
+    )))
+    errors = [payload for _, payload in packets[:3]]
+    assert [raw.err_code(p) for p in errors] == [1243, 1243, 1243]
+    assert b"(77) given to mysqld_stmt_execute" in errors[0] and b"mysqld_stmt_reset" in errors[2]
+    assert any(b"unknown ids left no answer behind" in payload for _, payload in packets[3:])
+    assert raw.err_code(packets[-1][1]) is None
+    gw.query_events("SELECT 'unknown ids left no answer behind'")  # recorded, so the EXECUTE would be too
+    assert not [e for e in gw.events("query") if "prepared statement 77" in (e["query"] or "")]
 
 
 def test_oversized_command_is_refused_before_it_is_buffered(mysql_gateway):

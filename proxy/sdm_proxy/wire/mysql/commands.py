@@ -162,7 +162,25 @@ class SetOption(Command):
 
 @dataclass(frozen=True)
 class Simple(Command):
-    """PING, STATISTICS, PROCESS_INFO, DEBUG, REFRESH: relayed as they are."""
+    """PING, STATISTICS, PROCESS_INFO, DEBUG: relayed as they are."""
+
+
+# COM_REFRESH's option bits: FLUSH ... and RESET ... statements in one byte.
+_REFRESH_OPTIONS = ((0x01, "GRANT"), (0x02, "LOG"), (0x04, "TABLES"), (0x08, "HOSTS"), (0x10, "STATUS"),
+                    (0x20, "THREADS"), (0x40, "SLAVE"), (0x80, "MASTER"))
+
+
+@dataclass(frozen=True)
+class Refresh(Command):
+    """COM_REFRESH: relayed as it is; its options go in the audit text (0x80 means RESET MASTER)."""
+
+    options: int | None = None  # None: no option byte (the server answers with an error)
+
+    def describe(self) -> str:
+        if self.options is None:
+            return self.name
+        names = [name for bit, name in _REFRESH_OPTIONS if self.options & bit]
+        return f"{self.name} 0x{self.options:02x}" + (f" ({' '.join(names)})" if names else "")
 
 
 @dataclass(frozen=True)
@@ -237,7 +255,14 @@ def classify(payload: bytes, *, capabilities: int, multi_statements_allowed: boo
         r = _reader(payload, "COM_STMT_FETCH")
         return StmtFetch(code, RK.FETCH, statement_id=r.u32(), rows=r.u32())
     if com in (Com.STMT_CLOSE, Com.STMT_SEND_LONG_DATA):
-        return StmtOnId(code, RK.NONE, statement_id=_reader(payload, "COM_" + com.name).u32())
+        # No answer comes for these, unless the server finds them malformed: then MySQL sends an
+        # ERR that would be taken for the next command's answer. So the server's own minimum
+        # lengths are checked here (SEND_LONG_DATA: statement id and parameter number).
+        r = _reader(payload, "COM_" + com.name)
+        statement_id = r.u32()
+        if com is Com.STMT_SEND_LONG_DATA:
+            r.u16()
+        return StmtOnId(code, RK.NONE, statement_id=statement_id)
     if com is Com.STMT_RESET:
         return StmtOnId(code, RK.SIMPLE, statement_id=_reader(payload, "COM_STMT_RESET").u32())
     if com is Com.INIT_DB:
@@ -251,8 +276,10 @@ def classify(payload: bytes, *, capabilities: int, multi_statements_allowed: boo
             raise CommandRefused("multi-statements are not enabled on the gateway", code=ER_NOT_SUPPORTED_YET,
                                  sqlstate=SQLSTATE_SYNTAX_OR_ACCESS)
         return SetOption(code, RK.SIMPLE, option=option)
-    if com in (Com.PING, Com.DEBUG, Com.REFRESH):
+    if com in (Com.PING, Com.DEBUG):
         return Simple(code, RK.SIMPLE)
+    if com is Com.REFRESH:
+        return Refresh(code, RK.SIMPLE, options=payload[1] if len(payload) > 1 else None)
     if com is Com.STATISTICS:
         return Simple(code, RK.STATISTICS)
     if com is Com.PROCESS_INFO:

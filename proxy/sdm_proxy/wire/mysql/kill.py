@@ -6,7 +6,7 @@ user, and runs the KILL itself. A KILL the gateway cannot map exactly (by expres
 ``QUERY ID``, ``USER``) is refused rather than relayed, since relayed it would name an upstream
 thread id chosen by the client.
 
-Comments are skipped like the server does, except that executable comments (``/*! ... */``,
+Comments are skipped like the server does (a few more: any ``--``), except that executable comments (``/*! ... */``,
 ``/*M! ... */``) count as code: the server runs them, so ``/*!KILL*/ 5`` is a KILL too.
 """
 
@@ -44,14 +44,17 @@ def _tokens(sql: str, limit: int = _MAX_TOKENS) -> list[str]:
         c = sql[i]
         if c.isspace():
             i += 1
-        elif c == "#" or (c == "-" and sql.startswith("--", i) and (i + 2 >= n or sql[i + 2].isspace())):
+        elif c == "#" or (c == "-" and sql.startswith("--", i)):
+            # Any "--" counts: the server takes it as a comment before a space or a control character
+            # (0x01 included), MariaDB's sql_mode=ORACLE before anything. Elsewhere "--" starts no
+            # valid statement, and within a KILL the id is then missing, so the KILL is refused.
             j = sql.find("\n", i)
             i = n if j < 0 else j + 1
         elif sql.startswith("/*", i):
             if sql.startswith("/*!", i) or sql.startswith("/*M!", i):
                 i += 3 if sql[i + 2] == "!" else 4
                 k = i
-                while k < n and k - i < 6 and sql[k].isdigit():
+                while k < n and k - i < 6 and "0" <= sql[k] <= "9":
                     k += 1
                 i = k
                 in_exec_comment = True

@@ -21,6 +21,9 @@ from .commands import (
     ProcessKill,
     Query,
     ResponseKind,
+    StmtExecute,
+    StmtFetch,
+    StmtOnId,
     StmtPrepare,
     classify,
 )
@@ -28,6 +31,7 @@ from .errors import (
     CR_SERVER_LOST,
     ER_NET_PACKET_TOO_LARGE,
     ER_UNKNOWN_ERROR,
+    ER_UNKNOWN_STMT_HANDLER,
     SQLSTATE_GENERAL,
     ClientProtocolError,
     CommandRefused,
@@ -45,6 +49,9 @@ from .session_close import _Close, _message
 # a prepared statement when it is executed, a cursor's rows with its execute).
 _NOT_AUDITED = frozenset({Com.PING, Com.STATISTICS, Com.SET_OPTION, Com.STMT_PREPARE, Com.STMT_CLOSE,
                           Com.STMT_RESET, Com.STMT_SEND_LONG_DATA, Com.STMT_FETCH, Com.QUIT, Com.CHANGE_USER})
+
+_HANDLER_OF = {Com.STMT_EXECUTE: "mysqld_stmt_execute", Com.STMT_FETCH: "mysqld_stmt_fetch",
+               Com.STMT_RESET: "mysqld_stmt_reset"}  # as the server names them in ER_UNKNOWN_STMT_HANDLER
 
 
 class CommandPhase:
@@ -113,6 +120,14 @@ class CommandPhase:
             kill = parse_kill(cmd.sql) if isinstance(cmd, (Query, StmtPrepare)) else None
             if kill is not None and isinstance(cmd, StmtPrepare):
                 raise CommandRefused("KILL cannot be prepared through the gateway")
+            if isinstance(cmd, (StmtExecute, StmtFetch, StmtOnId)) and self.statements.sql_for(cmd.statement_id) is None:
+                # A statement whose text the gateway never saw prepared is not relayed: its record
+                # could not say what runs. The server, not knowing it either, would say the same.
+                if cmd.response is ResponseKind.NONE:
+                    return True  # CLOSE / SEND_LONG_DATA: the server ignores these for an unknown id
+                raise CommandRefused(
+                    f"Unknown prepared statement handler ({cmd.statement_id}) given to {_HANDLER_OF[cmd.code]}",
+                    code=ER_UNKNOWN_STMT_HANDLER, sqlstate=SQLSTATE_GENERAL)
         except CommandRefused as exc:
             front.reply_error(exc, packet)
             return True
