@@ -12,6 +12,10 @@ from ..unlock.client import UnlockedCredential
 
 # Asked every few seconds per open connection: None keeps it, a string is the reason to close it.
 PolicyCheck = Callable[[UnlockedCredential], Awaitable[str | None]]
+# Consecutive policy checks that failed (control plane unreachable) before a connection is closed:
+# access that cannot be confirmed, a revocation included, must not last for ever.
+POLICY_FAILURES_MAX = 3
+UNCONFIRMED_ACCESS = "cannot confirm access: control plane unreachable"
 
 
 def peer_text(peer: object) -> str | None:

@@ -132,6 +132,39 @@ def test_losing_the_role_closes_the_connection_but_not_others(mysql_gateway):
     other.close()
 
 
+def test_access_nobody_can_confirm_ends_after_three_failed_checks(mysql_gateway):
+    """A control plane that cannot be asked (state database down, proxy enrolment revoked) must
+    not leave connections open for good: a revocation meanwhile would never reach them. As on the
+    PostgreSQL side, three failed checks in a row end the connection."""
+    gw = mysql_gateway
+    cp = gw.cp
+    client = in_process_unlock_client(cp, enrol_local_proxy(cp))
+    calls = []
+
+    async def unreachable(cred):
+        calls.append(cred.session_id)
+        raise ConnectionError("state database down")
+
+    async def start():
+        return await start_mysql_listener("127.0.0.1", 0, unlock_client=client, audit_log=cp.audit,
+                                          policy_check=unreachable, policy_interval=0.2)
+
+    listener = gw.loop.run(start())
+    try:
+        session = gw.new_token("ann")
+        conn = gw.connect(port=listener.port, token=session["token"])
+        thread = _upstream_thread(conn)
+        gw.wait_for(lambda: _upstream_gone(gw, thread), 15, what="the upstream connection to close")
+        end = _session_end(gw, session["id"])
+        assert end["status"] == "error" and "cannot confirm access" in end["error"]
+        assert len(calls) == 3
+        err = _next_query_error(conn)
+        assert err.args[0] == 1927 and "cannot confirm access" in err.args[1]
+        conn.close()
+    finally:
+        gw.loop.run(listener.close())
+
+
 # ---- shutdown ---------------------------------------------------------------------------------------
 
 

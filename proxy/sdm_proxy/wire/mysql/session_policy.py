@@ -11,6 +11,7 @@ import logging
 from datetime import datetime, timezone
 
 from ...audit import events as audit
+from ..net import POLICY_FAILURES_MAX, UNCONFIRMED_ACCESS
 from .errors import ConnectionEnded
 
 log = logging.getLogger("sdm.wire.mysql")
@@ -24,6 +25,7 @@ class AccessWatch:
     async def _watch(self) -> None:
         """Close when access ends: grant expiry or a revoked session / lease, checked every few seconds."""
         interval = self.ctx.policy_interval
+        failures = 0  # consecutive checks that raised
         while self._ended is None:
             cred = self.cred
             delay = interval
@@ -41,7 +43,12 @@ class AccessWatch:
                 reason = await self.ctx.policy_check(cred)
             except Exception as exc:  # noqa: BLE001 - a flaky check must not drop every session
                 log.warning("policy check for session %s failed: %s", cred.session_id, type(exc).__name__)
-                reason = None
+                failures += 1
+                if failures >= POLICY_FAILURES_MAX:  # ... but access nobody can confirm must end
+                    self._end_access(UNCONFIRMED_ACCESS, status=audit.ERROR)
+                    break
+                continue
+            failures = 0
             if reason and cred is self.cred:
                 self._end_access(reason)
         # The upstream is gone; the client's next command hears why. A client that never sends one
@@ -52,14 +59,14 @@ class AccessWatch:
             self._goodbye = (ConnectionEnded(f"connection closed by the gateway: {reason}"), status, reason)
         self.client.interrupt()
 
-    def _end_access(self, reason: str) -> None:
+    def _end_access(self, reason: str, *, status: str = audit.DENIED) -> None:
         if self._ended is not None:
             return
-        self._ended = (audit.DENIED, reason)
+        self._ended = (status, reason)
         log.info("mysql connection %s closed: %s", self.connection_id, reason)
         self._close_upstream()  # the database session ends now; a command in flight fails
         if self._started_event and self._cmd is None:
             # On record now, not when the client next speaks (a command in flight records it when
             # its relay fails, so the query's outcome comes first).
-            self.ctx.audit.post([self._session_event("end", status=audit.DENIED, error=reason)])
+            self.ctx.audit.post([self._session_event("end", status=status, error=reason)])
             self._started_event = False

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ... import errors as sdm_errors
 from ...audit import events as audit
+from ..net import POLICY_FAILURES_MAX, UNCONFIRMED_ACCESS
 from . import framing
 from .errors import (
     ADMIN_SHUTDOWN,
@@ -40,7 +41,6 @@ log = logging.getLogger("sdm.wire.postgres")
 CLIENT_READ = 1 << 16
 X_TYPE = ord("X")  # Terminate
 NAME_TOO_LONG = "42622"
-POLICY_FAILURES_MAX = 3  # consecutive failed live policy checks before the connection is closed
 # Requests awaiting an answer, past which nothing more is read from the client until some are
 # answered. Each costs the tracker a few hundred bytes; a client that only sends (a flood of Syncs,
 # never reading) would otherwise grow that queue without end. One read adds at most 13,108 more
@@ -257,8 +257,8 @@ class RelayPhase:
                     reason = None
                     failures += 1
                     if failures >= POLICY_FAILURES_MAX:
-                        raise _Close(ADMIN_SHUTDOWN, "terminating connection: cannot confirm access: "
-                                     "control plane unreachable", status=audit.ERROR)
+                        raise _Close(ADMIN_SHUTDOWN, f"terminating connection: {UNCONFIRMED_ACCESS}",
+                                     status=audit.ERROR)
                 else:
                     failures = 0
                 if reason:
