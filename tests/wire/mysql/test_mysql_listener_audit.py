@@ -79,6 +79,25 @@ def test_session_start_and_end_pair_up(mysql_gateway):
     assert end["status"] == "ok" and end["details"]["upstream_thread"]
 
 
+def test_text_that_is_not_utf8_is_kept_byte_for_byte(mysql_gateway):
+    """A latin1 client's 'José' and 'Josè' are different statements: before, both were recorded
+    as 'Jos\ufffd'. Bytes that are not UTF-8 are kept as \\xNN, and session.start records the
+    login's charset number, so an auditor can read them as the server did."""
+    gw = mysql_gateway
+    with gw.connect(charset="latin1") as conn, conn.cursor() as cur:
+        gateway_id = conn.thread_id()
+        cur.execute("SELECT 'José' AS a, 'Josè' AS b /* latin1-audit */")
+        assert cur.fetchone() == ("José", "Josè")  # relayed untouched: the server read latin1
+    [event] = gw.query_events("latin1-audit")
+    assert event["query"] == "SELECT 'Jos\\xe9' AS a, 'Jos\\xe8' AS b /* latin1-audit */"
+    [start] = [e for e in gw.events("session.start") if (e.get("details") or {}).get("connection_id") == gateway_id]
+    assert start["details"]["charset"] in (8, 47, 48, 49, 5, 15, 31, 94)  # a latin1 collation
+    with gw.connect() as conn, conn.cursor() as cur:  # PyMySQL's default, utf8mb4: read as text
+        cur.execute("SELECT 'José' /* utf8-audit */")
+    [event] = gw.query_events("utf8-audit")
+    assert event["query"] == "SELECT 'José' /* utf8-audit */"
+
+
 def test_no_secret_in_the_audit_log_or_errors(mysql_gateway):
     gw = mysql_gateway
     with gw.connect() as conn, conn.cursor() as cur:

@@ -222,9 +222,16 @@ def _reader(payload: bytes, name: str) -> PayloadReader:
     return PayloadReader(payload, error=ClientProtocolError, what=name, code=ER_NET_READ_ERROR, pos=1)
 
 
+def _text(raw: bytes) -> str:
+    """The audit's text of bytes the server reads in the connection's charset (utf8mb4 with
+    nearly every client). Bytes that are not UTF-8 (latin1, gbk, ... or garbage) are kept as
+    ``\\xNN`` rather than one U+FFFD for all: two statements that differ must not read the same,
+    and a GBK byte pair must stay recoverable. session.start records the login's charset number."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _sql(payload: bytes) -> str:
-    # The audit needs readable text whatever the connection charset; the bytes relayed are untouched.
-    return payload[1:].decode("utf-8", "replace")
+    return _text(payload[1:])  # the bytes relayed are untouched
 
 
 def classify(payload: bytes, *, capabilities: int, multi_statements_allowed: bool = False) -> Command:
@@ -269,7 +276,7 @@ def classify(payload: bytes, *, capabilities: int, multi_statements_allowed: boo
         return InitDb(code, RK.SIMPLE, schema=_sql(payload))
     if com is Com.FIELD_LIST:
         r = _reader(payload, "COM_FIELD_LIST")
-        return FieldList(code, RK.FIELD_LIST, table=r.cstring(allow_eof=True).decode("utf-8", "replace"))
+        return FieldList(code, RK.FIELD_LIST, table=_text(r.cstring(allow_eof=True)))
     if com is Com.SET_OPTION:
         option = _reader(payload, "COM_SET_OPTION").u16()
         if option == MYSQL_OPTION_MULTI_STATEMENTS_ON and not multi_statements_allowed:

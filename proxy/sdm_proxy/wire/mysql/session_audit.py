@@ -26,7 +26,7 @@ class SessionAudit:
             datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
             protocol=PROTOCOL, client=client_fields(self.peer), status=status, error=error,
             details={"connection_id": self.connection_id, "upstream_thread": self.upstream_thread}
-            if kind == "end" else {"connection_id": self.connection_id})
+            if kind == "end" else {"connection_id": self.connection_id, "charset": self.front.charset})
 
     def _query_event(self, cmd: Command, text: str | None = None, details: dict | None = None) -> StartedQuery:
         """The command's ``query`` record (written before it is forwarded)."""
