@@ -163,6 +163,25 @@ def test_statement_map():
     assert len(m) == 0
 
 
+def test_statement_map_bounds_the_text_it_keeps():
+    """65,536 statements of 1 MiB each would be 64 GiB of gateway memory: the text is bounded too,
+    checked before a PREPARE is relayed, and closing or resetting gives the room back."""
+    m = StatementMap(text_limit=100)
+    m.check_room("x" * 60)
+    m.prepared(1, "x" * 60)
+    with pytest.raises(CommandRefused, match="close some") as info:
+        m.check_room("y" * 41)
+    assert info.value.code == 1461
+    m.check_room("y" * 40)
+    m.prepared(1, "z" * 10)  # the server reused the id: its old text no longer counts
+    m.check_room("y" * 90)
+    m.closed(1)
+    m.check_room("y" * 100)
+    m.prepared(2, "y" * 100)
+    m.clear()
+    m.check_room("y" * 100)
+
+
 def test_statement_map_record_from_scanner():
     m = StatementMap()
     prep = classify(b"\x16SELECT ?", capabilities=CAPS)

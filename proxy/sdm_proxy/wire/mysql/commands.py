@@ -305,10 +305,19 @@ def classify(payload: bytes, *, capabilities: int, multi_statements_allowed: boo
 class StatementMap:
     """statement id -> SQL for one connection, fed from PREPARE responses (not from requests)."""
 
-    def __init__(self, limit: int = 65536):
+    def __init__(self, limit: int = 65536, text_limit: int = 64 << 20):
         self._sql: dict[int, str] = {}
         self._limit = limit
+        self._text_limit = text_limit  # characters kept in all: 1 MiB statements would add up fast
+        self._chars = 0
         self.last_id: int | None = None
+
+    def check_room(self, sql: str) -> None:
+        """Before a PREPARE is relayed: refuse one whose text the map could not keep."""
+        if self._chars + len(sql) > self._text_limit:
+            raise CommandRefused(f"prepared statements on this connection hold {self._chars} characters of text; "
+                                 f"close some before preparing more (at most {self._text_limit})",
+                                 code=ER_MAX_PREPARED_STMT_COUNT_REACHED, sqlstate=SQLSTATE_SYNTAX_OR_ACCESS)
 
     def __len__(self) -> int:
         return len(self._sql)
@@ -318,6 +327,7 @@ class StatementMap:
             # The server's own max_prepared_stmt_count is far lower; this only bounds our memory.
             raise CommandRefused("too many prepared statements on this connection",
                                  code=ER_MAX_PREPARED_STMT_COUNT_REACHED, sqlstate=SQLSTATE_SYNTAX_OR_ACCESS)
+        self._chars += len(sql) - len(self._sql.get(statement_id, ""))
         self._sql[statement_id] = sql
         self.last_id = statement_id
 
@@ -334,11 +344,12 @@ class StatementMap:
     def closed(self, statement_id: int) -> None:
         real = self.resolve(statement_id)
         if real is not None:
-            self._sql.pop(real, None)
+            self._chars -= len(self._sql.pop(real, ""))
 
     def clear(self) -> None:
         """After COM_RESET_CONNECTION / COM_CHANGE_USER: the server dropped every statement."""
         self._sql.clear()
+        self._chars = 0
         self.last_id = None
 
     def record(self, command: Command, scanner: ResponseScanner | None) -> None:

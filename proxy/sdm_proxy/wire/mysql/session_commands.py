@@ -120,6 +120,8 @@ class CommandPhase:
             kill = parse_kill(cmd.sql) if isinstance(cmd, (Query, StmtPrepare)) else None
             if kill is not None and isinstance(cmd, StmtPrepare):
                 raise CommandRefused("KILL cannot be prepared through the gateway")
+            if isinstance(cmd, StmtPrepare):
+                self.statements.check_room(cmd.sql)
             if isinstance(cmd, (StmtExecute, StmtFetch, StmtOnId)) and self.statements.sql_for(cmd.statement_id) is None:
                 # A statement whose text the gateway never saw prepared is not relayed: its record
                 # could not say what runs. The server, not knowing it either, would say the same.
