@@ -52,6 +52,19 @@ def test_session_from_api_key_then_whoami_with_the_token(env):
     assert me["user"] == "ann" and me["admin"] is False and me["session_id"] == created.json()["id"]
 
 
+def test_an_admins_session_token_has_no_admin_power(env):
+    """What a kernel holds is a user's credential: with an admin's session token, the session
+    routes show and revoke only the admin's own sessions (the API key still reaches all)."""
+    anns = call(env, "POST", "/v1/sessions", env.ann_key, json={"ttl": "30m"}).json()
+    admin_token = call(env, "POST", "/v1/sessions", env.admin_key, json={"ttl": "30m"}).json()["token"]
+    seen = {s["user"] for s in call(env, "GET", "/v1/sessions", admin_token).json()}
+    assert seen == {"admin"}
+    assert_problem(call(env, "DELETE", f"/v1/sessions/{anns['id']}", admin_token), 404, "not_found")
+    assert call(env, "GET", "/v1/me", anns["token"]).status_code == 200  # still alive
+    assert "ann" in {s["user"] for s in call(env, "GET", "/v1/sessions", env.admin_key).json()}
+    assert call(env, "DELETE", f"/v1/sessions/{anns['id']}", env.admin_key).status_code == 200
+
+
 def test_missing_and_wrong_credentials_are_401(env):
     assert_problem(call(env, "GET", "/v1/me"), 401, "unauthenticated", "Authorization")
     assert_problem(call(env, "GET", "/v1/me", "sdmk_deadbeef_nope"), 401, "unauthenticated")

@@ -1,5 +1,6 @@
 """API keys and signed session tokens."""
 
+import base64
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -51,3 +52,23 @@ def test_token_from_another_key_or_edited_is_refused():
 def test_garbage_tokens_are_refused(garbage):
     with pytest.raises(AuthenticationFailed):
         SessionSigner(Ed25519PrivateKey.generate()).verify(garbage, NOW)
+
+
+def test_a_token_has_one_spelling():
+    """Lenient base64 dropped stray characters, so an edited token still verified: each spelling
+    missed the verification cache and anything else keyed on the token."""
+    signer = SessionSigner(Ed25519PrivateKey.generate())
+    token = signer.issue("abc", "ann", NOW + timedelta(hours=1))
+    payload, sig = token[len("sdms."):].split(".")
+    # 64 bytes are 86 characters; the last one's 4 low bits are unused, so it has 15 twins.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    other_last = alphabet[alphabet.index(sig[-1]) + 1]
+    assert base64.urlsafe_b64decode(sig[:-1] + other_last + "==") == base64.urlsafe_b64decode(sig + "==")
+    for spelling in (f"sdms.{payload[:5]}!!*~{payload[5:]}.{sig}", f"sdms.{payload}.{sig[:9]}@@@@{sig[9:]}",
+                     f"sdms.{payload}.{sig}=", f"sdms.{payload}.{sig.replace('-', '+').replace('_', '/')}",
+                     f"sdms.{payload}.{sig[:-1]}{other_last}", f"sdms.{payload}.{sig[:4]}\u00e9{sig[4:]}"):
+        if spelling == token:
+            continue
+        with pytest.raises(AuthenticationFailed, match="invalid session token"):
+            signer.verify(spelling, NOW)
+    assert signer.verify(token, NOW).session_id == "abc"

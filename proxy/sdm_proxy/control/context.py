@@ -44,9 +44,17 @@ class Actor:
     is_admin: bool
     session_id: str | None = None
 
+    @property
+    def admin_power(self) -> bool:
+        """An admin acting with an API key. An admin's session token (what a kernel holds) is a
+        user's: it must not reach other users' sessions or keys, nor admin routes."""
+        return self.is_admin and self.session_id is None
+
     def require_admin(self, action: str) -> None:
         if not self.is_admin:
             raise AccessDenied(f"{action} needs an admin; user {self.name} is not one")
+        if self.session_id is not None:
+            raise AccessDenied(f"{action} needs an admin's API key, not a session token")
 
 
 @dataclass

@@ -88,11 +88,11 @@ def session_view(session: Session, user: str, now: datetime) -> dict:
 
 
 def list_sessions(cp: ControlPlane, actor: Actor, *, include_ended: bool = False) -> list[dict]:
-    """Admins see every session; other users their own."""
+    """Admins (with an API key) see every session; other users their own."""
     now = cp.now()
     with cp.db.transaction() as s:
         query = select(Session, User.name).join(User, User.id == Session.user_id).order_by(Session.created_at)
-        if not actor.is_admin:
+        if not actor.admin_power:
             query = query.where(Session.user_id == actor.user_id)
         views = [session_view(sess, name, now) for sess, name in s.execute(query)]
     return views if include_ended else [v for v in views if v["state"] == "active"]
@@ -103,7 +103,7 @@ def revoke_session(cp: ControlPlane, actor: Actor, session_id: str) -> dict:
     with cp.db.transaction() as s:
         row = s.execute(select(Session, User.name).join(User, User.id == Session.user_id)
                         .where(Session.id == session_id)).first()
-        if row is None or (row[0].user_id != actor.user_id and not actor.is_admin):
+        if row is None or (row[0].user_id != actor.user_id and not actor.admin_power):
             raise NotFound(f"no session {session_id!r} that you may revoke (see `sdm session list`)")
         session, owner = row
         if session.revoked_at is None:

@@ -37,7 +37,13 @@ def b64e(data: bytes) -> str:
 
 
 def b64d(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict: the URL-safe alphabet without padding, in its one canonical spelling; else
+    ``ValueError``. (``urlsafe_b64decode`` drops stray characters, so one token had countless
+    spellings, each a miss in the verification cache and in anything keyed on the token.)"""
+    data = base64.b64decode(text.encode("ascii") + b"=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if b64e(data) != text:
+        raise ValueError("not canonical base64")
+    return data
 
 
 # --- API keys -------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def revoke_api_key(cp: ControlPlane, actor: Actor, prefix: str) -> dict:
     """Revoke a key by its public prefix (as `sdm user list` shows it); own keys or, for admins, any."""
     with cp.db.transaction() as s:
         row = s.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
-        if row is None or (row.user_id != actor.user_id and not actor.is_admin):
+        if row is None or (row.user_id != actor.user_id and not actor.admin_power):
             raise NotFound(f"no API key with prefix {prefix!r} that you may revoke (see `sdm user list`)")
         if row.revoked_at is None:
             row.revoked_at = cp.now()
