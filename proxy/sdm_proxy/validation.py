@@ -28,6 +28,25 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+def check_text(kind: str, value: str, max_length: int = 255) -> str:
+    """A free-text field stored in the state (a host, a database or login name, a path): 1 to
+    ``max_length`` characters of real Unicode (an API body's ``\\ud800`` or a command line's
+    undecodable byte is a lone surrogate, which no database can store)."""
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise UsageError(f"invalid {kind}: give 1 to {max_length} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"invalid {kind}: it is not valid Unicode text") from None
+    return value
+
+
+def _shown(text: object) -> str:
+    """A bad value as an error message quotes it: cut short, so 5,000 characters don't come back."""
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:36] + "...'"
+
+
 def parse_duration(text: str) -> timedelta:
     """``90s``, ``30m``, ``2h``, ``1d``, ``1h30m``: a positive duration of at most a year."""
     raw = (text or "").strip().lower()
@@ -38,11 +57,11 @@ def parse_duration(text: str) -> timedelta:
         seconds += int(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if not raw or pos != len(raw):
-        raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 30m, 2h, 1d or 1h30m")
+        raise UsageError(f"invalid duration {_shown(text)}: use e.g. 90s, 30m, 2h, 1d or 1h30m")
     if seconds <= 0:
-        raise UsageError(f"invalid duration {text!r}: must be longer than zero")
+        raise UsageError(f"invalid duration {_shown(text)}: must be longer than zero")
     if seconds > MAX_DURATION.total_seconds():
-        raise UsageError(f"invalid duration {text!r}: at most 365d")
+        raise UsageError(f"invalid duration {_shown(text)}: at most 365d")
     return timedelta(seconds=seconds)
 
 
@@ -51,7 +70,7 @@ def parse_host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str,
     raw = (text or "").strip()
     host, sep, port_text = raw.rpartition(":")
     if not sep or not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
-        raise UsageError(f"invalid address {text!r}: expected HOST:PORT")
+        raise UsageError(f"invalid address {_shown(text)}: expected HOST:PORT")
     port = check_port(int(port_text))
     host = host.strip("[]") or default_host
     return host, port

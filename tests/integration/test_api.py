@@ -31,8 +31,8 @@ def env(tmp_path_factory):
     st.close()
 
 
-def call(env, method, path, key=None, **kw):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+def call(env, method, path, key=None, headers=None, **kw):
+    headers = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     return httpx.request(method, env.api.url + path, headers=headers, timeout=10, **kw)
 
 
@@ -194,3 +194,39 @@ def test_a_body_over_the_limit_is_refused_before_it_is_parsed(env):
                          headers={"Authorization": f"Bearer {env.ann_key}", "content-type": "application/json"})
     assert created.status_code == 201, created.text
     assert call(env, "GET", "/healthz").json()["status"] == "ok"
+
+
+def test_hostile_bodies_get_a_4xx_problem_not_a_500(env):
+    """Deep nesting, lone surrogates (JSON "\\ud800") and 5,000-digit durations used to end in 500s."""
+    nested = b"[" * 200_000
+    for path in ("/v1/unlock", "/v1/proxy/check"):
+        r = call(env, "POST", path, content=nested, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500 and r.json()["error"], r.text
+    unlock = {"request": {"v": 1, "session_token": "x", "datasource": "prod", "credential": "read-only",
+                          "nonce": "n", "timestamp": "2026-01-01T00:00:00+00:00", "proxy_id": "\ud800",
+                          "ephemeral_public_key": "k", "protocol": "postgres", "client_addr": "10.0.0.5"},
+              "signature": "AAAA"}
+    r = call(env, "POST", "/v1/unlock", content=_json_with_surrogates(unlock),
+             headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    bodies = {
+        "/v1/admin/datasources": {"name": "surr", "type": "postgres", "host": "h\ud800", "port": 5432},
+        "/v1/admin/credentials": {"datasource": "prod", "name": "surr", "username": "u",
+                                  "password": "pw-not-echoed\ud800"},
+        "/v1/admin/credentials/prod/read-only/rotate": {"password": "pw-not-echoed\ud800"},
+    }
+    for path, body in bodies.items():
+        r = call(env, "POST", path, env.admin_key, content=_json_with_surrogates(body),
+                 headers={"content-type": "application/json"})
+        assert r.status_code in (400, 422) and "not valid Unicode" in r.json()["message"], (path, r.text)
+        assert "pw-not-echoed" not in r.text
+    r = call(env, "POST", "/v1/sessions", env.ann_key, json={"ttl": "1" * 5000 + "s"})
+    assert_problem(r, 422, "invalid", "invalid duration")
+    assert len(r.text) < 300  # the value is not echoed whole
+    assert call(env, "GET", "/healthz").json()["status"] == "ok"
+
+
+def _json_with_surrogates(body: dict) -> bytes:
+    import json
+
+    return json.dumps(body).encode("ascii")  # ensure_ascii: a lone surrogate goes out as \ud800

@@ -88,6 +88,15 @@ CASES = [
     C("duration-zero", "grant ann prod-db restricted --for 0s", 2, "longer than zero"),
     C("grant-without-for", "grant ann prod-db restricted", 2, "missing option '--for'"),
     C("session-ttl-over-24h", "session create --ttl 48h", 2, "24h"),
+    C("duration-5000-digits", ("session", "create", "--ttl", "1" * 5000 + "s"), 2, "invalid duration"),
+    C("grant-for-5000-digits", ("grant", "ann", "prod-db", "restricted", "--for", "9" * 5000 + "m"), 2,
+      "invalid duration"),
+    # An argument with a byte that is not UTF-8 (here 0xff) reaches Python as a lone surrogate.
+    C("host-not-utf8", ("datasource", "add", "newdb", "--type", "postgres", "--host", "h\udcff", "--port", "5432"),
+      2, "not valid unicode"),
+    C("username-not-utf8", ("credential", "add", "prod-db", "c1", "--username", "u\udcff", "--password-stdin"), 2,
+      "not valid unicode", stdin=PW),
+    C("database-name-too-long", DS_ADD + " --database " + "d" * 300, 2, "1 to 255"),
     C("bad-datasource-name", "datasource add 1bad --type postgres --host h --port 5432", 2, "invalid datasource name"),
     C("bad-user-name", ("user", "add", "a b"), 2, "invalid user name"),
     C("tls-verify-full-without-ca-file", DS_ADD + " --tls verify-full", 2, "--ca-file"),
@@ -257,6 +266,14 @@ def test_missing_state_db_is_a_clear_error_that_changes_nothing(base, tmp_path):
         assert sdm(home, suggested, "--help").rc == 0, f"the error suggests `sdm {suggested}`, which does not exist"
     assert not diff_fingerprints(before, state_fingerprint(home)), (
         f"a refused command created {home / 'state.db'}: {diff_fingerprints(before, state_fingerprint(home))}")
+
+
+def test_init_on_an_unreachable_state_database_is_one_line_and_leaves_no_home(tmp_path):
+    home = tmp_path / "never"
+    res = sdm(home, "init", "--database-url", "postgresql+psycopg://u:pw-not-shown@127.0.0.1:1/x")
+    assert_clean_error(res, 1, "state database")
+    assert "pw-not-shown" not in res.stderr + res.stdout
+    assert not home.exists()
 
 
 def test_copied_home_does_not_write_into_the_original(base, tmp_path):

@@ -33,6 +33,15 @@ def problem(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": code, "message": message})
 
 
+async def _json_or_none(request: Request):
+    """The body of a proxy route; None when it is not JSON (the route refuses None as malformed).
+    Deeply nested JSON from a stranger raises RecursionError in the parser: malformed too."""
+    try:
+        return await request.json()
+    except (ValueError, RecursionError):
+        return None
+
+
 def create_app(cp: ControlPlane, hub_identity: HubIdentity | None = None) -> FastAPI:
     """``hub_identity``: the JupyterHub whose users' API tokens may mint sessions (None: API keys only)."""
     app = FastAPI(title="sdm gateway control API", version=__version__)
@@ -45,19 +54,11 @@ def create_app(cp: ControlPlane, hub_identity: HubIdentity | None = None) -> Fas
     @app.post("/v1/unlock", tags=["proxy"])
     async def unlock_endpoint(request: Request) -> dict:
         # Runs in a worker thread: unlock does blocking DB and (possibly) KMS calls.
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        return await run_in_threadpool(unlock, cp, body)
+        return await run_in_threadpool(unlock, cp, await _json_or_none(request))
 
     @app.post("/v1/proxy/check", tags=["proxy"])
     async def proxy_check_endpoint(request: Request) -> dict:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        return await run_in_threadpool(check_from_proxy, cp, body)
+        return await run_in_threadpool(check_from_proxy, cp, await _json_or_none(request))
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:
@@ -78,6 +79,12 @@ def create_app(cp: ControlPlane, hub_identity: HubIdentity | None = None) -> Fas
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(UnicodeError)
+    async def _not_unicode(_: Request, exc: UnicodeError) -> JSONResponse:
+        # A JSON "\\ud800" is a lone surrogate, which no database can store. The codec error holds
+        # the whole text (a password, say): neither it nor its message goes anywhere.
+        return problem(422, "invalid", "invalid request: a text field is not valid Unicode")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

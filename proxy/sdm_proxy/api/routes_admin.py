@@ -110,9 +110,16 @@ def list_credentials(request: Request, datasource: str | None = None,
     return catalog.list_credentials(_cp(request), actor, datasource)
 
 
+def _secret(password: str) -> SecretValue:
+    try:
+        return SecretValue.from_text(password)
+    except ValueError:  # its message holds no part of the password
+        raise UsageError("invalid password: it is not valid Unicode text") from None
+
+
 @router.post("/credentials", status_code=201)
 def add_credential(body: CredentialCreate, request: Request, actor: Actor = Depends(api_key_actor)) -> dict:
-    secret = SecretValue(body.password.encode()) if body.password is not None else None
+    secret = _secret(body.password) if body.password is not None else None
     return catalog.add_credential(_cp(request), actor, body.datasource, body.name, username=body.username,
                                   secret=secret, secret_ref=body.secret_ref)
 
@@ -121,7 +128,7 @@ def add_credential(body: CredentialCreate, request: Request, actor: Actor = Depe
 def rotate_credential(datasource: str, name: str, body: CredentialRotate, request: Request,
                       actor: Actor = Depends(api_key_actor)) -> dict:
     return catalog.rotate_credential(_cp(request), actor, datasource, name,
-                                     secret=SecretValue(body.password.encode()))
+                                     secret=_secret(body.password))
 
 
 @router.delete("/credentials/{datasource}/{name}")

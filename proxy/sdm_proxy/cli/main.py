@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
@@ -120,6 +121,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except UnicodeError:
+        # An argument with bytes this locale cannot decode. The codec error holds the whole text
+        # (a password, say): only this line goes out.
+        click.echo("sdm: error: an argument or input is not valid text (UTF-8 expected)", err=True)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
+        if os.environ.get("SDM_DEBUG"):
+            raise
+        # Only the type: a driver's message can quote a connection string.
+        what = type(exc).__name__
+        if type(exc).__module__.startswith("sqlalchemy"):
+            click.echo(f"sdm: error: the state database failed ({what}): check --database-url or $SDM_HOME/"
+                       "config.json and that the database is up; set SDM_DEBUG=1 for the traceback", err=True)
+        else:
+            click.echo(f"sdm: error: unexpected {what}; set SDM_DEBUG=1 for the traceback", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from ..validation import (
     check_choice,
     check_name,
     check_port,
+    check_text,
 )
 from ..vault.envelope import EncryptionContext, seal
 from ..vault.providers import local_key_files
@@ -78,8 +79,11 @@ def add_datasource(cp: ControlPlane, actor: Actor, name: str, *, type: str, host
     check_choice("datasource type", type, DATASOURCE_TYPES)
     check_choice("TLS mode", tls, TLS_MODES)
     check_port(port)
-    if not host or len(host) > 255:
-        raise UsageError("invalid host: give a hostname or address")
+    check_text("host", host)
+    if database is not None:
+        check_text("database name", database)
+    if ca_file is not None:
+        check_text("CA file path", ca_file, 4096)
     if tls == "verify-full" and not ca_file:
         raise UsageError("--tls verify-full needs --ca-file with the database server's CA")
     if ca_file and not os.path.isfile(ca_file):
@@ -124,8 +128,7 @@ def add_credential(cp: ControlPlane, actor: Actor, datasource: str, name: str, *
     check_name("credential", name)
     if (secret is None) == (secret_ref is None):
         raise UsageError("give exactly one of a password (--password-stdin) or a secret reference (--secret-ref)")
-    if not username or len(username) > 255:
-        raise UsageError("invalid --username: give the database login name")
+    check_text("--username (the database login name)", username)
     if secret is not None:
         _check_secret(secret)
     else:
