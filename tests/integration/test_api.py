@@ -230,3 +230,29 @@ def _json_with_surrogates(body: dict) -> bytes:
     import json
 
     return json.dumps(body).encode("ascii")  # ensure_ascii: a lone surrogate goes out as \ud800
+
+
+def test_unsigned_unlock_requests_write_claims_as_claims_and_only_so_many(env):
+    """No credentials are needed to post to /v1/unlock. A refusal before an enrolled proxy's
+    signature checked out records the HTTP peer as client.addr and the request's own fields
+    only as claims, and at most LIMIT such events per peer and minute."""
+    from sdm_proxy.control.unverified_denials import LIMIT
+
+    def events():
+        return [e.to_dict() for e in env.cp.audit.tail(100_000, types=["access.denied"])
+                if (e.details or {}).get("unverified")]
+
+    before = len(events())
+    forged = {"request": {"v": 1, "session_token": "x", "datasource": "prod", "credential": "superuser",
+                          "nonce": "n", "timestamp": "2026-01-01T00:00:00+00:00", "proxy_id": "px-made-up",
+                          "ephemeral_public_key": "k", "protocol": "postgres", "client_addr": "10.0.0.5"},
+              "signature": "AAAA"}
+    for _ in range(LIMIT + 5):
+        assert 400 <= call(env, "POST", "/v1/unlock", json=forged).status_code < 500
+    recorded = events()[before:]
+    assert len(recorded) <= LIMIT  # (earlier tests' refusals from this peer count in the same minute)
+    last = recorded[-1]
+    assert last["client"]["addr"] == "127.0.0.1" and last["datasource"] is None and last["proxy_id"] is None
+    assert last["details"]["claimed"] == {"proxy_id": "px-made-up", "datasource": "prod",
+                                          "credential": "superuser", "protocol": "postgres",
+                                          "client_addr": "10.0.0.5"}

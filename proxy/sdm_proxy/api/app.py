@@ -7,6 +7,7 @@ never echo the request body back (it may hold a password).
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
@@ -54,7 +55,8 @@ def create_app(cp: ControlPlane, hub_identity: HubIdentity | None = None) -> Fas
     @app.post("/v1/unlock", tags=["proxy"])
     async def unlock_endpoint(request: Request) -> dict:
         # Runs in a worker thread: unlock does blocking DB and (possibly) KMS calls.
-        return await run_in_threadpool(unlock, cp, await _json_or_none(request))
+        peer = request.client.host if request.client else None
+        return await run_in_threadpool(partial(unlock, cp, peer=peer), await _json_or_none(request))
 
     @app.post("/v1/proxy/check", tags=["proxy"])
     async def proxy_check_endpoint(request: Request) -> dict:

@@ -324,6 +324,7 @@ def denied_event(
     protocol: str | None = None,
     query: str | None = None,
     client: Client | Mapping[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> Event:
     """``access.denied``: a refused login, unlock or statement; ``reason`` goes in ``error``.
 
@@ -343,6 +344,7 @@ def denied_event(
         client=Client.coerce(client),
         status=DENIED,
         error=_text(reason),
+        details=details,
     )
 
 

@@ -21,6 +21,7 @@ from ..vault.providers import KeyProvider, load_key_provider, providers_for_open
 from .db import StateDB
 from .models import utcnow
 from .tokens import SessionSigner
+from .unverified_denials import UnverifiedDenials
 
 
 SECRET_STORE_OPTIONS = ("region", "aws_endpoint_url")
@@ -67,6 +68,7 @@ class ControlPlane:
     session_signer: SessionSigner
     secret_store_options: dict = field(default_factory=dict)
     now: Callable[[], datetime] = utcnow
+    unverified_denials: UnverifiedDenials = field(default_factory=UnverifiedDenials)  # see its module
 
     @classmethod
     def open(cls, home: SdmHome) -> "ControlPlane":

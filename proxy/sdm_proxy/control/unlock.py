@@ -28,6 +28,7 @@ from .nonces import burn_nonce
 from .policy import UNLOCK_CLOCK_WINDOW, Decision, access_decision, freshness_decision
 from .proxies import verify_proxy_signature
 from .sessions import authenticate_session
+from .unverified_denials import claims
 from .unlock_facts import (
     CredentialRow,
     credential_access_facts,
@@ -43,15 +44,21 @@ class _Attempt:
 
     request: UnlockRequest | None = None
     actor: Actor | None = None
-    nonce_burnable: bool = False  # signed by an enrolled proxy, fresh and not yet used
+    proxy_verified: bool = False  # signed by an enrolled proxy: its claims are the proxy's
+    nonce_burnable: bool = False  # ... fresh and not yet used
 
 
-def unlock(cp: ControlPlane, body: object) -> dict:
+def unlock(cp: ControlPlane, body: object, *, peer: str | None = None) -> dict:
+    """``peer``: the HTTP client's address (None in process), recorded for requests that no
+    enrolled proxy signed (unverified_denials.py)."""
     attempt = _Attempt()
     try:
         return _unlock(cp, body, attempt)
     except SdmError as exc:
-        _record_denial(cp, attempt, exc)
+        if attempt.proxy_verified:
+            _record_denial(cp, attempt, exc)
+        else:
+            _record_unverified_denial(cp, attempt.request, exc, peer)
         raise
 
 
@@ -65,6 +72,7 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
     # The reads are lean Core selects (``unlock_facts``): every one reads live state, none is cached.
     with cp.db.transaction() as s:
         verify_proxy_signature(s, request.proxy_id, signature, request.signed_bytes())
+        attempt.proxy_verified = True
         decision = freshness_decision(request.issued_at(), now)
         if not decision.allowed:
             raise ProxyRejected(decision.reason)
@@ -152,3 +160,23 @@ def _record_denial(cp: ControlPlane, attempt: _Attempt, exc: SdmError) -> None:
         pass  # the request is refused either way; the audit failure is the caller's next error
 
 
+
+
+def _record_unverified_denial(cp: ControlPlane, req: UnlockRequest | None, exc: SdmError,
+                              peer: str | None) -> None:
+    """A refusal before any enrolled proxy vouched for the request: from whoever can reach the API.
+    Its claims are recorded as claims, and only so many per peer (unverified_denials.py)."""
+    suppressed = cp.unverified_denials.admit(peer)
+    if suppressed is None:
+        return
+    details: dict = {"unverified": True}
+    if req is not None:
+        details["claimed"] = claims(proxy_id=req.proxy_id, datasource=req.datasource, credential=req.credential,
+                                    protocol=req.protocol, client_addr=req.client_addr)
+    if suppressed:
+        details["suppressed"] = suppressed
+    try:
+        with cp.db.transaction() as s:
+            cp.record(s, denied_event(reason=exc.message, user=None, client={"addr": peer}, details=details))
+    except SdmError:
+        pass  # the request is refused either way
