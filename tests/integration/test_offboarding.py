@@ -83,3 +83,33 @@ def test_a_revoked_proxy_key_cannot_enrol_again(state):
         proxies.enroll_proxy(state.cp, state.admin, proxy.public_key_bytes)
     with pytest.raises(AccessDenied):
         unlock(state.cp, signed(proxy, state.session_token(state.ann))[0])
+
+
+def test_revoking_a_leaked_key_ends_the_sessions_and_keys_it_made(state):
+    """With ann's leaked key, someone mints a 24 h session and a fresh key of ann's, and a session
+    with that one. Revoking the leaked key must end all four; a key an admin made for ann, and
+    the session it made, stay."""
+    from datetime import timedelta
+
+    leaked = users.create_api_key(state.cp, state.admin, "ann")
+    thief = users.authenticate_api_key(state.cp, leaked)
+    s1 = create_session(state.cp, thief, timedelta(hours=24))
+    minted = users.create_api_key(state.cp, thief, "ann")
+    s2 = create_session(state.cp, users.authenticate_api_key(state.cp, minted), timedelta(hours=24))
+    grandchild = users.create_api_key(state.cp, users.authenticate_api_key(state.cp, minted), "ann")
+    kept_key = users.create_api_key(state.cp, state.admin, "ann")
+    kept = create_session(state.cp, users.authenticate_api_key(state.cp, kept_key))
+    assert live(state, s1) is None and live(state, s2) is None
+
+    result = users.revoke_api_key(state.cp, state.admin, leaked.split("_")[1])
+    assert result["sessions_revoked"] == 2 and len(result["keys_revoked"]) == 2
+    for created in (s1, s2):
+        assert live(state, created) == "session revoked"
+    for key in (leaked, minted, grandchild):
+        with pytest.raises(AuthenticationFailed):
+            users.authenticate_api_key(state.cp, key)
+    assert users.authenticate_api_key(state.cp, kept_key).name == "ann" and live(state, kept) is None
+    ends = [e for e in state.events("session.end") if (e.get("details") or {}).get("reason") == "api key revoked"]
+    assert {e["session_id"] for e in ends} == {s1["id"], s2["id"]}
+    revokes = [e for e in state.events("admin.user.key_revoke")]
+    assert len(revokes) == 3 and sum(1 for e in revokes if (e.get("details") or {}).get("minted_by")) == 2

@@ -247,10 +247,16 @@ def user_remove(ctx, name):
 @click.argument("prefix")
 @click.pass_context
 def user_revoke_key(ctx, prefix):
-    """Revoke an API key by its prefix (the API_KEYS column of `sdm user list`)."""
+    """Revoke an API key by its prefix (the API_KEYS column of `sdm user list`), with the sessions
+    it created and the keys it minted for its user."""
     with as_caller(ctx) as (cp, actor):
         out = users.revoke_api_key(cp, actor, prefix)
-    click.echo(f"revoked API key {prefix} of {out['user']}")
+    also = []
+    if out["keys_revoked"]:
+        also.append(f"{len(out['keys_revoked'])} key(s) it minted ({', '.join(out['keys_revoked'])})")
+    if out["sessions_revoked"]:
+        also.append(f"{out['sessions_revoked']} session(s) it created")
+    click.echo(f"revoked API key {prefix} of {out['user']}" + (f", and {' and '.join(also)}" if also else ""))
 
 
 @user.command("list")

@@ -44,6 +44,7 @@ class Actor:
     name: str
     is_admin: bool
     session_id: str | None = None
+    api_key_id: int | None = None  # the key the caller authenticated with (None: a session or hub token)
 
     @property
     def admin_power(self) -> bool:

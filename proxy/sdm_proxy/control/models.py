@@ -69,6 +69,9 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # The key of the same user that minted this one (a user may mint their own): revoking that key
+    # revokes this one too. None when an admin minted it, or from before schema 0003.
+    parent_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
     user: Mapped[User] = relationship(back_populates="api_keys")
 
@@ -158,6 +161,9 @@ class Session(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     client: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The API key that created it: revoking the key revokes the session. None when a JupyterHub
+    # token vouched for the user, or from before schema 0003.
+    api_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
 
 class ProxyInstance(Base):

@@ -31,7 +31,7 @@ def create_session(cp: ControlPlane, actor: Actor, ttl: timedelta = DEFAULT_SESS
     now = cp.now()
     with cp.db.transaction() as s:
         session = Session(id=secrets.token_hex(12), user_id=actor.user_id, created_at=now,
-                          expires_at=now + ttl, client=(label or "")[:255] or None)
+                          expires_at=now + ttl, client=(label or "")[:255] or None, api_key_id=actor.api_key_id)
         s.add(session)
         s.flush()
         cp.record(s, session_event("start", user=actor.name, session_id=session.id, client={"addr": addr},

@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
-from ..audit.events import admin_event
+from ..audit.events import admin_event, session_event
 from ..errors import AccessDenied, AuthenticationFailed, Conflict, NotFound
 from ..validation import check_name
 from .context import Actor, ControlPlane
-from .models import ApiKey, Role, RoleMember, User
+from .models import ApiKey, Role, RoleMember, Session, User
 from .tokens import api_key_matches, api_key_prefix, new_api_key
 
 
@@ -38,10 +38,10 @@ def add_user(cp: ControlPlane, actor: Actor, name: str, *, is_admin: bool = Fals
         return user_view(s, user)
 
 
-def issue_api_key(s: DBSession, user: User) -> str:
+def issue_api_key(s: DBSession, user: User, parent_key_id: int | None = None) -> str:
     """Store a new key's prefix and hash; return the plain key (shown once by the caller)."""
     key = new_api_key()
-    s.add(ApiKey(user_id=user.id, prefix=key.prefix, key_hash=key.key_hash))
+    s.add(ApiKey(user_id=user.id, prefix=key.prefix, key_hash=key.key_hash, parent_key_id=parent_key_id))
     s.flush()
     return key.plain
 
@@ -51,7 +51,8 @@ def create_api_key(cp: ControlPlane, actor: Actor, name: str) -> str:
         actor.require_admin("creating another user's API key")
     with cp.db.transaction() as s:
         user = get_user(s, name)
-        plain = issue_api_key(s, user)
+        # A key a user mints for themselves hangs off the key that minted it (see revoke_api_key).
+        plain = issue_api_key(s, user, actor.api_key_id if name == actor.name else None)
         cp.record(s, admin_event(actor.name, "user.key", target=name, key_prefix=plain[5:13]))
         return plain
 
@@ -77,7 +78,32 @@ def revoke_api_key(cp: ControlPlane, actor: Actor, prefix: str) -> dict:
         if row.revoked_at is None:
             row.revoked_at = cp.now()
             cp.record(s, admin_event(actor.name, "user.key_revoke", target=row.user.name, key_prefix=prefix))
-        return {"revoked": prefix, "user": row.user.name}
+        keys, ended = _revoke_what_the_key_made(cp, s, actor, row)
+        return {"revoked": prefix, "user": row.user.name, "keys_revoked": keys, "sessions_revoked": ended}
+
+
+def _revoke_what_the_key_made(cp: ControlPlane, s: DBSession, actor: Actor, key: ApiKey) -> tuple[list[str], int]:
+    """A leaked key's sessions and the keys it minted (theirs too, down the line) end with it:
+    otherwise revoking it would leave whoever held it a working session or key. Each is recorded."""
+    now = cp.now()
+    lineage, frontier, keys = [key.id], [key.id], []
+    while frontier:
+        children = s.scalars(select(ApiKey).where(ApiKey.parent_key_id.in_(frontier))).all()
+        frontier = [k.id for k in children if k.id not in lineage]
+        lineage += frontier
+        for child in children:
+            if child.revoked_at is None:
+                child.revoked_at = now
+                keys.append(child.prefix)
+                cp.record(s, admin_event(actor.name, "user.key_revoke", target=key.user.name,
+                                         key_prefix=child.prefix, minted_by=key.prefix))
+    sessions = s.scalars(select(Session).where(Session.api_key_id.in_(lineage), Session.revoked_at.is_(None),
+                                               Session.expires_at > now)).all()
+    for session in sessions:
+        session.revoked_at = now
+        cp.record(s, session_event("end", user=key.user.name, session_id=session.id,
+                                   details={"reason": "api key revoked", "by": actor.name, "key_prefix": key.prefix}))
+    return keys, len(sessions)
 
 
 def authenticate_api_key(cp: ControlPlane, plain: str) -> Actor:
@@ -86,7 +112,7 @@ def authenticate_api_key(cp: ControlPlane, plain: str) -> Actor:
         row = s.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
         if row is None or row.revoked_at is not None or not api_key_matches(plain, row.key_hash):
             raise AuthenticationFailed("invalid or revoked API key")
-        return Actor(user_id=row.user.id, name=row.user.name, is_admin=row.user.is_admin)
+        return Actor(user_id=row.user.id, name=row.user.name, is_admin=row.user.is_admin, api_key_id=row.id)
 
 
 def actor_for_hub_user(cp: ControlPlane, name: str) -> Actor:
