@@ -256,3 +256,17 @@ def test_unsigned_unlock_requests_write_claims_as_claims_and_only_so_many(env):
     assert last["details"]["claimed"] == {"proxy_id": "px-made-up", "datasource": "prod",
                                           "credential": "superuser", "protocol": "postgres",
                                           "client_addr": "10.0.0.5"}
+
+
+def test_a_name_used_again_does_not_see_the_earlier_users_activity(env):
+    from sdm_proxy.control import users
+
+    first_key = users.create_api_key(env.cp, env.admin, users.add_user(env.cp, env.admin, "reused")["name"])
+    old = call(env, "POST", "/v1/sessions", first_key, json={"ttl": "5m"}).json()
+    assert old["id"] in {e["session_id"] for e in call(env, "GET", "/v1/activity?n=100", first_key).json()}
+    users.remove_user(env.cp, env.admin, "reused")
+    users.add_user(env.cp, env.admin, "reused")
+    second_key = users.create_api_key(env.cp, env.admin, "reused")
+    new = call(env, "POST", "/v1/sessions", second_key, json={"ttl": "5m"}).json()
+    seen = {e["session_id"] for e in call(env, "GET", "/v1/activity?n=100", second_key).json()}
+    assert new["id"] in seen and old["id"] not in seen

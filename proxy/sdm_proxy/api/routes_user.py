@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ..control import sessions
+from ..control import sessions, users
 from ..control.access import usable_credentials, usable_view
 from ..control.context import Actor
 from ..validation import parse_duration
@@ -56,5 +56,9 @@ def my_datasources(request: Request, actor: Actor = Depends(current_actor)) -> l
 async def my_activity(request: Request, n: int = 50, actor: Actor = Depends(current_actor)) -> list[dict]:
     n = max(1, min(n, 1000))
     await audit_settled(request)
-    events = await run_in_threadpool(request.app.state.cp.audit.tail, n, user=actor.name)
+    cp = request.app.state.cp
+    # Events are kept by name; a user removed and added again under the same name must not see
+    # the earlier one's statements: only events since this user was created are theirs.
+    since = await run_in_threadpool(users.created_ts, cp, actor.user_id)
+    events = await run_in_threadpool(cp.audit.tail, n, user=actor.name, since=since)
     return [e.to_dict() for e in events]

@@ -37,11 +37,15 @@ class AuditReader:
             row = s.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID)).first()
         return (int(row[0]), row[1]) if row else (0, GENESIS)
 
-    def tail(self, n: int = 20, user: str | None = None, types: Sequence[str] | None = None) -> list[Event]:
-        """The newest ``n`` events, oldest first. ``types`` entries ending in ``*`` match a prefix."""
+    def tail(self, n: int = 20, user: str | None = None, types: Sequence[str] | None = None,
+             since: str | None = None) -> list[Event]:
+        """The newest ``n`` events, oldest first. ``types`` entries ending in ``*`` match a prefix;
+        ``since`` is an event timestamp (``now_ts`` format): only events stamped at or after it."""
         q = select(EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash).order_by(EVENTS.c.seq.desc()).limit(n)
         if user is not None:
             q = q.where(EVENTS.c.user == user)
+        if since is not None:
+            q = q.where(EVENTS.c.ts >= since)
         if types:
             exact = [t for t in types if not t.endswith("*")]
             prefixes = [t[:-1] for t in types if t.endswith("*")]

@@ -115,6 +115,13 @@ def authenticate_api_key(cp: ControlPlane, plain: str) -> Actor:
         return Actor(user_id=row.user.id, name=row.user.name, is_admin=row.user.is_admin, api_key_id=row.id)
 
 
+def created_ts(cp: ControlPlane, user_id: int) -> str | None:
+    """When the user was created, as audit events stamp time (text order is time order)."""
+    with cp.db.transaction() as s:
+        created = s.scalar(select(User.created_at).where(User.id == user_id))
+    return created.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if created is not None else None
+
+
 def actor_for_hub_user(cp: ControlPlane, name: str) -> Actor:
     """The sdm user a JupyterHub user maps to: the one of the same name (control/hub_identity.py)."""
     with cp.db.transaction() as s:
