@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
+from contextlib import contextmanager
 
 import psycopg
 import pymysql
@@ -28,18 +30,21 @@ def _home(tmp_path, db_type: str, server) -> tuple:
     return home, reader_home(home, "db", db_type, server, "--tls-name", ADDRESS)
 
 
-def _gateway(home, protocol: str) -> tuple:
+@contextmanager
+def _gateway(tmp_path, protocol: str, server):
+    """`sdm gateway` with only ``protocol``'s listener, on ADDRESS; yields its port and ann's
+    connection settings from `sdm connect`. Stopped with SIGTERM, which must end it cleanly."""
+    home, key = _home(tmp_path, protocol, server)
     port = free_port()
     other = "mysql" if protocol == "postgres" else "postgres"
     proc = start_gateway(home, "--api", f"127.0.0.1:{free_port()}", f"--{protocol}", f"{ADDRESS}:{port}",
                          f"--{other}", "off", "--max-logins-per-address", str(SLOTS))
-    return proc, port
-
-
-def _stop(proc) -> None:
-    proc.terminate()
-    proc.communicate(timeout=60)
-    assert proc.returncode == 0
+    try:
+        yield port, ok(home, "connect", "db", "--format", "json", api_key=key).json()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
 
 
 def _silent_pg(port: int) -> socket.socket:
@@ -48,6 +53,19 @@ def _silent_pg(port: int) -> socket.socket:
     sock.sendall(SSL_REQUEST)
     assert sock.recv(1) == b"S"  # accepted, and holding a slot
     return sock
+
+
+def _once_a_slot_is_free(connect):
+    """``connect()`` as soon as the gateway has seen a closed connection go (it notices the EOF a
+    moment after the client closes; meanwhile the slot is still taken)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return connect()
+        except (psycopg.OperationalError, pymysql.err.OperationalError) as exc:
+            if "logging in" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -59,10 +77,7 @@ def _read_all(sock: socket.socket) -> bytes:
 
 @pytest.mark.postgres
 def test_postgres_bounds_logins_in_flight_per_address(pg_cluster, tmp_path):
-    home, key = _home(tmp_path, "postgres", pg_cluster)
-    proc, port = _gateway(home, "postgres")
-    try:
-        s = ok(home, "connect", "db", "--format", "json", api_key=key).json()
+    with _gateway(tmp_path, "postgres", pg_cluster) as (port, s):
         good = {k: s[k] for k in ("host", "port", "user", "password", "sslmode", "sslrootcert")}
         good["dbname"] = s["database"]
         silent = [_silent_pg(port) for _ in range(SLOTS)]
@@ -80,7 +95,7 @@ def test_postgres_bounds_logins_in_flight_per_address(pg_cluster, tmp_path):
             sock.close()
 
         silent.pop().close()  # its login ends: the slot is free again
-        with psycopg.connect(**good, connect_timeout=10) as conn:
+        with _once_a_slot_is_free(lambda: psycopg.connect(**good, connect_timeout=10)) as conn:
             # Logged in, this session holds no slot: a second silent connection still fits.
             silent.append(_silent_pg(port))
             assert conn.execute("SELECT current_user").fetchone()[0] == pg_cluster.logins["read-only"].username
@@ -88,17 +103,11 @@ def test_postgres_bounds_logins_in_flight_per_address(pg_cluster, tmp_path):
                 psycopg.connect(**good, connect_timeout=10)
         for sock in silent:
             sock.close()
-    finally:
-        _stop(proc)
 
 
 @pytest.mark.mysql
 def test_mysql_bounds_logins_in_flight_per_address_with_error_1040(mysql_server, tmp_path):
-    home, key = _home(tmp_path, "mysql", mysql_server)
-    proc, port = _gateway(home, "mysql")
-    try:
-        s = ok(home, "connect", "db", "--format", "json", api_key=key).json()
-
+    with _gateway(tmp_path, "mysql", mysql_server) as (port, s):
         def connect() -> pymysql.Connection:
             return pymysql.connect(host=s["host"], port=s["port"], user=s["user"], password=s["password"],
                                    database=s["database"], connect_timeout=10, ssl_ca=s["ssl_ca"],
@@ -114,10 +123,8 @@ def test_mysql_bounds_logins_in_flight_per_address_with_error_1040(mysql_server,
         assert refused.value.args[0] == 1040 and "still logging in" in refused.value.args[1]
 
         silent.pop().close()
-        with connect() as conn, conn.cursor() as cur:
+        with _once_a_slot_is_free(connect) as conn, conn.cursor() as cur:
             cur.execute("SELECT CURRENT_USER()")
             assert cur.fetchone()[0].startswith(mysql_server.logins["read-only"].username + "@")
         for sock in silent:
             sock.close()
-    finally:
-        _stop(proc)

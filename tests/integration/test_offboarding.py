@@ -113,3 +113,23 @@ def test_revoking_a_leaked_key_ends_the_sessions_and_keys_it_made(state):
     assert {e["session_id"] for e in ends} == {s1["id"], s2["id"]}
     revokes = [e for e in state.events("admin.user.key_revoke")]
     assert len(revokes) == 3 and sum(1 for e in revokes if (e.get("details") or {}).get("minted_by")) == 2
+
+
+def test_rotating_a_key_does_not_revoke_the_new_one(state):
+    """Mint a new key with the old one, then revoke the old one with the new one (or with the old
+    one itself): the new key, and what it made, must survive, or its user is locked out."""
+    old = users.create_api_key(state.cp, state.admin, "ann")
+    new = users.create_api_key(state.cp, users.authenticate_api_key(state.cp, old), "ann")
+    old_session = create_session(state.cp, users.authenticate_api_key(state.cp, old))
+    new_session = create_session(state.cp, users.authenticate_api_key(state.cp, new))
+    result = users.revoke_api_key(state.cp, users.authenticate_api_key(state.cp, new), old.split("_")[1])
+    assert result["keys_revoked"] == [] and result["sessions_revoked"] == 1
+    assert users.authenticate_api_key(state.cp, new).name == "ann"
+    assert live(state, new_session) is None and live(state, old_session) == "session revoked"
+
+    # Revoking the key you are using: it goes, the keys it minted (which you hold) stay.
+    older = users.create_api_key(state.cp, users.authenticate_api_key(state.cp, new), "ann")
+    users.revoke_api_key(state.cp, users.authenticate_api_key(state.cp, new), new.split("_")[1])
+    assert users.authenticate_api_key(state.cp, older).name == "ann"
+    with pytest.raises(AuthenticationFailed):
+        users.authenticate_api_key(state.cp, new)

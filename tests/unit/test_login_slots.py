@@ -45,10 +45,20 @@ def test_refusals_are_logged_once_per_episode(caplog):
     for _ in range(3):
         assert slots.take("10.0.0.5:2") is None
     assert len([r for r in caplog.records if "logins from that address are in flight" in r.message]) == 1
-    held.release()
+    held.release()  # the address has none in flight: the episode is over
     held = slots.take("10.0.0.5:3")
     assert slots.take("10.0.0.5:4") is None
     assert len([r for r in caplog.records if "logins from that address are in flight" in r.message]) == 2
+
+
+def test_a_client_held_at_the_bound_is_not_warned_about_again_and_again(caplog):
+    slots = LoginSlots(2)
+    held = [slots.take("10.0.0.5:1"), slots.take("10.0.0.5:2")]
+    for port in range(3, 50):
+        assert slots.take(f"10.0.0.5:{port}") is None
+        held.pop(0).release()  # one finishes, another gets in: still at the bound
+        held.append(slots.take(f"10.0.0.5:{port + 1000}"))
+    assert len([r for r in caplog.records if "logins from that address are in flight" in r.message]) == 1
 
 
 @pytest.mark.parametrize("bad", [0, -1, 100_001])

@@ -28,3 +28,11 @@ def test_claims_are_cut_short_and_storable():
     got = claims(proxy_id="p" * 500, datasource="ds\ud800", credential=None, client_addr=7)
     assert got == {"proxy_id": "p" * 128, "datasource": "ds\\ud800"}
     "".join(got.values()).encode("utf-8")  # no lone surrogate left
+
+
+def test_ipv6_peers_count_by_their_slash_64():
+    seen = UnverifiedDenials(Clock())
+    for i in range(LIMIT):
+        assert seen.admit(f"2001:db8:1:2::{i + 1:x}") == 0
+    assert seen.admit("2001:db8:1:2::ffff") is None  # another address of the same /64
+    assert seen.admit("2001:db8:1:3::1") == 0

@@ -8,7 +8,7 @@ So for a request refused *before* its proxy signature checked out:
 - the event carries none of the request's claims as facts: ``client.addr`` is the HTTP peer, and
   what the request claimed (proxy, datasource, credential, client address) goes in
   ``details.claimed``, each cut to 128 characters, with ``details.unverified: true``;
-- at most ``LIMIT`` such events per peer address and ``WINDOW`` are recorded; the rest are only
+- at most ``LIMIT`` such events per peer address (IPv6: per /64) and ``WINDOW`` are recorded; the rest are only
   counted, and the count goes on the next event recorded for that address
   (``details.suppressed``).
 
@@ -22,6 +22,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+
+from ..addresses import address_key
 
 LIMIT = 20  # recorded per peer address and WINDOW
 WINDOW = 60.0
@@ -41,6 +43,7 @@ class UnverifiedDenials:
     def admit(self, peer: str | None) -> int | None:
         """None: leave this refusal out (it is counted). Otherwise record it, with this many
         left out before it."""
+        peer = address_key(peer) or peer  # an IPv6 peer counts by its /64, as on the wire listeners
         now = self._clock()
         with self._lock:
             entry = self._peers.pop(peer, None)

@@ -84,19 +84,24 @@ def revoke_api_key(cp: ControlPlane, actor: Actor, prefix: str) -> dict:
 
 def _revoke_what_the_key_made(cp: ControlPlane, s: DBSession, actor: Actor, key: ApiKey) -> tuple[list[str], int]:
     """A leaked key's sessions and the keys it minted (theirs too, down the line) end with it:
-    otherwise revoking it would leave whoever held it a working session or key. Each is recorded."""
+    otherwise revoking it would leave whoever held it a working session or key. Each is recorded.
+
+    Spared: the key making this request and what it minted, so that rotating a key (mint a new
+    one with the old, then revoke the old) does not revoke the new one and lock its user out."""
     now = cp.now()
-    lineage, frontier, keys = [key.id], [key.id], []
-    while frontier:
-        children = s.scalars(select(ApiKey).where(ApiKey.parent_key_id.in_(frontier))).all()
-        frontier = [k.id for k in children if k.id not in lineage]
-        lineage += frontier
-        for child in children:
-            if child.revoked_at is None:
-                child.revoked_at = now
-                keys.append(child.prefix)
-                cp.record(s, admin_event(actor.name, "user.key_revoke", target=key.user.name,
-                                         key_prefix=child.prefix, minted_by=key.prefix))
+    children = _minted_by(s, [key.id])
+    spared = set(_subtree(s, actor.api_key_id) if actor.api_key_id is not None else ())
+    spared.discard(key.id)
+    lineage, keys = {key.id}, []
+    for child in children:
+        if child.id in spared:
+            continue
+        lineage.add(child.id)
+        if child.revoked_at is None:
+            child.revoked_at = now
+            keys.append(child.prefix)
+            cp.record(s, admin_event(actor.name, "user.key_revoke", target=key.user.name,
+                                     key_prefix=child.prefix, minted_by=key.prefix))
     sessions = s.scalars(select(Session).where(Session.api_key_id.in_(lineage), Session.revoked_at.is_(None),
                                                Session.expires_at > now)).all()
     for session in sessions:
@@ -104,6 +109,22 @@ def _revoke_what_the_key_made(cp: ControlPlane, s: DBSession, actor: Actor, key:
         cp.record(s, session_event("end", user=key.user.name, session_id=session.id,
                                    details={"reason": "api key revoked", "by": actor.name, "key_prefix": key.prefix}))
     return keys, len(sessions)
+
+
+def _minted_by(s: DBSession, roots: list[int]) -> list[ApiKey]:
+    """Every key minted, directly or down the line, by one of ``roots`` (not the roots)."""
+    found: list[ApiKey] = []
+    seen, frontier = set(roots), list(roots)
+    while frontier:
+        children = [k for k in s.scalars(select(ApiKey).where(ApiKey.parent_key_id.in_(frontier))) if k.id not in seen]
+        seen.update(k.id for k in children)
+        found += children
+        frontier = [k.id for k in children]
+    return found
+
+
+def _subtree(s: DBSession, root: int) -> list[int]:
+    return [root, *(k.id for k in _minted_by(s, [root]))]
 
 
 def authenticate_api_key(cp: ControlPlane, plain: str) -> Actor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from .login_throttle import address_key
+from ..addresses import address_key
 
 log = logging.getLogger("sdm.wire")
 
@@ -49,7 +49,7 @@ class LoginSlots:
             raise ValueError(f"per_address must be 1..{MAX_PER_ADDRESS}, not {per_address}")
         self.per_address = per_address
         self._in_flight: dict[str, int] = {}
-        self._warned: set[str] = set()  # addresses refused since their count last fell
+        self._warned: set[str] = set()  # addresses warned about since they last had no login in flight
         self._warn = warn
 
     def take(self, peer: str | None) -> LoginSlot | None:
@@ -76,6 +76,6 @@ class LoginSlots:
         count = self._in_flight.get(key, 0) - 1
         if count > 0:
             self._in_flight[key] = count
-        else:
+        else:  # the episode ends when the address has no login in flight
             self._in_flight.pop(key, None)
-        self._warned.discard(key)
+            self._warned.discard(key)

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..audit import events as audit
-from .net import is_loopback
+from ..addresses import address_key
 
 DEFAULT_LIMIT = 20  # failed logins per address and WINDOW before the address is throttled
 MAX_LIMIT = 1000
@@ -47,34 +46,6 @@ class _Record:
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-def _host(peer: str) -> str:
-    """``host`` of a session's peer ``host:port`` or ``[v6]:port`` (anything else as it is)."""
-    if peer.startswith("["):
-        return peer[1:].partition("]")[0]
-    if peer.count(":") == 1:
-        return peer.rpartition(":")[0]
-    return peer
-
-
-def address_key(peer: str | None) -> str | None:
-    """What failures count against: the peer's address (``host:port`` as sessions keep it), an IPv6
-    one by its /64; None for loopback or no address."""
-    if not peer:
-        return None
-    addr = _host(peer)
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return None if is_loopback(addr) else addr
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return None
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 class LoginThrottle:

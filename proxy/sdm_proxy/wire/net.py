@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import ssl
 from collections.abc import Awaitable, Callable
 
+from ..addresses import is_loopback  # noqa: F401 - re-exported: listeners and the CLI import it here
 from ..unlock.client import UnlockedCredential
 
 # Asked every few seconds per open connection: None keeps it, a string is the reason to close it.
@@ -24,16 +24,6 @@ def peer_text(peer: object) -> str | None:
         host = peer[0]
         return f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
     return str(peer) if peer else None
-
-
-def is_loopback(host: str) -> bool:
-    """Only loopback listeners may accept a session token without TLS."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @functools.lru_cache(maxsize=64)

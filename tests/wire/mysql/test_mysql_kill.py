@@ -51,7 +51,17 @@ def test_dashdash_then_anything_hides_no_kill():
     of the shared login, another user's session included)."""
     for lead in ("--\x01", "--\x7f", "--\x1b", "--x", "--", "-- ", "--\t"):
         assert parse_kill(lead + "\nKILL 6") == KillRequest(6, False), lead
-    # "KILL --5" is "KILL - -5" in MySQL's default mode: an expression. Here the id is commented
-    # out instead; either way there is no plain id, so it is refused.
-    with pytest.raises(UnsupportedKill):
-        parse_kill("KILL --5")
+    # After the first word, "--" before anything else is two minus signs, as in the default mode:
+    # an expression, so refused (not read as a comment that cuts the id short: "KILL 5--1" is 6).
+    for sql in ("KILL --5", "KILL 5--1", "/*!KILL 5--*/ 6"):
+        with pytest.raises(UnsupportedKill):
+            parse_kill(sql)
+    assert parse_kill("KILL 5 -- the rest\n") == KillRequest(5, False)
+
+
+def test_bytes_a_charset_skips_as_space_hide_no_kill():
+    """latin1's 0xA0 is a space to MySQL's lexer; in a statement that is not UTF-8 the audit text
+    has it as "\\xa0". Before the first word, such characters are skipped here too."""
+    for lead in ("\\xa0", "\u00a0", "\\xa0\\xa0 ", "\u3000"):
+        assert parse_kill(lead + "KILL 12345") == KillRequest(12345, False), lead
+    assert parse_kill("SELECT '\\xa0KILL 5'") is None

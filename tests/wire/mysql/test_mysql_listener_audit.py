@@ -90,12 +90,17 @@ def test_text_that_is_not_utf8_is_kept_byte_for_byte(mysql_gateway):
         assert cur.fetchone() == ("José", "Josè")  # relayed untouched: the server read latin1
     [event] = gw.query_events("latin1-audit")
     assert event["query"] == "SELECT 'Jos\\xe9' AS a, 'Jos\\xe8' AS b /* latin1-audit */"
+    assert event["details"] == {"escaped": True}
+    with gw.connect(charset="latin1") as conn, conn.cursor() as cur:  # escaped, a backslash is doubled
+        cur.execute("SELECT 'é\\\\' AS c /* latin1-backslash */")
+    [event] = gw.query_events("latin1-backslash")
+    assert event["query"] == "SELECT '\\xe9\\\\\\\\' AS c /* latin1-backslash */" and event["details"]["escaped"]
     [start] = [e for e in gw.events("session.start") if (e.get("details") or {}).get("connection_id") == gateway_id]
     assert start["details"]["charset"] in (8, 47, 48, 49, 5, 15, 31, 94)  # a latin1 collation
     with gw.connect() as conn, conn.cursor() as cur:  # PyMySQL's default, utf8mb4: read as text
         cur.execute("SELECT 'José' /* utf8-audit */")
     [event] = gw.query_events("utf8-audit")
-    assert event["query"] == "SELECT 'José' /* utf8-audit */"
+    assert event["query"] == "SELECT 'José' /* utf8-audit */" and event["details"] is None
 
 
 def test_no_secret_in_the_audit_log_or_errors(mysql_gateway):

@@ -229,6 +229,22 @@ def test_statement_ids_the_gateway_never_saw_prepared_are_not_relayed(mysql_gate
     assert not [e for e in gw.events("query") if "prepared statement 77" in (e["query"] or "")]
 
 
+def test_a_refused_prepare_leaves_no_last_statement_behind(mysql_gateway):
+    """MariaDB's connectors pipeline PREPARE and EXECUTE(0xFFFFFFFF, "the statement just
+    prepared"). When the gateway refuses the PREPARE, that EXECUTE must not run the statement
+    prepared before it."""
+    gw = mysql_gateway
+    sock = raw.login(gw.host, gw.port, "read-only", gw.tokens["ann"])
+    packets = raw.exchange(sock, b"".join(frame(p, 0) for p in (
+        b"\x16SELECT 'the earlier statement'",
+        b"\x16KILL 5",  # refused by the gateway, never relayed
+        b"\x17\xff\xff\xff\xff\x00\x01\x00\x00\x00",  # EXECUTE the last prepared statement
+    )))
+    codes = [raw.err_code(payload) for _, payload in packets]
+    assert b"KILL cannot be prepared" in packets[-2][1] and codes[-1] == 1243, codes
+    assert not any(b"the earlier statement" in payload for _, payload in packets[-2:])
+
+
 def test_oversized_command_is_refused_before_it_is_buffered(mysql_gateway):
     gw = mysql_gateway
     cp = gw.cp

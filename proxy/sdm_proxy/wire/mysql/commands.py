@@ -86,6 +86,7 @@ class Command:
 
     code: int
     response: ResponseKind
+    escaped: bool = False  # its text was not UTF-8: recorded escaped (see _decoded)
     # Answered by the gateway (never relayed raw): QUIT, CHANGE_USER, RESET_CONNECTION, PROCESS_KILL.
     by_gateway: bool = field(default=False, init=False)
 
@@ -222,16 +223,16 @@ def _reader(payload: bytes, name: str) -> PayloadReader:
     return PayloadReader(payload, error=ClientProtocolError, what=name, code=ER_NET_READ_ERROR, pos=1)
 
 
-def _text(raw: bytes) -> str:
-    """The audit's text of bytes the server reads in the connection's charset (utf8mb4 with
-    nearly every client). Bytes that are not UTF-8 (latin1, gbk, ... or garbage) are kept as
-    ``\\xNN`` rather than one U+FFFD for all: two statements that differ must not read the same,
-    and a GBK byte pair must stay recoverable. session.start records the login's charset number."""
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def _sql(payload: bytes) -> str:
-    return _text(payload[1:])  # the bytes relayed are untouched
+def _decoded(raw: bytes) -> tuple[str, bool]:
+    """The audit's text of bytes the server reads in the connection's charset (utf8mb4 with nearly
+    every client), and whether it had to be escaped. Bytes that are not UTF-8 (a latin1 or gbk
+    client, or garbage) are kept as ``\\xNN`` and backslashes doubled, rather than one U+FFFD for
+    all: two statements that differ must not read the same. The record then says
+    ``details.escaped``; session.start has the login's charset number."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace"), True
 
 
 def classify(payload: bytes, *, capabilities: int, multi_statements_allowed: bool = False) -> Command:
@@ -248,11 +249,11 @@ def classify(payload: bytes, *, capabilities: int, multi_statements_allowed: boo
         raise CommandRefused(f"{'COM_' + com.name} is not supported through the gateway", code=ER_UNKNOWN_COM_ERROR)
     RK = ResponseKind
     if com is Com.QUERY:
-        sql = _sql(payload)
-        return Query(code, RK.RESULT, sql=sql, tags=parse_tags(sql))
+        sql, escaped = _decoded(payload[1:])  # the bytes relayed are untouched
+        return Query(code, RK.RESULT, escaped, sql=sql, tags=parse_tags(sql))
     if com is Com.STMT_PREPARE:
-        sql = _sql(payload)
-        return StmtPrepare(code, RK.PREPARE, sql=sql, tags=parse_tags(sql))
+        sql, escaped = _decoded(payload[1:])
+        return StmtPrepare(code, RK.PREPARE, escaped, sql=sql, tags=parse_tags(sql))
     if com is Com.STMT_EXECUTE:
         r = _reader(payload, "COM_STMT_EXECUTE")
         statement_id = r.u32()
@@ -273,10 +274,12 @@ def classify(payload: bytes, *, capabilities: int, multi_statements_allowed: boo
     if com is Com.STMT_RESET:
         return StmtOnId(code, RK.SIMPLE, statement_id=_reader(payload, "COM_STMT_RESET").u32())
     if com is Com.INIT_DB:
-        return InitDb(code, RK.SIMPLE, schema=_sql(payload))
+        schema, escaped = _decoded(payload[1:])
+        return InitDb(code, RK.SIMPLE, escaped, schema=schema)
     if com is Com.FIELD_LIST:
         r = _reader(payload, "COM_FIELD_LIST")
-        return FieldList(code, RK.FIELD_LIST, table=_text(r.cstring(allow_eof=True)))
+        table, escaped = _decoded(r.cstring(allow_eof=True))
+        return FieldList(code, RK.FIELD_LIST, escaped, table=table)
     if com is Com.SET_OPTION:
         option = _reader(payload, "COM_SET_OPTION").u16()
         if option == MYSQL_OPTION_MULTI_STATEMENTS_ON and not multi_statements_allowed:
@@ -310,6 +313,7 @@ class StatementMap:
         self._limit = limit
         self._text_limit = text_limit  # characters kept in all: 1 MiB statements would add up fast
         self._chars = 0
+        self._escaped: set[int] = set()  # ids whose text was recorded escaped
         self.last_id: int | None = None
 
     def check_room(self, sql: str) -> None:
@@ -322,13 +326,14 @@ class StatementMap:
     def __len__(self) -> int:
         return len(self._sql)
 
-    def prepared(self, statement_id: int, sql: str) -> None:
+    def prepared(self, statement_id: int, sql: str, escaped: bool = False) -> None:
         if statement_id not in self._sql and len(self._sql) >= self._limit:
             # The server's own max_prepared_stmt_count is far lower; this only bounds our memory.
             raise CommandRefused("too many prepared statements on this connection",
                                  code=ER_MAX_PREPARED_STMT_COUNT_REACHED, sqlstate=SQLSTATE_SYNTAX_OR_ACCESS)
         self._chars += len(sql) - len(self._sql.get(statement_id, ""))
         self._sql[statement_id] = sql
+        (self._escaped.add if escaped else self._escaped.discard)(statement_id)
         self.last_id = statement_id
 
     def prepare_failed(self) -> None:
@@ -336,6 +341,9 @@ class StatementMap:
 
     def resolve(self, statement_id: int) -> int | None:
         return self.last_id if statement_id == LAST_PREPARED_STATEMENT else statement_id
+
+    def escaped(self, statement_id: int) -> bool:
+        return self.resolve(statement_id) in self._escaped
 
     def sql_for(self, statement_id: int) -> str | None:
         real = self.resolve(statement_id)
@@ -345,10 +353,12 @@ class StatementMap:
         real = self.resolve(statement_id)
         if real is not None:
             self._chars -= len(self._sql.pop(real, ""))
+            self._escaped.discard(real)
 
     def clear(self) -> None:
         """After COM_RESET_CONNECTION / COM_CHANGE_USER: the server dropped every statement."""
         self._sql.clear()
+        self._escaped.clear()
         self._chars = 0
         self.last_id = None
 
@@ -356,7 +366,7 @@ class StatementMap:
         """Update from a finished command (PREPARE's answer, or a CLOSE that has none)."""
         if isinstance(command, StmtPrepare) and scanner is not None:
             if scanner.prepared is not None:
-                self.prepared(scanner.prepared.statement_id, command.sql)
+                self.prepared(scanner.prepared.statement_id, command.sql, command.escaped)
             else:
                 self.prepare_failed()
         elif isinstance(command, StmtOnId) and command.code == Com.STMT_CLOSE:

@@ -6,12 +6,13 @@ user, and runs the KILL itself. A KILL the gateway cannot map exactly (by expres
 ``QUERY ID``, ``USER``) is refused rather than relayed, since relayed it would name an upstream
 thread id chosen by the client.
 
-Comments are skipped like the server does (a few more: any ``--``), except that executable comments (``/*! ... */``,
+Comments are skipped like the server does (a few more: any leading ``--``), except that executable comments (``/*! ... */``,
 ``/*M! ... */``) count as code: the server runs them, so ``/*!KILL*/ 5`` is a KILL too.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import ER_NOT_SUPPORTED_YET, SQLSTATE_SYNTAX_OR_ACCESS, CommandRefused
@@ -32,6 +33,13 @@ class UnsupportedKill(CommandRefused):
     sqlstate = SQLSTATE_SYNTAX_OR_ACCESS
 
 
+_BYTE_ESCAPE = re.compile(r"\\x[0-9a-f]{2}")  # a byte that was not UTF-8, as commands._text records it
+
+
+def _comment_after_dashes(sql: str, i: int) -> bool:
+    return i >= len(sql) or sql[i].isspace() or sql[i] < " " or sql[i] == "\x7f"
+
+
 def _tokens(sql: str, limit: int = _MAX_TOKENS) -> list[str]:
     """Up to ``limit`` code tokens, upper-cased words/numbers, punctuation as single characters.
 
@@ -44,10 +52,15 @@ def _tokens(sql: str, limit: int = _MAX_TOKENS) -> list[str]:
         c = sql[i]
         if c.isspace():
             i += 1
-        elif c == "#" or (c == "-" and sql.startswith("--", i)):
-            # Any "--" counts: the server takes it as a comment before a space or a control character
-            # (0x01 included), MariaDB's sql_mode=ORACLE before anything. Elsewhere "--" starts no
-            # valid statement, and within a KILL the id is then missing, so the KILL is refused.
+        elif not out and (c > "\x7f" or (c == "\\" and _BYTE_ESCAPE.match(sql, i))):
+            # Before the first word: a character some charset's lexer skips as a space (latin1's
+            # 0xA0, recorded as "\xa0" when not UTF-8). Nothing valid starts with one.
+            i += 1 if c != "\\" else 4
+        elif c == "#" or (c == "-" and sql.startswith("--", i) and (not out or _comment_after_dashes(sql, i + 2))):
+            # The server takes "--" as a comment before a space or a control character (0x01
+            # included); MariaDB's sql_mode=ORACLE before anything. Before the first word, any "--"
+            # counts (nothing valid starts with "--x"); after it, "--5" is "- -5", refused as an
+            # expression rather than read as a comment that hides part of the id.
             j = sql.find("\n", i)
             i = n if j < 0 else j + 1
         elif sql.startswith("/*", i):

@@ -100,10 +100,11 @@ class MysqlListener(Listener):
                 channel.write(frame(build_err(code, sqlstate, message), 0))
                 channel.close()
                 return
-            session = Session(self.ctx, channel)
-            session.login_slot = slot
-            self.sessions.add(session)
+            session = None
             try:
+                session = Session(self.ctx, channel)
+                session.login_slot = slot
+                self.sessions.add(session)
                 await session.run()
             finally:
                 slot.release()

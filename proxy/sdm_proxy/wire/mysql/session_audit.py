@@ -44,10 +44,14 @@ class SessionAudit:
                 if text is None:
                     text = f"<unknown prepared statement {cmd.statement_id}>"
                 details = {"prepared_statement": real if real is not None else cmd.statement_id}
+                if self.statements.escaped(cmd.statement_id):
+                    details["escaped"] = True
             else:
                 text = cmd.describe()
                 if not isinstance(cmd, Query):
                     details = {"command": cmd.name}
+                if cmd.escaped:
+                    details = {**(details or {}), "escaped": True}
         shown = text
         if len(shown) > QUERY_TEXT_LIMIT:
             shown = shown[:QUERY_TEXT_LIMIT] + f"... [truncated: {len(text)} characters in all]"

@@ -109,6 +109,7 @@ class CommandPhase:
     async def _command(self, packet: Packet) -> bool:
         """One client command; False when the connection should end (COM_QUIT)."""
         front = self.front
+        cmd = None
         try:
             cmd = classify(packet.payload, capabilities=front.capabilities)
             if isinstance(cmd, (Query, StmtPrepare)) and len(cmd.sql) > QUERY_TEXT_LIMIT:
@@ -131,6 +132,10 @@ class CommandPhase:
                     f"Unknown prepared statement handler ({cmd.statement_id}) given to {_HANDLER_OF[cmd.code]}",
                     code=ER_UNKNOWN_STMT_HANDLER, sqlstate=SQLSTATE_GENERAL)
         except CommandRefused as exc:
+            if isinstance(cmd, StmtPrepare):
+                # Never relayed, so it prepared nothing: MariaDB's "last prepared statement" id (a
+                # pipelined EXECUTE after it) must not name the one before.
+                self.statements.prepare_failed()
             front.reply_error(exc, packet)
             return True
         if cmd.code == Com.QUIT:
