@@ -108,11 +108,12 @@ ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()))  # lone sur
 @given(identity=st.fixed_dictionaries({k: st.none() | ANY_TEXT for k in IDENTITY}), query=ANY_TEXT,
        addr=st.none() | ANY_TEXT, cell=st.none() | ANY_TEXT, count=st.none() | st.integers() | st.booleans(),
        details=st.sampled_from(DETAILS), duration=st.none() | st.floats() | st.integers(),
-       rows=st.none() | st.integers() | st.booleans(), status=st.none() | ANY_TEXT, error=st.none() | ANY_TEXT)
+       rows=st.none() | st.integers() | st.booleans(), status=st.none() | ANY_TEXT, error=st.none() | ANY_TEXT,
+       command=st.none() | ANY_TEXT)
 def test_any_value_matches_the_event_helpers(identity, query, addr, cell, count, details, duration, rows, status,
-                                             error):
+                                             error, command):
     check(identity, query, {"addr": addr, "cell_id": cell, "execution_count": count}, details,
-          duration_ms=duration, rows=rows, status=status, error=error)
+          duration_ms=duration, rows=rows, status=status, error=error, command=command)
 
 
 @pytest.mark.parametrize("sync", ["write", "fsync", "commit"])

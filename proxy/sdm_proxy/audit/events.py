@@ -288,11 +288,13 @@ def query_end_event(
     rows: int | None,
     status: str = OK,
     error: str | None = None,
+    command: str | None = None,
 ) -> Event:
     """``query.end``: the outcome of a ``query`` event, linked by ``details.query_event_id``.
 
     The statement text is not repeated (it is in the ``query`` event); identity fields are copied so
-    each record stands on its own.
+    each record stands on its own. ``command``: what the database says it ran (PostgreSQL's
+    CommandComplete tag without its counts), in ``details.command``.
     """
     return Event(
         type=QUERY_END,
@@ -308,7 +310,8 @@ def query_end_event(
         duration_ms=None if duration_ms is None else round(float(duration_ms), 3),
         rows=rows,
         error=_text(error),
-        details={"query_event_id": start.id},
+        details={"query_event_id": start.id} if command is None else {"command": _text(command),
+                                                                       "query_event_id": start.id},
     )
 
 

@@ -40,9 +40,10 @@ class StartedQuery:
         self._records = records  # the identity it was written under (a MySQL COM_CHANGE_USER changes it)
 
     def end(self, *, duration_ms: float | None, rows: int | None, status: str = OK,
-            error: str | None = None) -> tuple:
+            error: str | None = None, command: str | None = None) -> tuple:
         """The ``query.end`` record of this statement, as ``query_end_event`` would make it."""
-        return self._records.end(self, duration_ms=duration_ms, rows=rows, status=status, error=error)
+        return self._records.end(self, duration_ms=duration_ms, rows=rows, status=status, error=error,
+                                 command=command)
 
     def event(self) -> Event:
         """The ``query`` event itself (for the rare paths that need the object)."""
@@ -97,7 +98,7 @@ class QueryRecords:
                 f'"ts":"{ts}"{tail}')
 
     def end(self, started: StartedQuery, *, duration_ms: float | None, rows: int | None,
-            status: str = OK, error: str | None = None) -> tuple:
+            status: str = OK, error: str | None = None, command: str | None = None) -> tuple:
         """The ``query.end`` record of ``started`` (one of this object's), as ``query_end_event``
         would make it; ``started.end(...)`` is the usual way to call it."""
         cj = started.client_json
@@ -112,12 +113,15 @@ class QueryRecords:
                     dur = float.__repr__(d)
                 rows_json, error_json, status_json = _rows(rows), _nullable(_text(error)), _s(status)
                 id_, ts = new_id(), now_ts()
-                body = self._body(cj, f'{{"query_event_id":"{started.id}"}}', dur, error_json, id_, "null",
-                                  rows_json, status_json, ts, self._end_tail)
+                link = (f'{{"query_event_id":"{started.id}"}}' if command is None
+                        else f'{{"command":{_s(_text(command))},"query_event_id":"{started.id}"}}')
+                body = self._body(cj, link, dur, error_json, id_, "null", rows_json, status_json, ts,
+                                  self._end_tail)
                 return (id_, ts, QUERY_END, self._user, body)
             except _FALLBACK:
                 pass
-        ev = query_end_event(started.event(), duration_ms=duration_ms, rows=rows, status=status, error=error)
+        ev = query_end_event(started.event(), duration_ms=duration_ms, rows=rows, status=status, error=error,
+                             command=command)
         return (ev.id, ev.ts, QUERY_END, ev.user, event_body(ev))
 
 

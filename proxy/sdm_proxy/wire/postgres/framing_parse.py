@@ -143,12 +143,21 @@ def parse_error_fields(payload: bytes) -> dict[str, str]:
 _ROW_TAGS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "FETCH", "MOVE", "COPY"})
 
 
-def command_tag_rows(payload: bytes) -> int | None:
-    """Rows from a CommandComplete tag ('SELECT 5', 'INSERT 0 3', 'COPY 10'); None for other commands."""
+MAX_COMMAND_NAME = 64
+
+
+def command_tag(payload: bytes) -> tuple[str, int | None]:
+    """A CommandComplete tag's command ('SELECT 5' -> 'SELECT', 'INSERT 0 3' -> 'INSERT',
+    'CREATE TABLE' as it is) and its rows (None for commands without a count)."""
     tag = payload.rstrip(b"\0").decode("ascii", "replace")
     verb, _, rest = tag.partition(" ")
     if verb not in _ROW_TAGS or not rest:
-        return None
+        return tag[:MAX_COMMAND_NAME], None
     last = rest.rsplit(" ", 1)[-1]
     # A row count fits 20 digits (64 bits); int() of a server's thousands of digits would raise.
-    return int(last) if last.isdigit() and len(last) <= 20 else None
+    return verb, (int(last) if last.isdigit() and len(last) <= 20 else None)
+
+
+def command_tag_rows(payload: bytes) -> int | None:
+    """Rows from a CommandComplete tag ('SELECT 5', 'INSERT 0 3', 'COPY 10'); None for other commands."""
+    return command_tag(payload)[1]

@@ -79,7 +79,8 @@ class SessionAudit:
             if s.tag is None:
                 continue
             rows = s.rows if s.rows is not None else (s.counted or None)
-            records.append(s.tag.end(duration_ms=s.duration_ms, rows=rows, status=s.status, error=s.error))
+            records.append(s.tag.end(duration_ms=s.duration_ms, rows=rows, status=s.status, error=s.error,
+                                     command=s.command))
         self.ctx.audit.post_records(records)
 
     def _post_denied(self, reason: str) -> None:

@@ -26,6 +26,7 @@ class Statement:
     portal: str | None = None
     statement: str | None = None
     rows: int | None = None
+    command: str | None = None  # the server's CommandComplete command(s): what it says it ran
     counted: int = 0  # DataRows seen (for PortalSuspended, which carries no tag)
     status: str = "ok"  # ok | error | cancelled
     error: str | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import QUERY_CANCELED
-from .framing_parse import command_tag_rows, parse_error_fields
+from .framing_parse import command_tag, parse_error_fields
 from .tracker_records import Statement, TrackerDesync, _Expect
 
 if TYPE_CHECKING:
@@ -66,8 +66,9 @@ class ServerSide:
         done: list[Statement] = []
         if mtype == COMMAND_COMPLETE:
             if kind in ("query", "execute"):
-                tag_rows = command_tag_rows(payload or b"")
+                command, tag_rows = command_tag(payload or b"")
                 stmt = head.stmt
+                _note_command(stmt, command)
                 if tag_rows is not None:
                     stmt.rows = tag_rows if stmt.rows is None or kind == "execute" else stmt.rows + tag_rows
                 if kind == "execute":
@@ -243,3 +244,15 @@ class ServerSide:
     def _desync(self, mtype: int, head: _Expect):
         raise TrackerDesync(f"upstream answered {chr(mtype)!r} while the gateway expected an answer to "
                             f"{head.kind}; closing the connection so the audit cannot go wrong")
+
+
+MAX_COMMANDS_TEXT = 256  # a simple Query may hold many statements: their commands, cut short
+
+
+def _note_command(stmt: Statement, command: str) -> None:
+    """What the server says it ran, for the record (``query.end`` ``details.command``): a
+    protocol-level prepared statement redefined by server-side code shows here as a mismatch."""
+    if stmt.command is None:
+        stmt.command = command
+    elif len(stmt.command) < MAX_COMMANDS_TEXT:
+        stmt.command = f"{stmt.command},{command}"[:MAX_COMMANDS_TEXT]
