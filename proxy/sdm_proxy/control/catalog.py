@@ -172,18 +172,42 @@ _SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 def check_ref_outside_home(cp: ControlPlane, secret_ref: str) -> None:
     """A ``file:`` reference may not point into $SDM_HOME, nor into /proc, /sys or /dev: the
     gateway's own keys (or its environment: API keys, cloud credentials) would otherwise be sent
-    upstream as a "password" to a host an admin chooses. Checked when stored and at every unlock."""
+    upstream as a "password" to a host an admin chooses. Checked when stored; at every unlock the
+    file actually opened is checked too (``secret_file_guard``), so a symlink swapped between the
+    check and the read gets nowhere."""
     ref = validate_secret_ref(secret_ref)
     if ref.scheme == "file":
-        target, home = Path(ref.target).resolve(), cp.home.root.resolve()
-        if target == home or home in target.parents:
-            raise UsageError("a file: secret reference may not point inside $SDM_HOME")
-        if any(target == tree or tree in target.parents for tree in _SYSTEM_TREES):
-            raise UsageError("a file: secret reference may not point into /proc, /sys or /dev "
-                             "(the gateway's own process and devices)")
-        # A master key file may live outside $SDM_HOME (`{"type": "local", "path": "/etc/sdm/..."}`).
-        if target in local_key_files(cp.home.load_config().get("key_provider"), cp.home):
-            raise UsageError("a file: secret reference may not point at the gateway's master key file")
+        _refuse_secret_file(cp, Path(ref.target).resolve(), None)
+
+
+def secret_file_guard(cp: ControlPlane):
+    """For ``resolve_secret_ref``: called with the real path and stat of the file it opened."""
+    return lambda real_path, st: _refuse_secret_file(cp, Path(real_path), st)
+
+
+def _refuse_secret_file(cp: ControlPlane, target: Path, st: os.stat_result | None) -> None:
+    home = cp.home.root.resolve()
+    if target == home or home in target.parents:
+        raise UsageError("a file: secret reference may not point inside $SDM_HOME")
+    if any(target == tree or tree in target.parents for tree in _SYSTEM_TREES):
+        raise UsageError("a file: secret reference may not point into /proc, /sys or /dev "
+                         "(the gateway's own process and devices)")
+    # A master key file may live outside $SDM_HOME (`{"type": "local", "path": "/etc/sdm/..."}`).
+    key_files = local_key_files(cp.home.load_config().get("key_provider"), cp.home)
+    if target in key_files or (st is not None and (st.st_dev, st.st_ino) in _identities(key_files)):
+        raise UsageError("a file: secret reference may not point at the gateway's master key file")
+
+
+def _identities(paths) -> set[tuple[int, int]]:
+    """(device, inode) of the files that exist: the same file under another name (a hard link)."""
+    found = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
 
 
 def refuse_rotating_a_reference(cred: Credential) -> None:

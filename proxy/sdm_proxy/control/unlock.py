@@ -22,7 +22,7 @@ from ..vault.envelope import open_
 from ..vault.secret import SecretValue
 from ..vault.secret_refs import resolve_secret_ref
 from ..vault.transport import seal_to_proxy
-from .catalog import check_ref_outside_home
+from .catalog import check_ref_outside_home, secret_file_guard
 from .context import Actor, ControlPlane
 from .nonces import burn_nonce
 from .policy import UNLOCK_CLOCK_WINDOW, Decision, access_decision, freshness_decision
@@ -136,7 +136,7 @@ def _resolve_credential(cp: ControlPlane, s: DBSession, actor: Actor,
 def _open_secret(cp: ControlPlane, sealed: str | None, secret_ref: str | None, ctx) -> SecretValue:
     if secret_ref is not None:
         check_ref_outside_home(cp, secret_ref)
-        return resolve_secret_ref(secret_ref, **cp.secret_store_options)
+        return resolve_secret_ref(secret_ref, file_guard=secret_file_guard(cp), **cp.secret_store_options)
     return open_(cp.open_providers, sealed, ctx)
 
 

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,20 +103,36 @@ def _parse_file(rest: str) -> SecretRef:
     return SecretRef(FILE_SCHEME, rest)
 
 
+FileGuard = Callable[[str, os.stat_result], None]
+
+
 def resolve_secret_ref(
-    ref: str | SecretRef, *, aws_endpoint_url: str | None = None, region: str | None = None
+    ref: str | SecretRef, *, aws_endpoint_url: str | None = None, region: str | None = None,
+    file_guard: FileGuard | None = None,
 ) -> SecretValue:
-    """Fetch the secret a reference names. Failures raise ``VaultError`` (never containing the secret)."""
+    """Fetch the secret a reference names. Failures raise ``VaultError`` (never containing the secret).
+
+    ``file_guard(real_path, stat)``: called with the file a ``file:`` reference actually opened,
+    before anything is read from it; it raises to refuse that file."""
     parsed = ref if isinstance(ref, SecretRef) else validate_secret_ref(ref)
     if parsed.scheme == FILE_SCHEME:
-        return _read_secret_file(parsed.target)
+        return _read_secret_file(parsed.target, file_guard)
     if parsed.scheme == AWS_SM_SCHEME:
         return _fetch_aws_sm(parsed, aws_endpoint_url, region)
     raise UsageError(f"unknown secret reference scheme {parsed.scheme!r}: {_HINT}")
 
 
 # file: -------------------------------------------------------------------------------------------
-def _read_secret_file(path: str) -> SecretValue:
+def _opened_path(fd: int, path: str) -> str:
+    """The real path of the file ``fd`` is (Linux names it in /proc); where that is not available,
+    the path resolved now, which a swapped symlink could still fool."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def _read_secret_file(path: str, guard: FileGuard | None = None) -> SecretValue:
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:  # follows symlinks on purpose: Kubernetes secret mounts are symlinks into ..data/
         fd = os.open(path, flags)
@@ -127,6 +144,8 @@ def _read_secret_file(path: str) -> SecretValue:
         raise VaultError(f"secret file {path} cannot be opened ({exc.strerror})") from None
     try:
         st = os.fstat(fd)
+        if guard is not None:  # the file opened, not the one a check looked at a moment before
+            guard(_opened_path(fd, path), st)
         if not stat.S_ISREG(st.st_mode):  # O_NONBLOCK above keeps a FIFO from hanging us here
             raise VaultError(f"secret file {path} is not a regular file")
         chunks, size = [], 0
