@@ -85,3 +85,21 @@ def test_providers_for_open_includes_previous(home):
     assert list(providers_for_open({"type": "local"}, home)) == ["local"]
     with pytest.raises(UsageError, match="cannot have previous"):
         providers_for_open({"type": "local", "previous": [{"type": "local", "previous": []}]}, home)
+
+
+def test_a_previous_provider_of_the_same_type_still_opens_its_secrets(home, tmp_path):
+    """The master key file moved: {"type": "local", "path": NEW, "previous": [{"type": "local"}]}.
+    Both files are asked (before, the second of one type was dropped, and every secret sealed
+    under the old file failed with "wrapped by master key ... not in NEW")."""
+    ctx = EncryptionContext("d", "c", 1)
+    before = seal(load_key_provider({"type": "local"}, home), SecretValue(b"sealed-before-the-move"), ctx)
+    new_file = tmp_path / "etc" / "master.keys"
+    new_file.parent.mkdir()
+    create_master_key_file(new_file)
+    providers = providers_for_open({"type": "local", "path": str(new_file), "previous": [{"type": "local"}]}, home)
+    assert open_(providers, before, ctx).reveal() == b"sealed-before-the-move"
+    after = seal(load_key_provider({"type": "local", "path": str(new_file)}, home), SecretValue(b"new"), ctx)
+    assert open_(providers, after, ctx).reveal() == b"new"
+    alone = providers_for_open({"type": "local", "path": str(new_file)}, home)
+    with pytest.raises(VaultError, match="master key"):
+        open_(alone, before, ctx)

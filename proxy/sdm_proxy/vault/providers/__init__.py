@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...errors import UsageError
+from ...errors import UsageError, VaultError
 from ...home import SdmHome
 from .base import KeyProvider
 
@@ -99,9 +99,32 @@ def providers_for_open(config: Mapping[str, Any] | None, home: SdmHome) -> dict[
         if isinstance(section, Mapping) and section is not checked and "previous" in section:
             raise UsageError("key provider config: previous providers cannot have previous providers")
         provider = load_key_provider(section, home)
-        # One provider per name: envelopes name only the provider type, and the key id picks the key.
-        found.setdefault(provider.name, provider)
+        # Envelopes name only the provider type. Two of one type (a master key file that moved, a
+        # KMS endpoint that changed) are both asked, the configured one first.
+        held = found.get(provider.name)
+        found[provider.name] = provider if held is None else _EitherProvider(held, provider)
     return found
+
+
+class _EitherProvider:
+    """Providers of one type: data keys are unwrapped by the first that can; new ones come from
+    the first (the configured provider)."""
+
+    def __init__(self, first: KeyProvider, then: KeyProvider):
+        self.name = first.name
+        self._providers = [*(first._providers if isinstance(first, _EitherProvider) else [first]), then]
+
+    def generate_data_key(self, ctx):
+        return self._providers[0].generate_data_key(ctx)
+
+    def decrypt_data_key(self, key_id: str, wrapped: bytes, ctx):
+        first_error = None
+        for provider in self._providers:
+            try:
+                return provider.decrypt_data_key(key_id, wrapped, ctx)
+            except VaultError as exc:  # this one does not hold the key: ask the next
+                first_error = first_error or exc
+        raise first_error
 
 
 def __getattr__(name: str):
