@@ -1,24 +1,23 @@
 """Connections through the gateway's PostgreSQL listener, and running one statement into a DataFrame.
 
 The listener takes ``dbname`` = datasource, ``user`` = credential and ``password`` = the session
-token (DESIGN §4 Wire). Engines fetch the token when they open a connection (``do_connect``), so a
-renewed session is picked up without rebuilding the engine and the token never sits in the URL.
+token (DESIGN §4 Wire). Engines fetch the token when they open a connection (connect_hooks.py), so
+a renewed session is picked up without rebuilding the engine and the token never sits in the URL.
 """
 
 from __future__ import annotations
 
 
 import re
-import select
 import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from sqlalchemy import URL, create_engine, event, text
+from sqlalchemy import URL, create_engine, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DisconnectionError
 
+from . import connect_hooks
 from .attribution import append_comment, attach_to_engine
 from .net import is_loopback
 from .errors import DatabaseError, GatewayUnreachable, InvalidRequest, NotFound, PermissionDenied, QueryCancelled
@@ -97,42 +96,13 @@ def make_engine(*, host: str, port: int, datasource: str, credential: str | None
     connect_args["sslmode"] = sslmode
     connect_args.update(engine_kwargs.pop("connect_args", {}))
     engine = create_engine(url, connect_args=connect_args, **engine_kwargs)
-
-    @event.listens_for(engine, "do_connect")
-    def _session_token(dialect, conn_rec, cargs, cparams):  # noqa: ANN001
-        cparams["password"] = token()
-        if on_auth_failure is None:
-            return None  # SQLAlchemy connects with these parameters
-        try:
-            return dialect.connect(*cargs, **cparams)
-        except Exception as exc:  # noqa: BLE001
-            # The session was revoked or ended early: open a new one and try once more.
-            if "password authentication failed" not in str(exc):
-                raise
-            on_auth_failure()
-            cparams["password"] = token()
-            return dialect.connect(*cargs, **cparams)
-
-    @event.listens_for(engine, "checkout")
-    def _still_open(dbapi_conn, conn_rec, conn_proxy):  # noqa: ANN001
-        # A pre-ping without a round trip (and without an audited ";" per query): an idle connection
-        # with bytes waiting was closed by the gateway (session revoked, grant expired, restart).
-        if is_stale(dbapi_conn):
-            raise DisconnectionError("the gateway closed this idle connection")
-
+    connect_hooks.install(engine, token, on_auth_failure)
     if tags is not None:
         attach_to_engine(engine, tags)
     return engine
 
 
-def is_stale(dbapi_conn: Any) -> bool:
-    if dbapi_conn.closed or getattr(dbapi_conn, "broken", False):
-        return True
-    try:
-        readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
+is_stale = connect_hooks.is_stale  # kept importable from here
 
 
 # ---- errors -------------------------------------------------------------------------------------------

@@ -1,0 +1,102 @@
+"""The engine hooks of sdm_jupyter (connect_hooks.py): pooled connections follow a renewed session,
+a failed connect leaves the token in no traceback frame, and the idle check works for any fd."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+
+import pytest
+from sqlalchemy import text
+
+from sdm_jupyter.db import is_stale, make_engine
+from sdm_jupyter.gateway_client import GatewayClient, GatewayConfig
+from tests.support.accounts import free_port
+
+
+def test_a_failed_connect_leaves_the_token_in_no_frame():
+    """%xmode Verbose prints every frame's variables: the token must be in none of them."""
+    marker = "sdms.TOKEN-MUST-NOT-SHOW"
+    engine = make_engine(host="127.0.0.1", port=free_port(), datasource="prod", credential="read-only",
+                         token=lambda: marker, connect_timeout=2)
+    with pytest.raises(Exception) as info:
+        engine.connect()
+    seen, exc = [], info.value
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for exc in chain:
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == __file__:  # this test's own frame holds the marker
+                tb = tb.tb_next
+                continue
+            for name, value in tb.tb_frame.f_locals.items():
+                try:
+                    shown = repr(value)
+                except Exception:  # noqa: BLE001
+                    continue
+                if marker in shown:
+                    seen.append(f"{tb.tb_frame.f_code.co_name}:{name}")
+            tb = tb.tb_next
+        assert marker not in str(exc)
+    assert not seen, seen
+    engine.dispose()
+
+
+class _Conn:
+    closed = False
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+def test_the_idle_check_works_above_fd_1023():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"this process may not open descriptor 1500 (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    a, b = socket.socketpair()
+    high = os.dup2(a.fileno(), 1500)
+    try:
+        assert is_stale(_Conn(high)) is False  # quiet: still usable (select() said stale for any fd >= 1024)
+        b.sendall(b"E")  # the gateway's goodbye
+        assert is_stale(_Conn(high)) is True
+    finally:
+        os.close(high)
+        a.close()
+        b.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.postgres
+@pytest.mark.listener
+def test_pooled_connections_follow_a_renewed_session(gw):
+    """The gateway closes a connection when the session it logged in with expires. Once the client
+    has renewed, a pooled connection of the old session is replaced at its next checkout instead
+    of being cut off mid-query later."""
+    env = {"SDM_GATEWAY_URL": gw.api_url, "SDM_API_KEY": gw.keys["analyst"], "SDM_GATEWAY_POSTGRES": gw.postgres,
+           "SDM_HOME": str(gw.state.home.root.parent / "no-home")}
+    client = GatewayClient(GatewayConfig.discover(env))
+    host, port = client.postgres_address()
+    engine = make_engine(host=host, port=port, datasource="prod", credential="read-only", token=client.token)
+    try:
+        def backend() -> int:
+            with engine.connect() as conn:
+                return conn.execute(text("SELECT pg_backend_pid()")).scalar()
+
+        first = backend()
+        assert backend() == first  # same session: the pooled connection is reused
+        old = client.session().id
+        client.invalidate()  # as when the session nears its end: the next token() opens a new one
+        renewed = backend()
+        assert client.session().id != old and renewed != first
+        assert backend() == renewed
+    finally:
+        engine.dispose()
+        client.close()
