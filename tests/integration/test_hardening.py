@@ -133,5 +133,24 @@ def test_the_file_opened_is_checked_not_only_the_path_checked_before(state, tmp_
         unlock(state.cp, body)
 
 
+def test_a_datasource_repointed_in_the_state_database_gets_no_password(state):
+    """Someone who can write the state database but holds no key points a datasource at a host
+    of theirs (or weakens its TLS): the sealed secret, bound to where it goes, no longer opens."""
+    from sqlalchemy import update
+
+    from sdm_proxy.control.models import Datasource
+    from sdm_proxy.vault.envelope import SealedSecretMismatch
+
+    body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
+    assert unlock(state.cp, body)["sealed_secret"]  # opens while the row is as it was sealed
+    original = {"host": "127.0.0.1", "port": 5432, "tls_mode": "disable"}
+    for change in ({"host": "attacker.example"}, {**original, "tls_mode": "require"}, {**original, "port": 6543}):
+        with state.cp.db.transaction() as s:
+            s.execute(update(Datasource).where(Datasource.name == "prod").values(**change))
+        body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
+        with pytest.raises(SealedSecretMismatch):
+            unlock(state.cp, body)
+
+
 def test_control_characters_are_not_printed_raw():
     assert printable("ann\x1b]0;pwned\x07\x9b2J") == "ann?]0;pwned??2J"

@@ -158,7 +158,7 @@ def test_swapped_ciphertexts_between_rows_fail(provider):
     [
         (lambda b: "not json at all", "not a JSON object"),
         (lambda b: "[1, 2]", "not a JSON object"),
-        (lambda b: json.dumps({**b, "v": 2}), "unsupported version"),
+        (lambda b: json.dumps({**b, "v": 3}), "unsupported version"),
         (lambda b: json.dumps({**b, "v": True}), "unsupported version"),
         (lambda b: json.dumps({k: v for k, v in b.items() if k != "nonce"}), "missing fields"),
         (lambda b: json.dumps({**b, "extra": 1}), "unexpected fields"),
@@ -206,3 +206,30 @@ def test_error_messages_never_contain_the_secret(provider, envelope):
             open_(provider, json.dumps(body), ctx)
         except VaultError as exc:
             assert PLAIN.decode() not in str(exc) + repr(exc)
+
+
+DEST = EncryptionContext("prod-db", "read-only", 3, destination='{"host":"db.internal","port":5432}')
+
+
+def test_the_destination_is_bound_and_cannot_be_dropped(provider):
+    """Version 2 envelopes bind where the secret goes: a row pointed at another host (written to
+    the state database by someone without the key) no longer opens, and relabelling the envelope
+    as version 1 (which opens without a destination) does not help."""
+    sealed = seal(provider, SecretValue(PLAIN), DEST)
+    assert json.loads(sealed)["v"] == 2
+    assert open_(provider, sealed, DEST).reveal() == PLAIN
+    moved = EncryptionContext("prod-db", "read-only", 3, destination='{"host":"attacker.example","port":5432}')
+    with pytest.raises(SealedSecretMismatch, match="address or TLS settings"):
+        open_(provider, sealed, moved)
+    with pytest.raises(SealedSecretMismatch):
+        open_(provider, sealed, CTX)  # a context without a destination
+    relabelled = json.dumps({**json.loads(sealed), "v": 1})
+    with pytest.raises(SealedSecretMismatch):
+        open_(provider, relabelled, DEST)
+
+
+def test_version_1_envelopes_still_open_and_are_upgraded_when_sealed_again(provider, envelope):
+    assert json.loads(envelope)["v"] == 1  # sealed for a context without a destination
+    assert open_(provider, envelope, DEST).reveal() == PLAIN
+    again = reseal(provider, provider, envelope, DEST)
+    assert json.loads(again)["v"] == 2 and open_(provider, again, DEST).reveal() == PLAIN

@@ -24,6 +24,7 @@ from ..vault.secret import SecretValue
 from ..vault.secret_refs import validate_secret_ref
 from .context import Actor, ControlPlane
 from .models import Credential, Datasource
+from .secret_context import credential_context
 
 MAX_SECRET_BYTES = 4096
 
@@ -52,7 +53,7 @@ def get_credential(s: DBSession, datasource: str, name: str) -> Credential:
 
 
 def encryption_context(cred: Credential) -> EncryptionContext:
-    return EncryptionContext(datasource=cred.datasource.name, credential=cred.name, version=cred.version)
+    return credential_context(cred.datasource, cred.name, cred.version, cred.db_username)
 
 
 def datasource_view(ds: Datasource) -> dict:

@@ -17,6 +17,7 @@ from sqlalchemy import and_, bindparam, null, select, union_all
 from sqlalchemy.engine import Connection
 
 from ..vault.envelope import EncryptionContext
+from .secret_context import credential_context
 from .catalog import credential_not_found, datasource_not_found
 from .models import (
     Credential,
@@ -114,7 +115,8 @@ class CredentialRow:
     datasource: DatasourceRow = field(repr=False)
 
     def encryption_context(self) -> EncryptionContext:
-        return EncryptionContext(datasource=self.datasource.name, credential=self.name, version=self.version)
+        return credential_context(self.datasource, self.name, self.version, self.db_username)
+
 
 
 def proxy_key(conn: Connection, proxy_id: str):

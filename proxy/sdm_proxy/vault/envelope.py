@@ -5,12 +5,18 @@ key, and the data key itself is wrapped by a key provider (local master key file
 envelope stored in the ``credentials.sealed`` column holds only the wrapped key and ciphertext.
 
 The associated data of both AEAD layers is the encryption context ``{datasource, credential,
-version}``: an envelope copied to another row (or kept across a version bump) fails to open,
-instead of silently logging in to the wrong database with the wrong password.
+version, destination}``: an envelope copied to another row (or kept across a version bump) fails
+to open, instead of silently logging in to the wrong database with the wrong password. The
+destination (database type, host, port, database name, TLS mode, CA file, login name) is bound
+too, since envelope version 2: someone who can write the state database but holds no key cannot
+point a credential at a host of theirs and receive its password at the next login. Version 1
+envelopes (sealed before) open without it, until they are sealed again (``sdm master-key
+rotate``, ``sdm credential rotate``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -27,7 +33,8 @@ from .secret import SecretValue
 if TYPE_CHECKING:
     from .providers.base import KeyProvider
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2  # binds the destination; 1: names only (still opened)
+LEGACY_VERSION = 1
 DATA_KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # the 96-bit nonce GCM is designed for
 TAG_BYTES = 16
@@ -47,19 +54,25 @@ class EncryptionContext:
     datasource: str
     credential: str
     version: int
+    destination: str | None = None  # ``destination_text(...)`` of where the secret is sent
 
     def __post_init__(self) -> None:
         for field in ("datasource", "credential"):
             value = getattr(self, field)
             if not isinstance(value, str) or not value:
                 raise UsageError(f"encryption context needs a non-empty {field} name")
+        if self.destination is not None and (not isinstance(self.destination, str) or not self.destination):
+            raise UsageError("encryption context: destination must be a non-empty string")
         # bool is an int subclass; True as a version is always a bug.
         if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 1:
             raise UsageError("encryption context needs a credential version >= 1")
 
     def as_dict(self) -> dict[str, str]:
         # KMS encryption context values must be strings, so the version is one here too.
-        return {"datasource": self.datasource, "credential": self.credential, "version": str(self.version)}
+        d = {"datasource": self.datasource, "credential": self.credential, "version": str(self.version)}
+        if self.destination is not None:
+            d["destination"] = self.destination
+        return d
 
     def aad(self) -> bytes:
         # Canonical: sorted keys, no whitespace, ASCII-only, so every process builds the same bytes.
@@ -71,10 +84,20 @@ class EncryptionContext:
         return f"{self.datasource}/{self.credential}/v{self.version}"
 
 
+def destination_text(*, type: str, host: str, port: int, database: str | None, tls: str,
+                     ca_file: str | None, db_user: str) -> str:
+    """Where a credential's secret goes, as one canonical string for the encryption context."""
+    return json.dumps({"type": type, "host": host, "port": port, "database": database, "tls": tls,
+                       "ca_file": ca_file, "db_user": db_user}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True)
+
+
 def mismatch_error(ctx: EncryptionContext) -> SealedSecretMismatch:
     return SealedSecretMismatch(
         f"sealed secret does not match its credential (datasource/credential/version) {ctx.describe()}: "
-        "it was moved from another credential, edited, or sealed under a key this gateway does not hold"
+        "it was moved from another credential, edited, its datasource's address or TLS settings or its "
+        "login name were changed in the state database, or it was sealed under a key this gateway does "
+        "not hold"
     )
 
 
@@ -87,6 +110,7 @@ class Envelope:
     wrapped_key: bytes
     nonce: bytes
     ciphertext: bytes
+    version: int = ENVELOPE_VERSION
 
     def __repr__(self) -> str:  # ciphertext is not secret, but it is noise in logs
         return f"Envelope(provider={self.provider!r}, key_id={self.key_id!r})"
@@ -117,7 +141,7 @@ def seal(provider: "KeyProvider", secret: SecretValue, ctx: EncryptionContext) -
     finally:
         wipe(key)
     body = {
-        "v": ENVELOPE_VERSION,
+        "v": ENVELOPE_VERSION if ctx.destination is not None else LEGACY_VERSION,
         "provider": provider.name,
         "key_id": key_id,
         "wrapped_key": b64e(wrapped),
@@ -144,8 +168,8 @@ def parse_envelope(envelope: str) -> Envelope:
     if missing or extra:
         extra = [str(name)[:32] for name in extra[:5]]  # names come from the stored text: keep them short
         raise VaultError(f"{_WHAT} is malformed: missing fields {missing}, unexpected fields {extra}")
-    if body["v"] != ENVELOPE_VERSION or isinstance(body["v"], bool):
-        raise VaultError(f"{_WHAT} has unsupported version {str(body['v'])[:16]!r} (this gateway reads v1)")
+    if body["v"] not in (LEGACY_VERSION, ENVELOPE_VERSION) or isinstance(body["v"], bool):
+        raise VaultError(f"{_WHAT} has unsupported version {str(body['v'])[:16]!r} (this gateway reads v1 and v2)")
     for field in ("provider", "key_id"):
         if not isinstance(body[field], str) or not body[field]:
             raise VaultError(f"{_WHAT} is malformed: field {field!r} must be a non-empty string")
@@ -158,7 +182,7 @@ def parse_envelope(envelope: str) -> Envelope:
     wrapped = b64d(body["wrapped_key"], "wrapped_key", _WHAT)
     if not wrapped:
         raise VaultError(f"{_WHAT} is malformed: wrapped_key is empty")
-    return Envelope(body["provider"], body["key_id"], wrapped, nonce, ciphertext)
+    return Envelope(body["provider"], body["key_id"], wrapped, nonce, ciphertext, body["v"])
 
 
 def _by_name(providers: ProviderSet) -> Mapping[str, "KeyProvider"]:
@@ -174,6 +198,10 @@ def open_(providers: ProviderSet, envelope: str, ctx: EncryptionContext) -> Secr
     if not isinstance(ctx, EncryptionContext):
         raise TypeError("open_() takes an EncryptionContext")
     env = parse_envelope(envelope)
+    if env.version == LEGACY_VERSION:
+        ctx = dataclasses.replace(ctx, destination=None)  # sealed before destinations were bound
+    elif ctx.destination is None:
+        raise mismatch_error(ctx)  # a version 2 envelope names a destination this context lacks
     provider = _by_name(providers).get(env.provider)
     if provider is None:
         raise VaultError(
