@@ -25,39 +25,56 @@ _SESSION_KEY = "sdm_session"  # conn_rec.info: a digest of the token the connect
 def install(engine: Engine, token: Callable[[], str], on_auth_failure: Callable[[], None] | None) -> None:
     @event.listens_for(engine, "do_connect")
     def _session_token(dialect, conn_rec, cargs, cparams):  # noqa: ANN001
-        conn = _connect(dialect, cargs, cparams, token, conn_rec, retry=on_auth_failure)
-        return conn
+        return _connect(dialect, cargs, cparams, token, conn_rec, retry=on_auth_failure)
 
     @event.listens_for(engine, "checkout")
     def _still_current(dbapi_conn, conn_rec, conn_proxy):  # noqa: ANN001
         # A pre-ping without a round trip (and without an audited ";" per query).
         if is_stale(dbapi_conn):
             raise DisconnectionError("the gateway closed this idle connection")
-        if conn_rec.info.get(_SESSION_KEY) != _digest(token()):  # token() renews a session near its end
+        try:
+            current = _digest(token())  # renews a session near its end
+        except Exception:  # noqa: BLE001 - the control API is down: the pooled connection still works
+            return
+        if conn_rec.info.get(_SESSION_KEY) != current:
             raise DisconnectionError("this connection's session was renewed: reconnecting with the new one")
 
 
 def _connect(dialect, cargs, cparams, token, conn_rec, *, retry: Callable[[], None] | None):  # noqa: ANN001
-    error = None
-    for attempt in range(2 if retry is not None else 1):
-        if attempt:
-            retry()  # the session was revoked or ended early: open a new one and try once more
-        current = token()
+    failure: BaseException | None = None
+    try:
+        for attempt in range(2 if retry is not None else 1):
+            if attempt:
+                retry()  # the session was revoked or ended early: open a new one and try once more
+            current = token()
+            try:
+                conn = dialect.connect(*cargs, **cparams, password=current)
+            except Exception as exc:  # noqa: BLE001
+                if retry is None or attempt or "password authentication failed" not in str(exc):
+                    raise
+                continue
+            conn_rec.info[_SESSION_KEY] = _digest(current)
+            return conn
+    except BaseException as exc:  # noqa: BLE001 - an interrupt during a hanging connect too
+        failure = _scrubbed(exc)
+    # Raised from here, with none of the frames below (psycopg's connect keeps the parameters, the
+    # token included, in its variables) and with no local of this frame holding the token.
+    current = None
+    raise failure
+
+
+def _scrubbed(exc: BaseException) -> BaseException:
+    """The same error without what holds the token: psycopg attaches the failed connection (whose
+    ``.password`` it is) to its errors, and every exception drags its frames along."""
+    if isinstance(exc, KeyboardInterrupt):
+        return KeyboardInterrupt()
+    if getattr(exc, "_pgconn", None) is not None or exc.__traceback__ is not None:
         try:
-            conn = dialect.connect(*cargs, **cparams, password=current)
-        except Exception as exc:  # noqa: BLE001
-            error = exc
-            if retry is None or "password authentication failed" not in str(exc):
-                break
-            continue
-        conn_rec.info[_SESSION_KEY] = _digest(current)
-        return conn
-    # Re-raised from here, without the traceback of the frames below (psycopg's own connect keeps
-    # the parameters, token included, in its variables) and without this frame's token.
-    del current
-    error.__traceback__ = None
-    error.__context__ = error.__cause__ = None
-    raise error
+            fresh = type(exc)(*(a for a in exc.args if isinstance(a, str)))
+        except Exception:  # noqa: BLE001 - an error type that cannot be rebuilt from its message
+            fresh = RuntimeError(str(exc))
+        return fresh
+    return exc
 
 
 def _digest(token: str) -> bytes:

@@ -125,3 +125,12 @@ class SdmHome:
 
     def save_config(self, config: dict[str, Any]) -> None:
         write_private(self.config_path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+
+    def set_config_value(self, key: str, value: Any) -> None:
+        """Change one key of config.json as it is on disk (the other keys untouched)."""
+        try:
+            config = json.loads(self.config_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StateError(f"{self.config_path} is unreadable or corrupt: {exc}") from None
+        config[key] = value
+        self.save_config(config)

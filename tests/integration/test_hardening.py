@@ -133,6 +133,30 @@ def test_the_file_opened_is_checked_not_only_the_path_checked_before(state, tmp_
         unlock(state.cp, body)
 
 
+def test_other_copies_of_the_gateways_keys_are_not_read_either(state, tmp_path):
+    """A hard link to any file of $SDM_HOME (admin.key, the signing keys; a backup made with
+    `cp -al`), and a copy of a private key or a master key file anywhere, stay where they are."""
+    from sdm_proxy.control.catalog import secret_file_guard
+    from sdm_proxy.errors import VaultError
+    from sdm_proxy.vault.secret_refs import resolve_secret_ref
+
+    guard = secret_file_guard(state.cp)
+    linked = tmp_path / "backup-admin-key"
+    linked.hardlink_to(state.home.admin_key_path)
+    with pytest.raises(UsageError, match="one of its files under another name"):
+        resolve_secret_ref(f"file:{linked}", file_guard=guard)
+    for name, content in (("copied.pem", state.home.session_signing_key_path.read_bytes()),
+                          ("old-master.keys", state.home.master_key_path.read_bytes()),
+                          ("api-key", b"sdmk_0123456789abcdef_x\n")):
+        copy = tmp_path / name
+        copy.write_bytes(content)
+        with pytest.raises(VaultError, match="not a database password"):
+            resolve_secret_ref(f"file:{copy}", file_guard=guard)
+    fine = tmp_path / "db-password"
+    fine.write_text("an ordinary password\n")
+    assert resolve_secret_ref(f"file:{fine}", file_guard=guard).reveal() == b"an ordinary password"
+
+
 def test_a_datasource_repointed_in_the_state_database_gets_no_password(state):
     """Someone who can write the state database but holds no key points a datasource at a host
     of theirs (or weakens its TLS): the sealed secret, bound to where it goes, no longer opens."""
@@ -150,6 +174,38 @@ def test_a_datasource_repointed_in_the_state_database_gets_no_password(state):
         body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
         with pytest.raises(SealedSecretMismatch):
             unlock(state.cp, body)
+
+
+def test_an_old_envelope_put_back_after_the_reseal_is_refused(state):
+    """An installation from before destination binding: its secrets are version 1 envelopes.
+    `sdm master-key rotate --reseal` seals them all as version 2 and from then on refuses
+    version 1, so an old copy written back into the state database (which would open without the
+    binding) gets nowhere."""
+    from sqlalchemy import select, update
+
+    from sdm_proxy.control.master_keys import rotate_master_key
+    from sdm_proxy.control.models import Credential
+    from sdm_proxy.vault.envelope import EncryptionContext, SealedSecretMismatch, seal
+    from sdm_proxy.vault.secret import SecretValue
+
+    assert state.cp.min_envelope_version == 2  # a new home: only version 2 was ever written
+    state.home.set_config_value("min_envelope_version", 1)  # as an installation upgraded in place
+    state.cp.min_envelope_version = 1
+    old = seal(state.cp.key_provider, SecretValue(b"pw"), EncryptionContext("prod", "read-only", 1))
+    with state.cp.db.transaction() as s:
+        version = s.scalar(select(Credential.version).where(Credential.name == "read-only"))
+        assert version == 1
+        s.execute(update(Credential).where(Credential.name == "read-only").values(sealed=old))
+    body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
+    assert unlock(state.cp, body)["sealed_secret"]  # version 1 still opens before the reseal
+
+    result = rotate_master_key(state.cp, state.admin, reseal_all=True)
+    assert result["min_envelope_version"] == 2 and state.home.load_config()["min_envelope_version"] == 2
+    with state.cp.db.transaction() as s:
+        s.execute(update(Credential).where(Credential.name == "read-only").values(sealed=old))
+    body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
+    with pytest.raises(SealedSecretMismatch, match="min_envelope_version 2"):
+        unlock(state.cp, body)
 
 
 def test_control_characters_are_not_printed_raw():

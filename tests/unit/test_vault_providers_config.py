@@ -5,7 +5,7 @@ import pytest
 
 from sdm_proxy.errors import UsageError, VaultError
 from sdm_proxy.home import SdmHome
-from sdm_proxy.vault.envelope import EncryptionContext, open_, seal
+from sdm_proxy.vault.envelope import EncryptionContext, SealedSecretMismatch, open_, seal
 from sdm_proxy.vault.providers import (
     AwsKmsKeyProvider,
     KeyProvider,
@@ -103,3 +103,6 @@ def test_a_previous_provider_of_the_same_type_still_opens_its_secrets(home, tmp_
     alone = providers_for_open({"type": "local", "path": str(new_file)}, home)
     with pytest.raises(VaultError, match="master key"):
         open_(alone, before, ctx)
+    # Moved onto another row: the provider that holds the key says so, not the one that lacks it.
+    with pytest.raises(SealedSecretMismatch):
+        open_(providers, before, EncryptionContext("d", "other", 1))

@@ -19,6 +19,7 @@ from .context import ControlPlane
 from .db import make_engine, upgrade
 from .models import User
 from .tokens import SessionSigner
+from ..vault.envelope import ENVELOPE_VERSION
 from .users import create_user, issue_api_key
 
 
@@ -48,7 +49,8 @@ def init_home(home: SdmHome, *, database_url: str | None = None, kms_key_id: str
 def _init(home: SdmHome, database_url: str | None, kms_key_id: str | None, admin_name: str,
           tls_names: tuple[str, ...]) -> dict:
     config = {"database_url": database_url or home.DEFAULT_DATABASE_URL,
-              "key_provider": _key_provider_config(home, kms_key_id)}
+              "key_provider": _key_provider_config(home, kms_key_id),
+              "min_envelope_version": ENVELOPE_VERSION}  # a new home never held older envelopes
     url = home.resolve_database_url(config["database_url"])
     engine = make_engine(url, create=True)
     try:

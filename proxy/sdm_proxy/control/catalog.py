@@ -197,6 +197,21 @@ def _refuse_secret_file(cp: ControlPlane, target: Path, st: os.stat_result | Non
     key_files = local_key_files(cp.home.load_config().get("key_provider"), cp.home)
     if target in key_files or (st is not None and (st.st_dev, st.st_ino) in _identities(key_files)):
         raise UsageError("a file: secret reference may not point at the gateway's master key file")
+    if st is not None and (st.st_dev, st.st_ino) in _identities(_files_under(home)):
+        raise UsageError("a file: secret reference may not point inside $SDM_HOME (this file is one of "
+                         "its files under another name)")
+
+
+_HOME_FILES_MAX = 2000  # $SDM_HOME holds a few dozen files; past this, stop looking
+
+
+def _files_under(root: Path) -> list[Path]:
+    found: list[Path] = []
+    for folder, _, names in os.walk(root):
+        found += (Path(folder) / name for name in names)
+        if len(found) >= _HOME_FILES_MAX:
+            break
+    return found
 
 
 def _identities(paths) -> set[tuple[int, int]]:

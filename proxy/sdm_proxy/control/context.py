@@ -17,6 +17,7 @@ from ..audit.checkpoints import CheckpointSigner
 from ..audit.log import AuditLog
 from ..errors import AccessDenied, StateError
 from ..home import SdmHome
+from ..vault.envelope import ENVELOPE_VERSION, LEGACY_VERSION
 from ..vault.providers import KeyProvider, load_key_provider, providers_for_open
 from .db import StateDB
 from .models import utcnow
@@ -34,6 +35,13 @@ def _secret_store_options(config: dict) -> dict:
         raise StateError(f"config.json: secret_stores takes only {', '.join(SECRET_STORE_OPTIONS)} "
                          f"(found {', '.join(map(str, unknown))})")
     return dict(options)
+
+
+def _min_envelope_version(config: dict) -> int:
+    value = config.get("min_envelope_version", LEGACY_VERSION)
+    if value not in (LEGACY_VERSION, ENVELOPE_VERSION) or isinstance(value, bool):
+        raise StateError(f"config.json: min_envelope_version must be {LEGACY_VERSION} or {ENVELOPE_VERSION}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class ControlPlane:
     secret_store_options: dict = field(default_factory=dict)
     now: Callable[[], datetime] = utcnow
     unverified_denials: UnverifiedDenials = field(default_factory=UnverifiedDenials)  # see its module
+    # Sealed secrets of an older envelope version are refused (config.json; vault/envelope.py).
+    min_envelope_version: int = LEGACY_VERSION
 
     @classmethod
     def open(cls, home: SdmHome) -> "ControlPlane":
@@ -88,6 +98,7 @@ class ControlPlane:
             open_providers=providers_for_open(config["key_provider"], home),
             session_signer=SessionSigner.load(home.session_signing_key_path),
             secret_store_options=_secret_store_options(config),
+            min_envelope_version=_min_envelope_version(config),
         )
 
     def record(self, db_session: DBSession, event: Event) -> None:

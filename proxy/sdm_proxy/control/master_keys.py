@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from ..audit.events import admin_event
 from ..errors import UsageError
-from ..vault.envelope import parse_envelope, reseal
+from ..vault.envelope import ENVELOPE_VERSION, parse_envelope, reseal
 from ..vault.providers import LocalKeyProvider, add_master_key
 from .catalog import encryption_context
 from .context import Actor, ControlPlane
@@ -42,7 +42,13 @@ def rotate_master_key(cp: ControlPlane, actor: Actor, *, reseal_all: bool) -> di
         if reseal_all:
             for cred in s.scalars(select(Credential).where(Credential.sealed.is_not(None))):
                 ctx = encryption_context(cred)
-                cred.sealed = reseal(cp.open_providers, provider, cred.sealed, ctx)
+                cred.sealed = reseal(cp.open_providers, provider, cred.sealed, ctx,
+                                     min_version=cp.min_envelope_version)
                 resealed += 1
         cp.record(s, admin_event(actor.name, "master_key.rotate", key_id=new_id, resealed=resealed))
-    return {"new_key_id": new_id, "resealed": resealed}
+    if reseal_all and cp.min_envelope_version < ENVELOPE_VERSION:
+        # Every secret is now a version 2 envelope: from here on an older one is refused, so one put
+        # back from an old copy cannot open without its destination binding.
+        cp.home.set_config_value("min_envelope_version", ENVELOPE_VERSION)
+        cp.min_envelope_version = ENVELOPE_VERSION
+    return {"new_key_id": new_id, "resealed": resealed, "min_envelope_version": cp.min_envelope_version}

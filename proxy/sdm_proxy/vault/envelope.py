@@ -193,11 +193,21 @@ def _by_name(providers: ProviderSet) -> Mapping[str, "KeyProvider"]:
     return {p.name: p for p in providers}  # type: ignore[union-attr]
 
 
-def open_(providers: ProviderSet, envelope: str, ctx: EncryptionContext) -> SecretValue:
-    """Open an envelope sealed for ``ctx``. ``providers``: one provider, a list, or a name → provider map."""
+def open_(providers: ProviderSet, envelope: str, ctx: EncryptionContext, *,
+          min_version: int = LEGACY_VERSION) -> SecretValue:
+    """Open an envelope sealed for ``ctx``. ``providers``: one provider, a list, or a name → provider map.
+
+    ``min_version``: refuse older envelopes. Once every secret is sealed as version 2 (which binds
+    the destination), a version 1 envelope put back into the state database from an old copy would
+    open without that binding; the installation's config says it may not (``min_envelope_version``)."""
     if not isinstance(ctx, EncryptionContext):
         raise TypeError("open_() takes an EncryptionContext")
     env = parse_envelope(envelope)
+    if env.version < min_version:
+        raise SealedSecretMismatch(
+            f"sealed secret for {ctx.describe()} is envelope version {env.version}, which this installation "
+            f"no longer opens (min_envelope_version {min_version} in config.json): it was put back from an "
+            "old copy, or was never sealed again; set its password anew with `sdm credential rotate`")
     if env.version == LEGACY_VERSION:
         ctx = dataclasses.replace(ctx, destination=None)  # sealed before destinations were bound
     elif ctx.destination is None:
@@ -229,7 +239,9 @@ def reseal(
     envelope: str,
     ctx: EncryptionContext,
     new_ctx: EncryptionContext | None = None,
+    *,
+    min_version: int = LEGACY_VERSION,
 ) -> str:
     """Open and seal again: moves a secret to a new master key / provider, or to a renamed row."""
-    secret = open_(providers, envelope, ctx)
+    secret = open_(providers, envelope, ctx, min_version=min_version)
     return seal(new_provider, secret, new_ctx or ctx)

@@ -132,10 +132,31 @@ def _opened_path(fd: int, path: str) -> str:
         return os.path.realpath(path)
 
 
+def _open_guarded(path: str, flags: int, guard: FileGuard) -> int:
+    """Open ``path`` for reading only once ``guard`` accepted the file it names: first as a bare
+    handle (O_PATH: no open side effects, not even on a device), then that very file again
+    through /proc (no second path lookup a swapped symlink could redirect)."""
+    o_path = getattr(os, "O_PATH", 0)
+    if not o_path:
+        fd = os.open(path, flags)
+        try:
+            guard(_opened_path(fd, path), os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    handle = os.open(path, o_path | getattr(os, "O_CLOEXEC", 0))
+    try:
+        guard(_opened_path(handle, path), os.fstat(handle))
+        return os.open(f"/proc/self/fd/{handle}", flags)
+    finally:
+        os.close(handle)
+
+
 def _read_secret_file(path: str, guard: FileGuard | None = None) -> SecretValue:
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:  # follows symlinks on purpose: Kubernetes secret mounts are symlinks into ..data/
-        fd = os.open(path, flags)
+        fd = os.open(path, flags) if guard is None else _open_guarded(path, flags, guard)
     except FileNotFoundError:
         raise VaultError(f"secret file {path} is missing") from None
     except PermissionError:
@@ -144,8 +165,6 @@ def _read_secret_file(path: str, guard: FileGuard | None = None) -> SecretValue:
         raise VaultError(f"secret file {path} cannot be opened ({exc.strerror})") from None
     try:
         st = os.fstat(fd)
-        if guard is not None:  # the file opened, not the one a check looked at a moment before
-            guard(_opened_path(fd, path), st)
         if not stat.S_ISREG(st.st_mode):  # O_NONBLOCK above keeps a FIFO from hanging us here
             raise VaultError(f"secret file {path} is not a regular file")
         chunks, size = [], 0
@@ -165,7 +184,18 @@ def _read_secret_file(path: str, guard: FileGuard | None = None) -> SecretValue:
         data = data[:-1]
     if not data:
         raise VaultError(f"secret file {path} is empty")
+    if _looks_like_a_gateway_key(data):
+        raise VaultError(f"secret file {path} holds a private key or an sdm key, not a database password; "
+                         "it is not sent anywhere")
     return SecretValue(data)
+
+
+def _looks_like_a_gateway_key(data: bytes) -> bool:
+    """A copy of the gateway's own keys under another name (a backup, a hard link that survived a
+    rotation) must not go upstream as a "password": PEM private keys, a master key file, API keys."""
+    head = data.lstrip()[:64]
+    return (b"PRIVATE KEY-----" in data or head.startswith(b"sdmk_")
+            or (head.startswith(b"{") and b'"keys"' in data and b'"key"' in data))
 
 
 # aws-sm: -----------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UsageError, VaultError
+from ..envelope import SealedSecretMismatch
 from ...home import SdmHome
 from .base import KeyProvider
 
@@ -118,13 +119,15 @@ class _EitherProvider:
         return self._providers[0].generate_data_key(ctx)
 
     def decrypt_data_key(self, key_id: str, wrapped: bytes, ctx):
-        first_error = None
+        errors: list[VaultError] = []
         for provider in self._providers:
             try:
                 return provider.decrypt_data_key(key_id, wrapped, ctx)
             except VaultError as exc:  # this one does not hold the key: ask the next
-                first_error = first_error or exc
-        raise first_error
+                errors.append(exc)
+        # A provider that held the key but found the envelope tampered with (or repointed) says
+        # more than one that never had the key: that error wins.
+        raise next((e for e in errors if isinstance(e, SealedSecretMismatch)), errors[0])
 
 
 def __getattr__(name: str):
