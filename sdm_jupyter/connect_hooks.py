@@ -64,17 +64,17 @@ def _connect(dialect, cargs, cparams, token, conn_rec, *, retry: Callable[[], No
 
 
 def _scrubbed(exc: BaseException) -> BaseException:
-    """The same error without what holds the token: psycopg attaches the failed connection (whose
-    ``.password`` it is) to its errors, and every exception drags its frames along."""
+    """The same error without what holds the token: every exception drags its frames along, and
+    psycopg attaches the failed connection (whose ``.password`` it is) to its errors."""
     if isinstance(exc, KeyboardInterrupt):
         return KeyboardInterrupt()
-    if getattr(exc, "_pgconn", None) is not None or exc.__traceback__ is not None:
+    if hasattr(exc, "_pgconn"):  # a psycopg error: the same type and message, nothing attached
         try:
-            fresh = type(exc)(*(a for a in exc.args if isinstance(a, str)))
+            return type(exc)(*(a for a in exc.args if isinstance(a, str)))
         except Exception:  # noqa: BLE001 - an error type that cannot be rebuilt from its message
-            fresh = RuntimeError(str(exc))
-        return fresh
-    return exc
+            return RuntimeError(str(exc))
+    exc.__context__ = exc.__cause__ = None  # anything else: itself (a SystemExit keeps its code),
+    return exc.with_traceback(None)  # without the frames
 
 
 def _digest(token: str) -> bytes:

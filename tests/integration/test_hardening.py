@@ -157,6 +157,38 @@ def test_other_copies_of_the_gateways_keys_are_not_read_either(state, tmp_path):
     assert resolve_secret_ref(f"file:{fine}", file_guard=guard).reveal() == b"an ordinary password"
 
 
+def test_a_guarded_file_is_opened_for_reading_only_once_accepted(state, tmp_path, monkeypatch):
+    """The guard looks at a bare O_PATH handle: a FIFO or device it is handed is refused before
+    any open() that could act on it; without /proc the path is opened again and must be the
+    same file."""
+    import os
+
+    from sdm_proxy.control.catalog import secret_file_guard
+    from sdm_proxy.errors import VaultError
+    from sdm_proxy.vault import secret_refs
+
+    guard = secret_file_guard(state.cp)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(secret_refs.os, "open", lambda p, f, *a: (opened.append(f), real_open(p, f, *a))[1])
+    with pytest.raises(VaultError, match="not a regular file"):
+        secret_refs.resolve_secret_ref(f"file:{fifo}", file_guard=guard)
+    assert opened and all(f & os.O_PATH for f in opened)
+
+    fine = tmp_path / "db-password"
+    fine.write_text("pw\n")
+
+    def no_proc(p, f, *a):
+        if str(p).startswith("/proc/self/fd/"):
+            raise FileNotFoundError(p)
+        return real_open(p, f, *a)
+
+    monkeypatch.setattr(secret_refs.os, "open", no_proc)
+    assert secret_refs.resolve_secret_ref(f"file:{fine}", file_guard=guard).reveal() == b"pw"
+
+
 def test_a_datasource_repointed_in_the_state_database_gets_no_password(state):
     """Someone who can write the state database but holds no key points a datasource at a host
     of theirs (or weakens its TLS): the sealed secret, bound to where it goes, no longer opens."""
@@ -199,13 +231,21 @@ def test_an_old_envelope_put_back_after_the_reseal_is_refused(state):
     body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
     assert unlock(state.cp, body)["sealed_secret"]  # version 1 still opens before the reseal
 
-    result = rotate_master_key(state.cp, state.admin, reseal_all=True)
-    assert result["min_envelope_version"] == 2 and state.home.load_config()["min_envelope_version"] == 2
-    with state.cp.db.transaction() as s:
-        s.execute(update(Credential).where(Credential.name == "read-only").values(sealed=old))
-    body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
-    with pytest.raises(SealedSecretMismatch, match="min_envelope_version 2"):
-        unlock(state.cp, body)
+    from sdm_proxy.control.context import ControlPlane
+
+    gateway = ControlPlane.open(state.home)  # a gateway already running, with the config as it was
+    try:
+        assert gateway.envelope_floor() == 1
+        result = rotate_master_key(state.cp, state.admin, reseal_all=True)  # the CLI, another process
+        assert result["min_envelope_version"] == 2 and state.home.load_config()["min_envelope_version"] == 2
+        with state.cp.db.transaction() as s:
+            s.execute(update(Credential).where(Credential.name == "read-only").values(sealed=old))
+        for cp in (state.cp, gateway):  # the running gateway follows config.json without a restart
+            body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
+            with pytest.raises(SealedSecretMismatch, match="min_envelope_version 2"):
+                unlock(cp, body)
+    finally:
+        gateway.close()
 
 
 def test_control_characters_are_not_printed_raw():

@@ -133,3 +133,13 @@ def test_pooled_connections_follow_a_renewed_session(gw):
     finally:
         engine.dispose()
         client.close()
+
+
+def test_other_errors_keep_their_meaning():
+    from sdm_jupyter.connect_hooks import _scrubbed
+
+    try:
+        raise SystemExit(3)
+    except SystemExit as exc:
+        kept = _scrubbed(exc)
+    assert isinstance(kept, SystemExit) and kept.code == 3 and kept.__traceback__ is None

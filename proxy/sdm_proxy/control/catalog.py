@@ -202,15 +202,16 @@ def _refuse_secret_file(cp: ControlPlane, target: Path, st: os.stat_result | Non
                          "its files under another name)")
 
 
-_HOME_FILES_MAX = 2000  # $SDM_HOME holds a few dozen files; past this, stop looking
+_HOME_FILES_MAX = 10_000  # $SDM_HOME holds a few dozen files
 
 
 def _files_under(root: Path) -> list[Path]:
     found: list[Path] = []
     for folder, _, names in os.walk(root):
         found += (Path(folder) / name for name in names)
-        if len(found) >= _HOME_FILES_MAX:
-            break
+        if len(found) > _HOME_FILES_MAX:  # refuse rather than check only some of them
+            raise UsageError(f"$SDM_HOME holds more than {_HOME_FILES_MAX} files: a file: secret reference "
+                             "cannot be checked against them all; move what does not belong there")
     return found
 
 

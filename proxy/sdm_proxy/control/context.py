@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session as DBSession
 from ..audit.events import Event
 from ..audit.checkpoints import CheckpointSigner
 from ..audit.log import AuditLog
-from ..errors import AccessDenied, StateError
+from ..errors import AccessDenied, SdmError, StateError
 from ..home import SdmHome
 from ..vault.envelope import ENVELOPE_VERSION, LEGACY_VERSION
 from ..vault.providers import KeyProvider, load_key_provider, providers_for_open
@@ -80,6 +80,25 @@ class ControlPlane:
     unverified_denials: UnverifiedDenials = field(default_factory=UnverifiedDenials)  # see its module
     # Sealed secrets of an older envelope version are refused (config.json; vault/envelope.py).
     min_envelope_version: int = LEGACY_VERSION
+    _config_stamp: tuple | None = field(default=None, repr=False)
+
+    def envelope_floor(self) -> int:
+        """``min_envelope_version``, read again when config.json changed: `sdm master-key rotate
+        --reseal` raises it from another process while gateways run, and it must count at once."""
+        try:
+            st = self.home.config_path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return self.min_envelope_version
+        if stamp != self._config_stamp:
+            try:
+                floor = _min_envelope_version(self.home.load_config())
+            except SdmError:
+                return self.min_envelope_version  # a config being edited: keep what was read last
+            # Never lowered here: lowering it again takes a restart.
+            self.min_envelope_version = max(self.min_envelope_version, floor)
+            self._config_stamp = stamp
+        return self.min_envelope_version
 
     @classmethod
     def open(cls, home: SdmHome) -> "ControlPlane":

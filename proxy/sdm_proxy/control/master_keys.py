@@ -43,7 +43,7 @@ def rotate_master_key(cp: ControlPlane, actor: Actor, *, reseal_all: bool) -> di
             for cred in s.scalars(select(Credential).where(Credential.sealed.is_not(None))):
                 ctx = encryption_context(cred)
                 cred.sealed = reseal(cp.open_providers, provider, cred.sealed, ctx,
-                                     min_version=cp.min_envelope_version)
+                                     min_version=cp.envelope_floor())
                 resealed += 1
         cp.record(s, admin_event(actor.name, "master_key.rotate", key_id=new_id, resealed=resealed))
     if reseal_all and cp.min_envelope_version < ENVELOPE_VERSION:

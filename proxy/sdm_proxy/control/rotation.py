@@ -98,7 +98,7 @@ def rotate_with_generated_password(cp: ControlPlane, actor: Actor, datasource: s
     with cp.db.transaction() as s:
         cred = get_credential(s, datasource, name)
         refuse_rotating_a_reference(cred)
-        current = open_(cp.open_providers, cred.sealed, encryption_context(cred), min_version=cp.min_envelope_version)
+        current = open_(cp.open_providers, cred.sealed, encryption_context(cred), min_version=cp.envelope_floor())
         new = SecretValue(secrets.token_urlsafe(32).encode())
         cred.version += 1
         cred.sealed = seal(cp.key_provider, new, encryption_context(cred))

@@ -137,7 +137,7 @@ def _open_secret(cp: ControlPlane, sealed: str | None, secret_ref: str | None, c
     if secret_ref is not None:
         check_ref_outside_home(cp, secret_ref)
         return resolve_secret_ref(secret_ref, file_guard=secret_file_guard(cp), **cp.secret_store_options)
-    return open_(cp.open_providers, sealed, ctx, min_version=cp.min_envelope_version)
+    return open_(cp.open_providers, sealed, ctx, min_version=cp.envelope_floor())
 
 
 def _record_denial(cp: ControlPlane, attempt: _Attempt, exc: SdmError) -> None:

@@ -134,23 +134,31 @@ def _opened_path(fd: int, path: str) -> str:
 
 def _open_guarded(path: str, flags: int, guard: FileGuard) -> int:
     """Open ``path`` for reading only once ``guard`` accepted the file it names: first as a bare
-    handle (O_PATH: no open side effects, not even on a device), then that very file again
-    through /proc (no second path lookup a swapped symlink could redirect)."""
+    handle (O_PATH, which opens nothing: a device's open() never runs), checked, and refused unless
+    a regular file; then that very file again through /proc, with no second path lookup that a
+    swapped symlink could redirect."""
     o_path = getattr(os, "O_PATH", 0)
-    if not o_path:
-        fd = os.open(path, flags)
-        try:
-            guard(_opened_path(fd, path), os.fstat(fd))
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-    handle = os.open(path, o_path | getattr(os, "O_CLOEXEC", 0))
+    handle = os.open(path, (o_path or os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)) | getattr(os, "O_CLOEXEC", 0))
     try:
-        guard(_opened_path(handle, path), os.fstat(handle))
-        return os.open(f"/proc/self/fd/{handle}", flags)
+        st = os.fstat(handle)
+        guard(_opened_path(handle, path), st)
+        if not stat.S_ISREG(st.st_mode):
+            raise VaultError(f"secret file {path} is not a regular file")
+        if not o_path:
+            handle, fd = -1, handle  # already open for reading: hand it over
+            return fd
+        try:
+            return os.open(f"/proc/self/fd/{handle}", flags)
+        except FileNotFoundError:  # no /proc here: open the path again, and it must be the same file
+            fd = os.open(path, flags)
+            again = os.fstat(fd)
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)
+                raise VaultError(f"secret file {path} changed while it was being opened") from None
+            return fd
     finally:
-        os.close(handle)
+        if handle >= 0:
+            os.close(handle)
 
 
 def _read_secret_file(path: str, guard: FileGuard | None = None) -> SecretValue:
