@@ -160,8 +160,6 @@ def _record_denial(cp: ControlPlane, attempt: _Attempt, exc: SdmError) -> None:
         pass  # the request is refused either way; the audit failure is the caller's next error
 
 
-
-
 def _record_unverified_denial(cp: ControlPlane, req: UnlockRequest | None, exc: SdmError,
                               peer: str | None) -> None:
     """A refusal before any enrolled proxy vouched for the request: from whoever can reach the API.

@@ -6,11 +6,11 @@ could open that many connections, stay silent, and every other user would be ref
 minute at a time. (PostgreSQL and PgBouncer have the same gap.) So a connection takes a *login
 slot* of its address when it is accepted and gives it back when its login ends, whichever way it
 ends: logged in, refused, timed out or gone. Past ``per_address`` slots in use, the address's
-next connections are refused at once, before they are read, with the protocol's "too many
-connections" error.
+next connections are refused with the protocol's "too many connections" error (MySQL at once;
+PostgreSQL after TLS and the startup packet, so that libpq shows it: postgres/server.py).
 
-Counted as in login_throttle.py: loopback clients are not counted (they are on the gateway's
-machine already), an IPv6 client counts by its /64. Logged-in sessions do not count: a pool of
+Counted as the failed-login throttle counts (addresses.py): loopback clients are not counted
+(they are on the gateway's machine already), an IPv6 client counts by its /64. Logged-in sessions do not count: a pool of
 many connections from one host is fine, only its logins in flight are bounded.
 """
 
