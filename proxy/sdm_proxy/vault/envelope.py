@@ -10,8 +10,9 @@ to open, instead of silently logging in to the wrong database with the wrong pas
 destination (database type, host, port, database name, TLS mode, CA file, login name) is bound
 too, since envelope version 2: someone who can write the state database but holds no key cannot
 point a credential at a host of theirs and receive its password at the next login. Version 1
-envelopes (sealed before) open without it, until they are sealed again (``sdm master-key
-rotate``, ``sdm credential rotate``).
+envelopes (sealed before) open without it, until the installation refuses them
+(``min_envelope_version`` in config.json, passed to ``open_`` as ``min_version``), which `sdm
+master-key rotate --reseal` sets once it has sealed every secret again.
 """
 
 from __future__ import annotations
