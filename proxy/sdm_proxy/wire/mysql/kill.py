@@ -6,8 +6,9 @@ user, and runs the KILL itself. A KILL the gateway cannot map exactly (by expres
 ``QUERY ID``, ``USER``) is refused rather than relayed, since relayed it would name an upstream
 thread id chosen by the client.
 
-Comments are skipped like the server does (a few more: any leading ``--``), except that executable comments (``/*! ... */``,
-``/*M! ... */``) count as code: the server runs them, so ``/*!KILL*/ 5`` is a KILL too.
+Comments are skipped like the server does (a few more: any leading ``--``), except that
+executable comments (``/*! ... */``, ``/*M! ... */``) count as code: the server runs them, so
+``/*!KILL*/ 5`` is a KILL too.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class UnsupportedKill(CommandRefused):
     sqlstate = SQLSTATE_SYNTAX_OR_ACCESS
 
 
-_BYTE_ESCAPE = re.compile(r"\\x[0-9a-f]{2}")  # a byte that was not UTF-8, as commands._text records it
+_BYTE_ESCAPE = re.compile(r"\\x[0-9a-f]{2}")  # a byte that was not UTF-8, as commands._decoded records it
 
 
 def _comment_after_dashes(sql: str, i: int) -> bool:
