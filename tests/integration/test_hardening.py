@@ -54,6 +54,20 @@ def test_unlock_is_refused_when_the_jsonl_copy_cannot_be_written(state):
         shutil.rmtree(sink)
 
 
+def _point_reference(state, ref: str) -> None:
+    """Make `read-only` a reference to ``ref``, bound as an admin's `credential add` would bind it,
+    but without the checks of the time it is stored (as one stored before those checks were)."""
+    from sqlalchemy import select
+
+    from sdm_proxy.control.catalog import bind_reference
+    from sdm_proxy.control.models import Credential
+
+    with state.cp.db.transaction() as s:
+        cred = s.scalar(select(Credential).where(Credential.name == "read-only"))
+        cred.sealed, cred.secret_ref = None, ref
+        cred.ref_binding = bind_reference(state.cp.key_provider, cred)
+
+
 def test_file_references_may_not_point_into_the_home(state):
     for target in (state.home.master_key_path, state.home.session_signing_key_path, state.home.root):
         with pytest.raises(UsageError, match="inside \\$SDM_HOME"):
@@ -100,9 +114,7 @@ def test_a_stored_reference_into_proc_is_refused_at_unlock_too(state):
 
     from sdm_proxy.control.models import Credential
 
-    with state.cp.db.transaction() as s:
-        s.execute(update(Credential).where(Credential.name == "read-only")
-                  .values(secret_ref="file:/proc/self/environ", sealed=None))
+    _point_reference(state, "file:/proc/self/environ")
     body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
     with pytest.raises(UsageError, match="/proc, /sys or /dev"):
         unlock(state.cp, body)
@@ -125,9 +137,7 @@ def test_the_file_opened_is_checked_not_only_the_path_checked_before(state, tmp_
 
     hard = tmp_path / "same-inode"
     hard.hardlink_to(state.home.master_key_path)  # outside the home by path, the key by identity
-    with state.cp.db.transaction() as s:
-        s.execute(update(Credential).where(Credential.name == "read-only")
-                  .values(secret_ref=f"file:{hard}", sealed=None))
+    _point_reference(state, f"file:{hard}")
     body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
     with pytest.raises(UsageError, match="master key file"):
         unlock(state.cp, body)
@@ -246,6 +256,53 @@ def test_an_old_envelope_put_back_after_the_reseal_is_refused(state):
                 unlock(cp, body)
     finally:
         gateway.close()
+
+
+def test_a_secret_reference_is_bound_to_its_row_and_destination(state, tmp_path):
+    """A reference has no sealed secret, so it is sealed itself, for the row's context: written
+    into the state database without the key (a new reference, a repointed datasource), it is no
+    longer followed. One from before the binding is followed until `--reseal` binds it."""
+    from sqlalchemy import select, update
+
+    from sdm_proxy.control.master_keys import rotate_master_key
+    from sdm_proxy.control.models import Credential, Datasource
+    from sdm_proxy.vault.envelope import SealedSecretMismatch
+
+    pw = tmp_path / "db-password"
+    pw.write_text("pw\n")
+    other = tmp_path / "elsewhere"
+    other.write_text("another secret\n")
+    _point_reference(state, f"file:{pw}")
+
+    def try_unlock():
+        body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
+        return unlock(state.cp, body)
+
+    assert try_unlock()["sealed_secret"]
+    for change in ({"secret_ref": f"file:{other}"}, {"ref_binding": None}):
+        with state.cp.db.transaction() as s:
+            s.execute(update(Credential).where(Credential.name == "read-only").values(**change))
+        with pytest.raises(SealedSecretMismatch):
+            try_unlock()
+        _point_reference(state, f"file:{pw}")
+    with state.cp.db.transaction() as s:
+        s.execute(update(Datasource).where(Datasource.name == "prod").values(host="attacker.example"))
+    with pytest.raises(SealedSecretMismatch):
+        try_unlock()
+    with state.cp.db.transaction() as s:
+        s.execute(update(Datasource).where(Datasource.name == "prod").values(host="127.0.0.1"))
+
+    # An installation from before: its reference has no binding and is followed while the floor is 1;
+    # `--reseal` binds it and raises the floor.
+    state.home.set_config_value("min_envelope_version", 1)
+    state.cp.min_envelope_version = 1
+    with state.cp.db.transaction() as s:
+        s.execute(update(Credential).where(Credential.name == "read-only").values(ref_binding=None))
+    assert try_unlock()["sealed_secret"]
+    assert rotate_master_key(state.cp, state.admin, reseal_all=True)["resealed"] == 1
+    with state.cp.db.transaction() as s:
+        assert s.scalar(select(Credential.ref_binding).where(Credential.name == "read-only")) is not None
+    assert try_unlock()["sealed_secret"]
 
 
 def test_control_characters_are_not_printed_raw():

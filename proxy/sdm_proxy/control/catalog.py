@@ -56,6 +56,11 @@ def encryption_context(cred: Credential) -> EncryptionContext:
     return credential_context(cred.datasource, cred.name, cred.version, cred.db_username)
 
 
+def bind_reference(provider, cred: Credential) -> str:
+    """The credential's secret reference sealed for its encryption context (unlock checks it)."""
+    return seal(provider, SecretValue(cred.secret_ref.encode("utf-8")), encryption_context(cred))
+
+
 def datasource_view(ds: Datasource) -> dict:
     return {
         "name": ds.name, "type": ds.type, "host": ds.host, "port": ds.port, "database": ds.database,
@@ -141,6 +146,8 @@ def add_credential(cp: ControlPlane, actor: Actor, datasource: str, name: str, *
         cred = Credential(datasource=ds, name=name, db_username=username, version=1, secret_ref=secret_ref)
         if secret is not None:
             cred.sealed = seal(cp.key_provider, secret, encryption_context(cred))
+        else:
+            cred.ref_binding = bind_reference(cp.key_provider, cred)
         s.add(cred)
         s.flush()
         cp.record(s, admin_event(actor.name, "credential.add", datasource=datasource, credential=name,

@@ -25,7 +25,7 @@ log = logging.getLogger("sdm.state")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # The newest Alembic revision. Checked against migrations/ by a test, so start-up need not load Alembic.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 
 def _create_private_sqlite_file(url: str) -> None:

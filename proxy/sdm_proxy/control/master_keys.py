@@ -9,7 +9,7 @@ from ..audit.events import admin_event
 from ..errors import UsageError
 from ..vault.envelope import ENVELOPE_VERSION, parse_envelope, reseal
 from ..vault.providers import LocalKeyProvider, add_master_key
-from .catalog import encryption_context
+from .catalog import bind_reference, encryption_context
 from .context import Actor, ControlPlane
 from .models import Credential
 
@@ -25,9 +25,11 @@ def list_master_keys(cp: ControlPlane, actor: Actor) -> list[dict]:
     provider = _local_provider(cp)
     usage: dict[str, int] = {}
     with cp.db.transaction() as s:
-        for sealed in s.scalars(select(Credential.sealed).where(Credential.sealed.is_not(None))):
-            key_id = parse_envelope(sealed).key_id
-            usage[key_id] = usage.get(key_id, 0) + 1
+        for sealed, binding in s.execute(select(Credential.sealed, Credential.ref_binding)):
+            for envelope in (sealed, binding):  # a bound reference is wrapped by a master key too
+                if envelope is not None:
+                    key_id = parse_envelope(envelope).key_id
+                    usage[key_id] = usage.get(key_id, 0) + 1
     ids = provider.key_ids
     return [{"id": k, "wraps_new_secrets": i == 0, "sealed_credentials": usage.get(k, 0)}
             for i, k in enumerate(ids)]
@@ -40,10 +42,18 @@ def rotate_master_key(cp: ControlPlane, actor: Actor, *, reseal_all: bool) -> di
         new_id = add_master_key(provider.path)
         resealed = 0
         if reseal_all:
-            for cred in s.scalars(select(Credential).where(Credential.sealed.is_not(None))):
+            for cred in s.scalars(select(Credential)):
                 ctx = encryption_context(cred)
-                cred.sealed = reseal(cp.open_providers, provider, cred.sealed, ctx,
-                                     min_version=cp.envelope_floor())
+                if cred.sealed is not None:
+                    cred.sealed = reseal(cp.open_providers, provider, cred.sealed, ctx,
+                                         min_version=cp.envelope_floor())
+                elif cred.ref_binding is not None:
+                    cred.ref_binding = reseal(cp.open_providers, provider, cred.ref_binding, ctx,
+                                              min_version=cp.envelope_floor())
+                elif cred.secret_ref is not None:  # a reference stored before they were bound
+                    cred.ref_binding = bind_reference(provider, cred)
+                else:
+                    continue
                 resealed += 1
         cp.record(s, admin_event(actor.name, "master_key.rotate", key_id=new_id, resealed=resealed))
     if reseal_all and cp.min_envelope_version < ENVELOPE_VERSION:

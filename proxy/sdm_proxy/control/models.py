@@ -120,6 +120,9 @@ class Credential(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
     secret_ref: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # With secret_ref: the reference itself sealed for this row's context (destination included),
+    # so that neither the reference nor where the secret goes can be changed without the key.
+    ref_binding: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     rotated_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 

@@ -11,6 +11,7 @@ A ``credential.unlock`` event is committed before the secret is opened; every re
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session as DBSession
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session as DBSession
 from ..audit.events import denied_event, unlock_event
 from ..errors import AccessDenied, ProxyRejected, SdmError
 from ..unlock.message import UnlockRequest, parse_signed_request, unlock_info
-from ..vault.envelope import open_
+from ..vault.envelope import ENVELOPE_VERSION, SealedSecretMismatch, mismatch_error, open_
 from ..vault.secret import SecretValue
 from ..vault.secret_refs import resolve_secret_ref
 from ..vault.transport import seal_to_proxy
@@ -83,7 +84,7 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
         cred, decision = _resolve_credential(cp, s, actor, request)
         ds = cred.datasource
         ctx = cred.encryption_context()
-        sealed, secret_ref = cred.sealed, cred.secret_ref
+        sealed, secret_ref, ref_binding = cred.sealed, cred.secret_ref, cred.ref_binding
         answer = {
             "user": actor.name, "session_id": actor.session_id,
             "datasource": {"name": ds.name, "type": ds.type, "host": ds.host, "port": ds.port,
@@ -98,7 +99,7 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
             protocol=request.protocol, client={"addr": request.client_addr}))
     # The off-box copy must hold the unlock too before the secret is opened (fail closed).
     cp.audit.sync_sink(strict=True)
-    secret = _open_secret(cp, sealed, secret_ref, ctx)
+    secret = _open_secret(cp, sealed, secret_ref, ref_binding, ctx)
     answer["sealed_secret"] = seal_to_proxy(secret, request.ephemeral_key_bytes(), unlock_info(request))
     return answer
 
@@ -133,11 +134,27 @@ def _resolve_credential(cp: ControlPlane, s: DBSession, actor: Actor,
     return usable[0]
 
 
-def _open_secret(cp: ControlPlane, sealed: str | None, secret_ref: str | None, ctx) -> SecretValue:
+def _open_secret(cp: ControlPlane, sealed: str | None, secret_ref: str | None, ref_binding: str | None,
+                 ctx) -> SecretValue:
     if secret_ref is not None:
+        _check_reference_binding(cp, secret_ref, ref_binding, ctx)
         check_ref_outside_home(cp, secret_ref)
         return resolve_secret_ref(secret_ref, file_guard=secret_file_guard(cp), **cp.secret_store_options)
     return open_(cp.open_providers, sealed, ctx, min_version=cp.envelope_floor())
+
+
+def _check_reference_binding(cp: ControlPlane, secret_ref: str, ref_binding: str | None, ctx) -> None:
+    """A secret reference is followed only as it was bound to this row and destination: changed in
+    the state database (the reference, or where the secret goes), it no longer matches."""
+    floor = cp.envelope_floor()
+    if ref_binding is None:
+        if floor >= ENVELOPE_VERSION:
+            raise SealedSecretMismatch(f"the secret reference of {ctx.describe()} is not bound to its "
+                                       "destination; run `sdm master-key rotate --reseal`, or add the credential again")
+        return  # stored before references were bound: followed until min_envelope_version says no
+    bound = open_(cp.open_providers, ref_binding, ctx, min_version=floor)
+    if not hmac.compare_digest(bound.reveal(), secret_ref.encode("utf-8")):
+        raise mismatch_error(ctx)
 
 
 def _record_denial(cp: ControlPlane, attempt: _Attempt, exc: SdmError) -> None:

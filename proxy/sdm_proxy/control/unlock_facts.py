@@ -45,7 +45,8 @@ _SESSION = (
 )
 
 _DS_COLUMNS = (_D.c.id, _D.c.name, _D.c.type, _D.c.host, _D.c.port, _D.c.database, _D.c.tls_mode, _D.c.ca_file)
-_CRED_COLUMNS = (_C.c.id, _C.c.name, _C.c.db_username, _C.c.version, _C.c.sealed, _C.c.secret_ref)
+_CRED_COLUMNS = (_C.c.id, _C.c.name, _C.c.db_username, _C.c.version, _C.c.sealed, _C.c.secret_ref,
+                 _C.c.ref_binding)
 
 # An outer join tells "no such datasource" (no row) from "no such credential" (a row of NULLs).
 _NAMED_CREDENTIAL = (
@@ -112,6 +113,7 @@ class CredentialRow:
     version: int
     sealed: str | None = field(repr=False)  # envelope JSON: ciphertext, still never shown
     secret_ref: str | None = field(repr=False)
+    ref_binding: str | None = field(repr=False)  # the reference sealed for this row (catalog.bind_reference)
     datasource: DatasourceRow = field(repr=False)
 
     def encryption_context(self) -> EncryptionContext:
