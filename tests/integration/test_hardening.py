@@ -292,6 +292,19 @@ def test_a_secret_reference_is_bound_to_its_row_and_destination(state, tmp_path)
     with state.cp.db.transaction() as s:
         s.execute(update(Datasource).where(Datasource.name == "prod").values(host="127.0.0.1"))
 
+    # Once every reference is bound (the floor is 2), an unbound one was written by someone without
+    # the key: `--reseal` refuses to bless it, and changes nothing.
+    with state.cp.db.transaction() as s:
+        s.execute(update(Credential).where(Credential.name == "read-only").values(ref_binding=None))
+        s.execute(update(Datasource).where(Datasource.name == "prod").values(host="attacker.example"))
+    with pytest.raises(UsageError, match="changed in the state database"):
+        rotate_master_key(state.cp, state.admin, reseal_all=True)
+    with pytest.raises(SealedSecretMismatch):
+        try_unlock()
+    with state.cp.db.transaction() as s:
+        s.execute(update(Datasource).where(Datasource.name == "prod").values(host="127.0.0.1"))
+    _point_reference(state, f"file:{pw}")
+
     # An installation from before: its reference has no binding and is followed while the floor is 1;
     # `--reseal` binds it and raises the floor.
     state.home.set_config_value("min_envelope_version", 1)

@@ -6,6 +6,8 @@ and the gateway build one ``ControlPlane`` from ``$SDM_HOME`` and share it.
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
@@ -23,6 +25,8 @@ from .db import StateDB
 from .models import utcnow
 from .tokens import SessionSigner
 from .unverified_denials import UnverifiedDenials
+
+log = logging.getLogger("sdm.control")
 
 
 SECRET_STORE_OPTIONS = ("region", "aws_endpoint_url")
@@ -91,13 +95,15 @@ class ControlPlane:
         except OSError:
             return self.min_envelope_version
         if stamp != self._config_stamp:
+            self._config_stamp = stamp
             try:
                 floor = _min_envelope_version(self.home.load_config())
-            except SdmError:
-                return self.min_envelope_version  # a config being edited: keep what was read last
+            except SdmError as exc:  # a bad edit: keep what was read last, and say so once
+                log.warning("config.json not applied (keeping min_envelope_version %s): %s",
+                            self.min_envelope_version, exc.message)
+                return self.min_envelope_version
             # Never lowered here: lowering it again takes a restart.
             self.min_envelope_version = max(self.min_envelope_version, floor)
-            self._config_stamp = stamp
         return self.min_envelope_version
 
     @classmethod

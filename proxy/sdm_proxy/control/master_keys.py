@@ -51,6 +51,13 @@ def rotate_master_key(cp: ControlPlane, actor: Actor, *, reseal_all: bool) -> di
                     cred.ref_binding = reseal(cp.open_providers, provider, cred.ref_binding, ctx,
                                               min_version=cp.envelope_floor())
                 elif cred.secret_ref is not None:  # a reference stored before they were bound
+                    if cp.envelope_floor() >= ENVELOPE_VERSION:
+                        # Once every reference was bound, an unbound one was written into the state
+                        # database by someone without the key: binding it would bless whatever it says.
+                        raise UsageError(f"the secret reference of {cred.datasource.name}/{cred.name} is not "
+                                         "bound to its destination although this installation binds every one: "
+                                         "it was changed in the state database; check the credential and its "
+                                         "datasource, then add it again")
                     cred.ref_binding = bind_reference(provider, cred)
                 else:
                     continue

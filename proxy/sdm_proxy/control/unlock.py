@@ -150,7 +150,9 @@ def _check_reference_binding(cp: ControlPlane, secret_ref: str, ref_binding: str
     if ref_binding is None:
         if floor >= ENVELOPE_VERSION:
             raise SealedSecretMismatch(f"the secret reference of {ctx.describe()} is not bound to its "
-                                       "destination; run `sdm master-key rotate --reseal`, or add the credential again")
+                                       "destination, although this installation binds every one: it was changed "
+                                       "in the state database; check the credential and its datasource, then "
+                                       "add it again")
         return  # stored before references were bound: followed until min_envelope_version says no
     bound = open_(cp.open_providers, ref_binding, ctx, min_version=floor)
     if not hmac.compare_digest(bound.reveal(), secret_ref.encode("utf-8")):

@@ -136,7 +136,8 @@ def _open_guarded(path: str, flags: int, guard: FileGuard) -> int:
     """Open ``path`` for reading only once ``guard`` accepted the file it names: first as a bare
     handle (O_PATH, which opens nothing: a device's open() never runs), checked, and refused unless
     a regular file; then that very file again through /proc, with no second path lookup that a
-    swapped symlink could redirect."""
+    swapped symlink could redirect. Without /proc (a chroot), the path is opened again and must
+    be the same file: a swap in between is caught, though only after that open."""
     o_path = getattr(os, "O_PATH", 0)
     handle = os.open(path, (o_path or os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)) | getattr(os, "O_CLOEXEC", 0))
     try:

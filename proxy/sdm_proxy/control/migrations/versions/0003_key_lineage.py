@@ -29,9 +29,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('api_keys', schema=None) as batch_op:
-        batch_op.drop_index('ix_api_keys_parent_key_id')
-        batch_op.drop_column('parent_key_id')
-    with op.batch_alter_table('sessions', schema=None) as batch_op:
-        batch_op.drop_index('ix_sessions_api_key_id')
-        batch_op.drop_column('api_key_id')
+    # Plain DROP INDEX / DROP COLUMN (SQLite 3.35 and later), not batch mode's table rebuild.
+    op.drop_index('ix_api_keys_parent_key_id', table_name='api_keys')
+    op.drop_column('api_keys', 'parent_key_id')
+    op.drop_index('ix_sessions_api_key_id', table_name='sessions')
+    op.drop_column('sessions', 'api_key_id')

@@ -27,5 +27,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('credentials', schema=None) as batch_op:
-        batch_op.drop_column('ref_binding')
+    # A plain DROP COLUMN (SQLite 3.35 and later), not batch mode: batch mode rebuilds
+    # `credentials`, and dropping the old table would cascade to every lease and grant.
+    op.drop_column('credentials', 'ref_binding')
