@@ -30,6 +30,7 @@ from .errors import SdmError
 from .home import write_private
 from .unlock.client import InProcessUnlockClient, ProxyIdentity
 from .wire.audit_writer import AuditWriter
+from .vault.envelope import ENVELOPE_VERSION
 from .wire.login_slots import DEFAULT_PER_ADDRESS as DEFAULT_LOGINS_PER_ADDRESS
 from .wire.login_throttle import DEFAULT_LIMIT as DEFAULT_LOGIN_FAILURE_LIMIT
 
@@ -182,8 +183,19 @@ def tune_interpreter() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
+def warn_if_envelopes_unbound(cp: ControlPlane) -> None:
+    """An installation from before destination binding opens secrets that are not bound to where
+    they go until ``min_envelope_version`` is 2 (docs/configuration.md): say so at every start."""
+    if cp.min_envelope_version < ENVELOPE_VERSION:
+        log.warning("min_envelope_version is %s in %s: sealed secrets and secret references not bound to "
+                    "their destination are still opened; run `sdm master-key rotate --reseal` (and set it to "
+                    "%s on every gateway's config.json)", cp.min_envelope_version, cp.home.config_path,
+                    ENVELOPE_VERSION)
+
+
 def run(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity) -> None:
     tune_interpreter()
+    warn_if_envelopes_unbound(cp)
     chainer = start_chainer(cp, config)
     try:
         try:  # uvloop (the `fast` extra) when installed: a faster loop for the relay

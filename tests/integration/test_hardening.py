@@ -292,6 +292,15 @@ def test_a_secret_reference_is_bound_to_its_row_and_destination(state, tmp_path)
     with state.cp.db.transaction() as s:
         s.execute(update(Datasource).where(Datasource.name == "prod").values(host="127.0.0.1"))
 
+    # A binding cannot stand in for a sealed secret, nor the other way round (a purpose in the context).
+    with state.cp.db.transaction() as s:
+        binding = s.scalar(select(Credential.ref_binding).where(Credential.name == "read-only"))
+        s.execute(update(Credential).where(Credential.name == "read-only")
+                  .values(sealed=binding, secret_ref=None, ref_binding=None))
+    with pytest.raises(SealedSecretMismatch):
+        try_unlock()
+    _point_reference(state, f"file:{pw}")
+
     # Once every reference is bound (the floor is 2), an unbound one was written by someone without
     # the key: `--reseal` refuses to bless it, and changes nothing.
     with state.cp.db.transaction() as s:
@@ -316,6 +325,16 @@ def test_a_secret_reference_is_bound_to_its_row_and_destination(state, tmp_path)
     with state.cp.db.transaction() as s:
         assert s.scalar(select(Credential.ref_binding).where(Credential.name == "read-only")) is not None
     assert try_unlock()["sealed_secret"]
+
+
+def test_a_gateway_whose_floor_is_1_says_so_at_start(state, caplog):
+    from sdm_proxy.gateway import warn_if_envelopes_unbound
+
+    warn_if_envelopes_unbound(state.cp)  # a new home: floor 2, nothing to say
+    assert "min_envelope_version" not in caplog.text
+    state.cp.min_envelope_version = 1
+    warn_if_envelopes_unbound(state.cp)
+    assert "min_envelope_version is 1" in caplog.text and "--reseal" in caplog.text
 
 
 def test_control_characters_are_not_printed_raw():

@@ -223,3 +223,20 @@ def test_botocore_debug_logging_does_not_write_secrets_against_moto_server(moto_
     assert PLAIN.decode() not in caplog.text
     for field in ("SecretString", "Plaintext", "CiphertextBlob"):  # no body of any call was written out
         assert field not in caplog.text
+
+
+def test_kms_provider_against_moto_server_refuses_a_key_of_another_account(moto_server, kms, kms_key, tmp_path):
+    """Whoever can write the state database could seal an envelope under a KMS key of their own
+    account (with a key policy that lets the gateway Decrypt): it names another account's key and
+    is refused before KMS is asked. With an alias configured, the account is learned by DescribeKey."""
+    alias = f"alias/sdm-{uuid.uuid4().hex[:8]}"
+    kms.create_alias(AliasName=alias, TargetKeyId=kms_key)
+    body = json.loads(seal(_provider(moto_server, kms_key), SecretValue(PLAIN), CTX))
+    body["key_id"] = body["key_id"].replace(":123456789012:", ":999999999999:")
+    for configured in (kms_key, alias):
+        with pytest.raises(VaultError, match="another AWS account"):
+            open_(_provider(moto_server, configured), json.dumps(body), CTX)
+    # A key of the same account (an alias moved to a new key) still opens what the old one sealed.
+    other = kms.create_key()["KeyMetadata"]["Arn"]
+    sealed_under_other = seal(_provider(moto_server, other), SecretValue(PLAIN), CTX)
+    assert open_(_provider(moto_server, alias), sealed_under_other, CTX).reveal() == PLAIN

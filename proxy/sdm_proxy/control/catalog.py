@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -58,7 +59,12 @@ def encryption_context(cred: Credential) -> EncryptionContext:
 
 def bind_reference(provider, cred: Credential) -> str:
     """The credential's secret reference sealed for its encryption context (unlock checks it)."""
-    return seal(provider, SecretValue(cred.secret_ref.encode("utf-8")), encryption_context(cred))
+    return seal(provider, SecretValue(cred.secret_ref.encode("utf-8")), reference_context(encryption_context(cred)))
+
+
+def reference_context(ctx: EncryptionContext) -> EncryptionContext:
+    """A reference binding's context: the credential's, marked as a binding."""
+    return dataclasses.replace(ctx, purpose="reference")
 
 
 def datasource_view(ds: Datasource) -> dict:

@@ -9,7 +9,7 @@ from ..audit.events import admin_event
 from ..errors import UsageError
 from ..vault.envelope import ENVELOPE_VERSION, parse_envelope, reseal
 from ..vault.providers import LocalKeyProvider, add_master_key
-from .catalog import bind_reference, encryption_context
+from .catalog import bind_reference, encryption_context, reference_context
 from .context import Actor, ControlPlane
 from .models import Credential
 
@@ -48,7 +48,7 @@ def rotate_master_key(cp: ControlPlane, actor: Actor, *, reseal_all: bool) -> di
                     cred.sealed = reseal(cp.open_providers, provider, cred.sealed, ctx,
                                          min_version=cp.envelope_floor())
                 elif cred.ref_binding is not None:
-                    cred.ref_binding = reseal(cp.open_providers, provider, cred.ref_binding, ctx,
+                    cred.ref_binding = reseal(cp.open_providers, provider, cred.ref_binding, reference_context(ctx),
                                               min_version=cp.envelope_floor())
                 elif cred.secret_ref is not None:  # a reference stored before they were bound
                     if cp.envelope_floor() >= ENVELOPE_VERSION:

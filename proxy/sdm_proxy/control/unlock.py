@@ -23,7 +23,7 @@ from ..vault.envelope import ENVELOPE_VERSION, SealedSecretMismatch, mismatch_er
 from ..vault.secret import SecretValue
 from ..vault.secret_refs import resolve_secret_ref
 from ..vault.transport import seal_to_proxy
-from .catalog import check_ref_outside_home, secret_file_guard
+from .catalog import check_ref_outside_home, reference_context, secret_file_guard
 from .context import Actor, ControlPlane
 from .nonces import burn_nonce
 from .policy import UNLOCK_CLOCK_WINDOW, Decision, access_decision, freshness_decision
@@ -154,7 +154,7 @@ def _check_reference_binding(cp: ControlPlane, secret_ref: str, ref_binding: str
                                        "in the state database; check the credential and its datasource, then "
                                        "add it again")
         return  # stored before references were bound: followed until min_envelope_version says no
-    bound = open_(cp.open_providers, ref_binding, ctx, min_version=floor)
+    bound = open_(cp.open_providers, ref_binding, reference_context(ctx), min_version=floor)
     if not hmac.compare_digest(bound.reveal(), secret_ref.encode("utf-8")):
         raise mismatch_error(ctx)
 

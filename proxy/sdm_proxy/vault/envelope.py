@@ -56,6 +56,7 @@ class EncryptionContext:
     credential: str
     version: int
     destination: str | None = None  # ``destination_text(...)`` of where the secret is sent
+    purpose: str | None = None  # None: the secret itself; "reference": a secret reference's binding
 
     def __post_init__(self) -> None:
         for field in ("datasource", "credential"):
@@ -73,6 +74,8 @@ class EncryptionContext:
         d = {"datasource": self.datasource, "credential": self.credential, "version": str(self.version)}
         if self.destination is not None:
             d["destination"] = self.destination
+        if self.purpose is not None:  # so that neither envelope can stand in for the other
+            d["purpose"] = self.purpose
         return d
 
     def aad(self) -> bytes:

@@ -8,6 +8,7 @@ alias) later does not orphan secrets sealed under the old key.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ...errors import VaultError
@@ -16,9 +17,18 @@ from ..envelope import DATA_KEY_BYTES, EncryptionContext, mismatch_error
 
 from . import AWS_KMS_PROVIDER_NAME  # one spelling, defined where boto3 is not needed
 
+log = logging.getLogger("sdm.vault")
+
 # KMS codes that mean "this ciphertext does not belong to this key/context": report as a mismatch.
 _MISMATCH_CODES = {"InvalidCiphertextException", "IncorrectKeyException"}
 _KEY_STATE_CODES = {"DisabledException", "KMSInvalidStateException", "KeyUnavailableException"}
+
+
+def _arn_account(key_id: str) -> str | None:
+    parts = key_id.split(":")
+    if key_id.startswith("arn:") and len(parts) >= 6:
+        return parts[4] or None
+    return None
 
 
 def _arn_region(key_id: str) -> str | None:
@@ -48,6 +58,8 @@ class AwsKmsKeyProvider:
         self.region = region or _arn_region(key_id)
         self.endpoint_url = endpoint_url
         self._client = client
+        self._account: str | None = _arn_account(key_id)  # whose keys may have sealed what this opens
+        self._account_known = self._account is not None
 
     @property
     def client(self) -> Any:
@@ -93,7 +105,26 @@ class AwsKmsKeyProvider:
             raise VaultError("KMS returned an unexpected GenerateDataKey response")
         return bytearray(plaintext), str(key_arn or self.key_id), bytes(wrapped)
 
+    def _own_account(self) -> str | None:
+        """The AWS account of the configured key (from its ARN, else asked once with DescribeKey)."""
+        if not self._account_known:
+            self._account_known = True
+            try:
+                arn = self.client.describe_key(KeyId=self.key_id)["KeyMetadata"]["Arn"]
+                self._account = _arn_account(str(arn))
+            except (*AWS_ERRORS, KeyError, TypeError):
+                log.warning("cannot tell the AWS account of KMS key %s (give key_id as a key ARN, or allow "
+                            "kms:DescribeKey): envelopes naming another account's key are not refused", self.key_id)
+        return self._account
+
     def decrypt_data_key(self, key_id: str, wrapped: bytes, ctx: EncryptionContext) -> bytearray:
+        # The envelope names the key, and the state database holds the envelope: one written by
+        # someone with a KMS key of their own (and a Decrypt policy on "*") must not open. Keys of
+        # this installation's account still do (an alias moved to a new key orphans nothing).
+        own = self._own_account()
+        if own is not None and _arn_account(key_id) not in (own, None):
+            raise VaultError(f"sealed secret for {ctx.describe()} names KMS key {key_id[:200]!r} of another AWS "
+                             f"account than this gateway's key ({own}): refused")
         error: VaultError | None = None
         try:
             # KeyId pins the key: KMS refuses a blob made under any other key.
