@@ -110,9 +110,7 @@ def test_file_references_may_not_read_a_master_key_file_kept_outside_the_home(st
 def test_a_stored_reference_into_proc_is_refused_at_unlock_too(state):
     """A reference stored before this check (or written to the state database directly) is still
     refused when it would be read."""
-    from sqlalchemy import update
 
-    from sdm_proxy.control.models import Credential
 
     _point_reference(state, "file:/proc/self/environ")
     body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
@@ -124,10 +122,8 @@ def test_the_file_opened_is_checked_not_only_the_path_checked_before(state, tmp_
     """Between the check and the read, a symlink can be pointed elsewhere (a race that won 3,606
     of 20,000 tries in review). The file actually opened is checked too: its real path, and its
     identity against the master key files, so a hard link to one is refused as well."""
-    from sqlalchemy import update
 
     from sdm_proxy.control.catalog import secret_file_guard
-    from sdm_proxy.control.models import Credential
     from sdm_proxy.vault.secret_refs import resolve_secret_ref
 
     link = tmp_path / "flips"

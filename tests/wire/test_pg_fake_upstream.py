@@ -79,6 +79,52 @@ async def answers_out_of_order(reader, writer):
     await asyncio.sleep(5)
 
 
+async def floods_parameter_status(reader, writer):
+    """Logs the client in, then sends ParameterStatus without end (a hostile server using our memory)."""
+    await _read_startup(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 0)))
+    for i in range(5000):
+        writer.write(_msg(b"S", f"p{i}\0".encode() + b"x" * 200 + b"\0"))
+        if i % 100 == 0:
+            await writer.drain()
+    await asyncio.sleep(5)
+
+
+async def scram_then_md5(reader, writer):
+    """Starts SCRAM, then asks for md5: a crackable hash of the password, which must not go out."""
+    await _read_startup(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 10) + b"SCRAM-SHA-256\0\0"))
+    await _read_msg(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 5) + b"salt"))
+    await writer.drain()
+    try:
+        kind, body = await asyncio.wait_for(_read_msg(reader), 3)
+        assert not body.startswith(b"md5"), "the gateway answered md5 after SCRAM"
+    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+        pass
+
+
+async def huge_salt(reader, writer):
+    await _read_startup(reader)
+    writer.write(_msg(b"R", struct.pack("!i", 10) + b"SCRAM-SHA-256\0\0"))
+    _, initial = await _read_msg(reader)
+    client_first = initial.split(b"\0", 1)[1][4:]
+    nonce = dict(p.split(b"=", 1) for p in client_first[3:].split(b","))[b"r"]
+    writer.write(_msg(b"R", struct.pack("!i", 11) + b"r=" + nonce + b"srv,s=" + base64.b64encode(b"s" * 1000)
+                      + b",i=4096"))
+    await writer.drain()
+    await asyncio.sleep(5)
+
+
+async def resets_mid_login(reader, writer):
+    import socket as _socket
+
+    await _read_startup(reader)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+    writer.close()
+
+
 @pytest.fixture
 def fake_upstream(gateway):
     servers = []
@@ -113,6 +159,22 @@ def test_an_upstream_that_cannot_prove_scram_is_refused(gateway, fake_upstream, 
     fields = pgraw.login_error(gateway.host, gateway.port, user="read-only", database=name,
                                password=gateway.tokens["ann"])
     assert fields["C"] == "08006" and message in fields["M"]
+    assert "fake-upstream-secret-9x" not in str(fields)
+
+
+@pytest.mark.parametrize("handler,message", [
+    (floods_parameter_status, "messages or"),
+    (scram_then_md5, "switched authentication method"),
+    (huge_salt, "salt of 1000 bytes"),
+    (resets_mid_login, "the connection during the login"),
+])
+def test_a_hostile_upstream_login_is_refused_cleanly(gateway, fake_upstream, handler, message):
+    """Bytes from strangers during the upstream login: a clean 08006 naming the problem, never an
+    internal error, a memory blow-up, or a password hash sent after the method changed."""
+    name = fake_upstream(handler, f"fake-{handler.__name__.replace('_', '-')}")
+    fields = pgraw.login_error(gateway.host, gateway.port, user="read-only", database=name,
+                               password=gateway.tokens["ann"])
+    assert fields["C"] == "08006" and message in fields["M"], fields
     assert "fake-upstream-secret-9x" not in str(fields)
 
 

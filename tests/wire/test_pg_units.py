@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import struct
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sdm_proxy.wire.postgres import framing
 from sdm_proxy.wire.postgres.auth import UpstreamAuthenticator
-from sdm_proxy.wire.postgres.errors import ClientProtocolError, UpstreamLoginError
+from sdm_proxy.wire.postgres.errors import ClientProtocolError, ServerProtocolError, UpstreamLoginError
 from sdm_proxy.wire.postgres.machine import TRANSITIONS, Action, FrontMachine, Input, Phase
 from sdm_proxy.wire.postgres.scram import ScramClient, ScramKeyCache, md5_password, saslprep
 from sdm_proxy.wire.postgres.tracker import UNKNOWN_TEXT, StatementTracker, TrackerDesync
@@ -281,19 +282,52 @@ def test_scram_rejects_a_forged_server_signature_and_a_foreign_nonce():
         ScramClient(nonce="abc").final(b"r=xyz123,s=c2FsdA==,i=4096", lambda: b"pw")
 
 
+RFC_FIRST = b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+RFC_FINAL = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+
+
 def test_scram_cache_holds_derived_keys_only():
     cache = ScramKeyCache()
     calls = []
 
     def secret():
         calls.append(1)
-        return b"correct horse"
+        return b"pencil"
 
     for _ in range(3):
-        c = ScramClient(cache=cache, cache_scope=("ds", "cred", 1), nonce="n1")
-        c.final(b"r=n1srv,s=c2FsdA==,i=4096", secret)
+        c = ScramClient(cache=cache, cache_scope=("ds", "cred", 1), nonce="rOprNGfwEbeRWgbNEkqO", username="user")
+        c.final(RFC_FIRST, secret)
+        c.verify(RFC_FINAL)
     assert len(calls) == 1 and cache.hits == 2
-    assert b"correct horse" not in repr(cache._data).encode()
+    assert b"pencil" not in repr(cache._data).encode()
+
+
+def test_scram_keys_are_cached_only_once_the_server_proved_itself():
+    """A server that never sends (or forges) its signature leaves nothing in the cache: otherwise a
+    hostile upstream could fill it with entries of its own making."""
+    cache = ScramKeyCache()
+    for _ in range(3):
+        c = ScramClient(cache=cache, cache_scope=("ds", "cred", 1), nonce="rOprNGfwEbeRWgbNEkqO", username="user")
+        c.final(RFC_FIRST, lambda: b"pencil")
+    assert cache.hits == 0 and not cache._data
+    with pytest.raises(UpstreamLoginError, match="salt of 300 bytes"):
+        ScramClient(nonce="abc").final(b"r=abcdef,s=" + base64.b64encode(b"s" * 300) + b",i=4096", lambda: b"pw")
+
+
+def test_auth_refuses_a_second_method_or_a_request_after_ok():
+    auth = UpstreamAuthenticator(user="u", secret_fn=lambda: b"pw", cache=None, cache_scope=())
+    auth.step(struct.pack("!i", 10) + b"SCRAM-SHA-256\0\0")
+    for second in (struct.pack("!i", 5) + b"salt", struct.pack("!i", 3), struct.pack("!i", 10) + b"SCRAM-SHA-256\0\0"):
+        with pytest.raises(ServerProtocolError, match="switched authentication method"):
+            auth.step(second)
+    auth = UpstreamAuthenticator(user="u", secret_fn=lambda: b"pw", cache=None, cache_scope=())
+    auth.step(struct.pack("!i", 5) + b"salt")
+    with pytest.raises(ServerProtocolError, match="switched"):
+        auth.step(struct.pack("!i", 5) + b"salt")
+    auth = UpstreamAuthenticator(user="u", secret_fn=lambda: b"pw", cache=None, cache_scope=())
+    auth.step(struct.pack("!i", 0))
+    with pytest.raises(ServerProtocolError, match="after AuthenticationOk"):
+        auth.step(struct.pack("!i", 5) + b"salt")
 
 
 def test_auth_refuses_ok_before_scram_proof_and_unsupported_methods():

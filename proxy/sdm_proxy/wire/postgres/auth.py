@@ -53,6 +53,12 @@ class UpstreamAuthenticator:
             raise ServerProtocolError("upstream sent a malformed authentication request")
         (code,) = struct.unpack_from("!i", payload)
         body = payload[4:]
+        if self.ok:
+            raise ServerProtocolError("upstream sent an authentication request after AuthenticationOk")
+        if self.method is not None and code not in (AUTH_OK, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL):
+            # One method per login: a server (or someone in the middle) that starts SCRAM and then asks
+            # for md5 or the password in clear would get a crackable hash or the password itself.
+            raise ServerProtocolError(f"upstream switched authentication method during the login (after {self.method})")
         if code == AUTH_OK:
             if self._scram is not None and not self._scram.done:
                 # A server that skips SASLFinal never proved it knows the verifier.

@@ -26,6 +26,7 @@ from .errors import UpstreamLoginError
 
 MECHANISM = "SCRAM-SHA-256"
 MAX_ITERATIONS = 100_000  # bound the work a hostile upstream can make us do (PostgreSQL uses 4096)
+MAX_SALT_BYTES = 256  # PostgreSQL's salt is 16 bytes
 GS2_HEADER = b"n,,"  # no channel binding (we offer none, so a PLUS-capable server cannot claim a downgrade)
 
 
@@ -133,6 +134,7 @@ class ScramClient:
         self._auth_message: bytes | None = None
         self._server_key: bytes | None = None
         self._cache_key: tuple | None = None
+        self._derived: DerivedKeys | None = None  # derived on a cache miss, cached once the server proved itself
         self.done = False
 
     def initial(self) -> bytes:
@@ -142,14 +144,14 @@ class ScramClient:
         """Answer the server-first message. ``password_fn()`` is called only on a cache miss."""
         nonce, salt, iterations, keys = self._first(server_first)
         if keys is None:
-            keys = self._store(derive_keys(password_fn(), salt, iterations))
+            keys = self._derived = derive_keys(password_fn(), salt, iterations)
         return self._answer(server_first, nonce, keys)
 
     async def final_async(self, server_first: bytes, password_fn) -> bytes:
         """``final`` with the key derivation (PBKDF2) in a worker thread, off the event loop."""
         nonce, salt, iterations, keys = self._first(server_first)
         if keys is None:
-            keys = self._store(await asyncio.to_thread(derive_keys, password_fn(), salt, iterations))
+            keys = self._derived = await asyncio.to_thread(derive_keys, password_fn(), salt, iterations)
         return self._answer(server_first, nonce, keys)
 
     def _first(self, server_first: bytes) -> tuple[str, bytes, int, DerivedKeys | None]:
@@ -164,19 +166,18 @@ class ScramClient:
             raise UpstreamLoginError("upstream sent a malformed SCRAM server-first message") from None
         if not nonce.startswith(self._nonce) or len(nonce) <= len(self._nonce):
             raise UpstreamLoginError("upstream SCRAM nonce does not extend ours")
+        if not 1 <= len(salt) <= MAX_SALT_BYTES:  # PostgreSQL's is 16 bytes; the cache keeps it
+            raise UpstreamLoginError(f"upstream SCRAM salt of {len(salt)} bytes (the gateway accepts at most "
+                                     f"{MAX_SALT_BYTES})")
         if not 1 <= iterations <= MAX_ITERATIONS:
             raise UpstreamLoginError(f"upstream SCRAM iteration count {iterations} out of range "
                                      f"(the gateway accepts at most {MAX_ITERATIONS})")
         keys = None
         if self._cache is not None:
-            self._cache_key = self._scope + (salt, iterations)
+            self._cache_key = self._scope + (hashlib.sha256(salt).digest(), iterations)
             keys = self._cache.get(self._cache_key)
         return nonce, salt, iterations, keys
 
-    def _store(self, keys: DerivedKeys) -> DerivedKeys:
-        if self._cache is not None:
-            self._cache.put(self._cache_key, keys)
-        return keys
 
     def _answer(self, server_first: bytes, nonce: str, keys: DerivedKeys) -> bytes:
         without_proof = b"c=" + base64.b64encode(GS2_HEADER) + b",r=" + nonce.encode("ascii")
@@ -204,6 +205,10 @@ class ScramClient:
                 self._cache.discard(self._cache_key)
             raise UpstreamLoginError("upstream SCRAM server signature is invalid (not the real server?)")
         self.done = True
+        # Cached only now: a server that never proved it knows the verifier leaves nothing behind.
+        if self._derived is not None and self._cache is not None:
+            self._cache.put(self._cache_key, self._derived)
+        self._derived = None
 
 
 def md5_password(password: bytes, user: str, salt: bytes) -> bytes:

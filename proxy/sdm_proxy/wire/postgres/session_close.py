@@ -70,6 +70,10 @@ class ClosingPhase:
         unfinished = self.tracker.abandon()
         if unfinished:
             self._record_outcomes(unfinished)
+        if status == audit.DENIED and self._replenish is not None:
+            # Access ended (revoked, expired): no warm login for a credential its user just lost.
+            self._replenish.cancel()
+            self._replenish = None
         if self.cancel_pid is not None:
             self.ctx.cancels.unregister(self.cancel_pid)
         if self.upstream is not None:

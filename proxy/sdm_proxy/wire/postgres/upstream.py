@@ -26,6 +26,10 @@ STREAM_LIMIT = 1 << 18  # StreamReader buffer: transport pauses above 2x this (b
 MAX_STARTUP_REPLY = 1 << 20  # any single message during the upstream login
 
 MAX_LOGIN_NOTICES = 64  # NoticeResponses kept from the login (passed on to the client); the rest dropped
+# What a server may send between AuthenticationOk and ReadyForQuery, in all: PostgreSQL sends about
+# 15 ParameterStatus messages of a few dozen bytes. More is a hostile or broken server using our memory.
+MAX_LOGIN_MESSAGES = 1024
+MAX_LOGIN_BYTES = 256 << 10
 
 # Startup parameters passed on to the database (anything else, notably ``options``, which can run
 # ``-c role=...`` or ``-c log_statement=none``, is dropped). ``client_encoding`` is forced to UTF8 so
@@ -211,6 +215,9 @@ async def connect_upstream(cred: UnlockedCredential, client_params: dict[str, st
     except TimeoutError:
         raise UpstreamLoginError(
             f"datasource {ds.name} at {ds.host}:{ds.port} did not complete the login within {timeout:g}s") from None
+    except OSError as exc:  # a reset or a broken pipe mid-login: the database's end, said as such
+        raise UpstreamLoginError(f"datasource {ds.name} at {ds.host}:{ds.port} dropped the connection during "
+                                 f"the login ({type(exc).__name__})") from None
 
 
 async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scram_cache,
@@ -225,12 +232,18 @@ async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scra
             user=cred.db_user, secret_fn=secret_fn, cache=scram_cache,
             cache_scope=(ds.name, ds.host, ds.port, cred.credential, cred.version, cred.db_user),
             cleartext_ok=ds.host.startswith("/") or ds.tls != "disable")
+        after_ok, after_ok_bytes = 0, 0
         while True:
             await writer.drain()
             try:
                 mtype, payload = await _read_message(reader)
             except asyncio.IncompleteReadError:
                 raise UpstreamLoginError(f"datasource {ds.name} closed the connection during the login") from None
+            if auth.ok:
+                after_ok, after_ok_bytes = after_ok + 1, after_ok_bytes + len(payload)
+                if after_ok > MAX_LOGIN_MESSAGES or after_ok_bytes > MAX_LOGIN_BYTES:
+                    raise ServerProtocolError(f"datasource {ds.name} sent more than {MAX_LOGIN_MESSAGES} messages "
+                                              f"or {MAX_LOGIN_BYTES} bytes after the login without being ready")
             if mtype == 82:  # 'R'
                 reply = await auth.step_async(payload)
                 if reply:
