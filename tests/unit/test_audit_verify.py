@@ -193,6 +193,23 @@ def test_rows_added_behind_the_logs_back_are_reported(env):
     assert not report.ok and report.first_bad_seq == N + 1 and "outside the audit log" in report.problem
 
 
+def test_rows_stored_below_seq_1_are_reported_and_never_shown(env):
+    """The walk starts at seq 1: a made-up event at seq -7 was in no chain, passed verify, and was
+    shown by `tail` and by a user's activity."""
+    db, signer, log, tmp = env
+    conn = raw(tmp)
+    first = row(conn, 1)
+    doc = json.loads(first[4])
+    doc.update(id="3b7d1d7e-0000-4000-8000-00000000000f", user="bob", query="DROP TABLE payroll")
+    body = canonical_json(doc)
+    conn.execute(f"INSERT INTO audit_events (seq, {COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (-7, doc["id"], doc["ts"], doc["type"], "bob", body, "0" * 64, event_hash("0" * 64, body)))
+    conn.close()
+    report = verify_db(db, signer.public_key)
+    assert not report.ok and "seq 0 or below" in report.problem
+    assert not [e for e in log.tail(10_000, user="bob") if e.query == "DROP TABLE payroll"]
+
+
 def test_chain_rewritten_with_recomputed_hashes_is_caught_by_a_checkpoint(env):
     db, signer, log, tmp = env
     conn = raw(tmp)

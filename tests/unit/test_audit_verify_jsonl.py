@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sdm_proxy.audit import CheckpointSigner, verify_jsonl
+from sdm_proxy.audit.events import canonical_json
 from tests.support.audit_chain import N, audit_env
 
 
@@ -121,7 +122,7 @@ def test_jsonl_forged_checkpoint_line_is_detected(env):
     i = index_of(lines, 100) + 1
     cp = json.loads(lines[i])
     forged = CheckpointSigner.generate().sign(cp["seq"], cp["hash"])
-    lines[i] = json.dumps({**cp, "signature": forged})
+    lines[i] = canonical_json({**cp, "signature": forged})  # written as the log writes it
     path.write_text("\n".join(lines) + "\n")
     report = verify_jsonl(path, signer.public_key)
     assert not report.ok and report.first_bad_seq == 100 and "invalid signature" in report.problem
@@ -139,3 +140,16 @@ def test_jsonl_checkpoint_moved_away_from_its_event_is_detected(env):
     path.write_text("\n".join(lines) + "\n")
     report = verify_jsonl(path, signer.public_key)
     assert not report.ok and report.first_bad_seq == 100 and "does not follow" in report.problem
+
+
+def test_a_line_rewritten_with_a_duplicate_key_is_detected(env):
+    """json.loads keeps the last of two equal keys, so a line carrying the real values last hashes
+    as the log wrote it, while a person or a grep reads the first ones: the bytes must match."""
+    db, signer, log, tmp = env
+    path = tmp / "audit.jsonl"
+    lines = lines_of(path)
+    i = index_of(lines, 2)
+    lines[i] = lines[i].replace('{"seq":2,', '{"seq":2,"user":"mallory","query":"DROP TABLE payroll",', 1)
+    path.write_text("\n".join(lines) + "\n")
+    report = verify_jsonl(path, signer.public_key)
+    assert not report.ok and report.first_bad_seq == 2 and "not as the audit log writes it" in report.problem

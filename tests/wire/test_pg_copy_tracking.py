@@ -6,6 +6,8 @@ the session at the next statement."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from sdm_proxy.wire.postgres.tracker import StatementTracker, TrackerDesync
 
@@ -284,3 +286,28 @@ def test_through_the_gateway_a_failing_batch_past_the_cap_still_ends(gateway, mo
     assert any(m[0] == b"D" for m in pgraw.read_until_ready(sock))
     sock.close()
     assert _outcomes(gateway, "/*fb-after*/") == [("SELECT 'after the batch' /*fb-after*/", "ok", 1)]
+
+
+def test_bytes_that_are_not_utf8_in_tags_and_names_are_recorded_not_fatal(gateway):
+    """A sqlcommenter tag, a prepared statement's name and a startup parameter name carrying a byte
+    that is not UTF-8 reached the event body as a lone surrogate: its write failed (in commit mode,
+    with every event of its batch) and the session ended with an internal error. They are now
+    recorded with U+FFFD; PostgreSQL itself refuses such bytes (22021), and the session goes on."""
+    msgs, sock = pgraw.login(gateway.host, gateway.port, user="superuser", database="pgtest",
+                             password=gateway.tokens["bob"])
+    assert msgs[-1][0] == b"Z", msgs
+    sock.sendall(b"Q" + struct.pack("!i", 4 + len(b"SELECT 1 /*nu-tag*/ /*sdm_cell='\xff'*/") + 1)
+                 + b"SELECT 1 /*nu-tag*/ /*sdm_cell='\xff'*/\0")
+    pgraw.read_until_ready(sock)
+    name = b"s\xff"
+    sock.sendall(pgraw.message(b"P", name + b"\0SELECT 2 /*nu-stmt*/\0\0\0") + pgraw.message(b"B", b"\0" + name + b"\0" + b"\0" * 6)
+                 + pgraw.message(b"E", b"\0\0\0\0\0") + pgraw.sync())
+    answer = pgraw.read_until_ready(sock)
+    sock.sendall(pgraw.query("SELECT 'still here' /*nu-after*/"))
+    after = pgraw.data_rows(pgraw.read_until_ready(sock))
+    sock.close()
+    assert answer[-1][0] == b"Z" and after == [["still here"]]
+    [tagged] = gateway.query_events("/*nu-tag*/")
+    assert tagged["client"]["cell_id"] == "\ufffd"
+    [named] = gateway.query_events("/*nu-stmt*/")
+    assert named["details"]["prepared_statement"] == "s\ufffd"

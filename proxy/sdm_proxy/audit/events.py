@@ -176,6 +176,19 @@ def _text(value: str | None) -> str | None:
         return value.encode("utf-8", "replace").decode("utf-8")
 
 
+def clean_text(value: Any) -> Any:
+    """``value`` with every string in it (dict values and keys, list items) made storable as
+    ``_text`` makes ``query``: wire code decodes names and tags with surrogateescape, and one lone
+    surrogate in an event body would make its write fail (and with it every event of its batch)."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {clean_text(k): clean_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_text(v) for v in value]
+    return value
+
+
 # ---- helpers shared by every protocol ------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from json.encoder import encode_basestring as _s
 from typing import Any
 
 from .body import _rows, _Slow, _client, _details, event_body
-from .events import OK, QUERY, QUERY_END, STARTED, Client, Event, _text, query_end_event, query_event
+from .events import OK, QUERY, QUERY_END, STARTED, Client, Event, _text, clean_text, query_end_event, query_event
 from .stamps import new_id, now_ts
 
 _FALLBACK = (_Slow, TypeError, ValueError)
@@ -75,7 +75,7 @@ class QueryRecords:
               details: dict | None = None) -> StartedQuery:
         """The ``query`` record of a statement about to run (status ``started``)."""
         client = Client.coerce(client)
-        details = details or None  # as the glue always did: no details is null, not {}
+        details = clean_text(details) if details else None  # no details is null, not {}
         if self._fast:
             try:
                 cj = _client(client)

@@ -41,7 +41,9 @@ class AuditReader:
              since: str | None = None) -> list[Event]:
         """The newest ``n`` events, oldest first. ``types`` entries ending in ``*`` match a prefix;
         ``since`` is an event timestamp (``now_ts`` format): only events stamped at or after it."""
-        q = select(EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash).order_by(EVENTS.c.seq.desc()).limit(n)
+        # seq 1 and up: a row stored below is in no chain (verify reports it), so it is no event to show.
+        q = (select(EVENTS.c.seq, EVENTS.c.body, EVENTS.c.hash).where(EVENTS.c.seq >= 1)
+             .order_by(EVENTS.c.seq.desc()).limit(n))
         if user is not None:
             q = q.where(EVENTS.c.user == user)
         if since is not None:

@@ -60,7 +60,13 @@ def chainable(records: list[tuple]) -> list[tuple]:
 
 
 def spool_lines(records: list[tuple]) -> bytes:
-    """The spool lines of these records (encoded here, so a bad one fails its own caller)."""
-    if len(records) == 1:
-        return (records[0][4] + "\n").encode("utf-8")
-    return ("\n".join(r[4] for r in records) + "\n").encode("utf-8")
+    """The spool lines of these records (encoded here, so a bad one fails its own caller, with
+    ``AuditUnavailable``: its statement is refused cleanly, nothing else is touched)."""
+    try:
+        if len(records) == 1:
+            return (records[0][4] + "\n").encode("utf-8")
+        return ("\n".join(r[4] for r in records) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        pass  # raised below, without the codec error (it holds the whole body) as its context
+    raise AuditUnavailable("audit log unavailable: an event holds text that is not valid Unicode; "
+                           "the action was refused")

@@ -207,9 +207,14 @@ class AuditSpool:
             os.close(seg.fd)
 
     def _roll(self) -> None:
-        path = self.directory / f"{os.getpid()}-{secrets.token_hex(6)}{SUFFIX}"
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        # Locked under a name recovery does not look at, then renamed: a recovery in another gateway
+        # can never take (and unlink) the file between its creation and our lock.
+        claiming = self.directory / f"{name}.new"
+        fd = os.open(claiming, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we live
+        path = self.directory / f"{name}{SUFFIX}"
+        os.rename(claiming, path)
         self._current += 1
         self._segments[self._current] = _Segment(path, fd)
 
@@ -218,6 +223,13 @@ class AuditSpool:
         if seg is not None:
             seg.path.unlink(missing_ok=True)
             os.close(seg.fd)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # a live gateway dropped that segment meanwhile: the open below skips it
+        return 0.0
 
 
 def recover_spools(directory: Path, audit_log) -> int:
@@ -230,7 +242,7 @@ def recover_spools(directory: Path, audit_log) -> int:
     if not directory.is_dir():
         return 0
     added = 0
-    for path in sorted(directory.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime):
+    for path in sorted(directory.glob(f"*{SUFFIX}"), key=_mtime):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
+from .sink import event_line
 from ..control.db import StateDB
 from ..control.models import AuditCheckpoint, AuditEvent, AuditHead
 from ..errors import StateError
@@ -170,6 +171,14 @@ def verify_db(
             walk.fail(last_seq, walk.last_id, f"the head's hash does not match event {last_seq}")
 
     if walk.bad is None:
+        outside = _rows_below_the_chain(db)
+        if outside:
+            # The walk starts at seq 1; a row stored at seq 0 or below is in no chain, yet readers
+            # (activity, tail) would show it as an event.
+            walk.fail(None, None, f"{outside} event row(s) stored at seq 0 or below, outside the chain: written "
+                                  "into the state database, not through the audit log")
+
+    if walk.bad is None:
         twice = _event_chained_twice(db)
         if twice is not None:
             id_, first, again = twice
@@ -181,6 +190,11 @@ def verify_db(
     if cp_bad is not None and (walk.bad is None or walk.bad_from is None or cp_bad[0] < walk.bad_from):
         walk.bad = cp_bad
     return walk.report(verified)
+
+
+def _rows_below_the_chain(db: StateDB) -> int:
+    with db.transaction() as s:
+        return int(s.execute(select(func.count()).select_from(EVENTS).where(EVENTS.c.seq < 1)).scalar() or 0)
 
 
 def _event_chained_twice(db: StateDB) -> tuple[str, int, int] | None:
@@ -282,7 +296,7 @@ def verify_jsonl(
                 walk.fail(walk.expected, None, f"line {lineno} is not a JSON object (damaged or cut off)")
                 break
             if doc.get("type") == CHECKPOINT and set(doc) == _CHECKPOINT_KEYS:
-                problem = _check_checkpoint_line(doc, walk, key)
+                problem = _check_checkpoint_line(doc, walk, key) or _not_as_written(raw, canonical_json(doc))
                 if problem:
                     own = walk.last_id if doc.get("seq") == walk.expected - 1 else None
                     walk.fail(doc.get("seq"), own, f"line {lineno}: {problem}")
@@ -301,6 +315,11 @@ def verify_jsonl(
             if not walk.step(seq, doc.get("id"), doc.get("prev_hash"), body, hash_):
                 bad_seq, bad_id, problem = walk.bad
                 walk.fail(bad_seq, bad_id, f"line {lineno}: {problem}")
+                break
+            problem = _not_as_written(raw, event_line(seq, body, hash_))
+            if problem:
+                walk.events -= 1
+                walk.fail(seq, doc.get("id"), f"line {lineno}: {problem}")
                 break
             ids.add(doc.get("id"), seq)
         twice = ids.first_repeat() if walk.bad is None else None
@@ -366,6 +385,14 @@ class _SeenIds:
 def _temp_failed(exc: sqlite3.Error) -> StateError:
     return StateError(f"cannot check the file for events chained twice: its temporary id list failed ({exc}); "
                       "free space in the temporary directory (TMPDIR) and try again")
+
+
+def _not_as_written(raw: bytes, line: str) -> str | None:
+    """The line must be the very bytes the log writes: the same JSON with a duplicate key, other
+    spacing or escapes would hash the same once parsed, yet read differently to a person or a grep."""
+    if raw.rstrip(b"\r\n") != line.encode("utf-8"):
+        return "the line is not as the audit log writes it (rewritten: duplicate keys, spacing or escapes)"
+    return None
 
 
 def _check_checkpoint_line(doc: dict, walk: _Walk, key) -> str | None:

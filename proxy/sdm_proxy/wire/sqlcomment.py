@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
+from ..audit.events import _text
+
 _FIELDS = {"sdm_cell": "cell_id", "sdm_notebook": "notebook", "sdm_kernel": "kernel_id",
            "sdm_execution_count": "execution_count"}
 MAX_VALUE = 1024
@@ -70,7 +72,7 @@ def parse_tags(sql: str) -> dict[str, object]:
         field = _FIELDS.get(unquote(key))
         if field is None:
             continue
-        value = unquote(raw[:3 * MAX_VALUE])[:MAX_VALUE]
+        value = _text(unquote(raw[:3 * MAX_VALUE])[:MAX_VALUE])  # a raw byte that was not UTF-8: storable
         if field == "execution_count":
             # isdigit() alone takes "²", which int() refuses: a client's tag must not end its session.
             tags[field] = int(value) if value.isascii() and value.isdigit() and len(value) < 12 else None

@@ -47,7 +47,7 @@ class SessionAudit:
 
     def _start_details(self) -> dict | None:
         dropped = dropped_params(self.params)
-        return {"dropped_startup_parameters": dropped} if dropped else None
+        return {"dropped_startup_parameters": audit.clean_text(dropped)} if dropped else None
 
     def _query_event(self, stmt: Statement) -> StartedQuery:
         """The statement's ``query`` record (written by the relay before it forwards the statement)."""
