@@ -33,14 +33,20 @@ async def _read_msg(reader):
     return header[:1], await reader.readexactly(struct.unpack("!i", header[1:])[0] - 4)
 
 
-async def forged_scram(reader, writer):
-    """Runs SCRAM but cannot produce the right server signature, then claims success anyway."""
+async def _scram_up_to_server_first(reader, writer, salt: bytes) -> None:
+    """Offer SCRAM, read the client's first message, answer with ``salt`` (and 4096 iterations)."""
     await _read_startup(reader)
     writer.write(_msg(b"R", struct.pack("!i", 10) + b"SCRAM-SHA-256\0\0"))
     _, initial = await _read_msg(reader)
     client_first = initial.split(b"\0", 1)[1][4:]
     nonce = dict(p.split(b"=", 1) for p in client_first[3:].split(b","))[b"r"]
-    writer.write(_msg(b"R", struct.pack("!i", 11) + b"r=" + nonce + b"srv,s=" + base64.b64encode(b"salt") + b",i=4096"))
+    writer.write(_msg(b"R", struct.pack("!i", 11) + b"r=" + nonce + b"srv,s=" + base64.b64encode(salt) + b",i=4096"))
+    await writer.drain()
+
+
+async def forged_scram(reader, writer):
+    """Runs SCRAM but cannot produce the right server signature, then claims success anyway."""
+    await _scram_up_to_server_first(reader, writer, b"salt")
     await _read_msg(reader)
     writer.write(_msg(b"R", struct.pack("!i", 12) + b"v=" + base64.b64encode(b"\0" * 32)))
     writer.write(_msg(b"R", struct.pack("!i", 0)) + _msg(b"Z", b"I"))
@@ -105,14 +111,7 @@ async def scram_then_md5(reader, writer):
 
 
 async def huge_salt(reader, writer):
-    await _read_startup(reader)
-    writer.write(_msg(b"R", struct.pack("!i", 10) + b"SCRAM-SHA-256\0\0"))
-    _, initial = await _read_msg(reader)
-    client_first = initial.split(b"\0", 1)[1][4:]
-    nonce = dict(p.split(b"=", 1) for p in client_first[3:].split(b","))[b"r"]
-    writer.write(_msg(b"R", struct.pack("!i", 11) + b"r=" + nonce + b"srv,s=" + base64.b64encode(b"s" * 1000)
-                      + b",i=4096"))
-    await writer.drain()
+    await _scram_up_to_server_first(reader, writer, b"s" * 1000)
     await asyncio.sleep(5)
 
 
