@@ -67,3 +67,26 @@ def test_two_control_planes_share_state_and_one_audit_chain(state_url, tmp_path)
     finally:
         other.close()
         st.close()
+
+
+def test_a_retried_batch_skips_what_a_late_commit_chained_on_postgres_state(state_url, tmp_path):
+    """The retry's look for events already chained runs inside its own transaction, after the head
+    row is locked (``SELECT ... FOR UPDATE``): a batch chained in between by another connection
+    (a COMMIT that completed late) is seen, not chained twice."""
+    from sdm_proxy.audit.events import query_event
+    from sdm_proxy.audit.records import records_of
+
+    st = GatewayState.create(tmp_path / "home", database_url=state_url)
+    other = ControlPlane.open(st.home)  # another connection to the same chain
+    try:
+        events = [query_event(user="u", session_id="s", proxy_id="p", datasource="d", credential="c",
+                              db_user="x", protocol="postgres", query=f"SELECT {n}") for n in range(6)]
+        records = records_of(events)
+        other.audit.append_spooled(records[:4])  # the "lost" commit, done by someone else
+        assert st.cp.audit.append_spooled(records, only_new=True) == 2
+        ids = [e.id for e in st.cp.audit.iter_events() if e.type == "query"]
+        assert ids == [e.id for e in events]
+        assert verify_db(st.cp.db, st.cp.audit.signer.public_key).ok
+    finally:
+        other.close()
+        st.close()

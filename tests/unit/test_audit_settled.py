@@ -32,16 +32,13 @@ class HeldLog:
     def __init__(self, log):
         self.log, self.gate = log, threading.Event()
 
-    def append_spooled(self, records):
+    def append_spooled(self, records, only_new=False):
         self.gate.wait(10)
-        return self.log.append_spooled(records)
+        return self.log.append_spooled(records, only_new=only_new)
 
-    def append_many(self, events):
+    def append_many(self, events, only_new=False):
         self.gate.wait(10)
-        return self.log.append_many(events)
-
-    def known_ids(self, events):
-        return self.log.known_ids(events)
+        return self.log.append_many(events, only_new=only_new)
 
 
 def spool_writer(log, tmp_path, **kw) -> AuditWriter:
@@ -120,11 +117,7 @@ class FailingLog:
     def __init__(self):
         self.attempts = 0
 
-    def append_spooled(self, records):
-        self.attempts += 1
-        raise OSError("state database down")
-
-    def known_ids(self, events):  # a retry asks this first
+    def append_spooled(self, records, only_new=False):
         self.attempts += 1
         raise OSError("state database down")
 

@@ -46,15 +46,12 @@ class GatedLog:
         self.gate.set()
         self.failures_left = 0
 
-    def append_spooled(self, records):
+    def append_spooled(self, records, only_new=False):
         self.gate.wait(10)
         if self.failures_left:
             self.failures_left -= 1
             raise AuditUnavailable("audit log unavailable: test outage; the action was refused")
-        return self.log.append_spooled(records)
-
-    def known_ids(self, events):  # the writer asks before it retries a failed batch
-        return self.log.known_ids(events)
+        return self.log.append_spooled(records, only_new=only_new)
 
 
 def test_write_returns_once_spooled_and_the_chain_catches_up(audit_log, tmp_path):
@@ -234,7 +231,7 @@ def test_recovery_chains_what_a_killed_gateway_left_and_skips_live_spools(audit_
         from sdm_proxy.wire.audit_writer import AuditWriter
 
         class NeverCommits:
-            def append_spooled(self, records):
+            def append_spooled(self, records, only_new=False):
                 import time; time.sleep(3600)
 
         async def main():

@@ -116,10 +116,10 @@ class SlowLog:
         self.gate = threading.Event()
         self.batches: list[int] = []
 
-    def append_spooled(self, records):
+    def append_spooled(self, records, only_new=False):
         self.gate.wait(10)
         self.batches.append(len(records))
-        return self.log.append_spooled(records)
+        return self.log.append_spooled(records, only_new=only_new)
 
 
 def test_the_worker_drains_batch_after_batch_in_order_and_trims_the_spool(audit_log, tmp_path):
@@ -256,15 +256,12 @@ class CommitsThenFails:
     def __init__(self, log: AuditLog):
         self.log, self.failed = log, False
 
-    def append_spooled(self, records):
-        self.log.append_spooled(records)
+    def append_spooled(self, records, only_new=False):
+        chained = self.log.append_spooled(records, only_new=only_new)
         if not self.failed:
             self.failed = True
             raise AuditUnavailable("audit log unavailable: connection lost during commit; the action was refused")
-        return len(records)
-
-    def known_ids(self, events):
-        return self.log.known_ids(events)
+        return chained
 
 
 def test_a_batch_retried_after_a_failed_commit_is_not_chained_twice(audit_log, tmp_path, caplog):
@@ -292,6 +289,61 @@ def test_a_batch_retried_after_a_failed_commit_is_not_chained_twice(audit_log, t
     assert [e.query for e in events if e.type == "query"] == [f"SELECT {n}" for n in range(10)]
     assert "chained after all" in caplog.text
     verified(audit_log, tmp_path, 20)
+
+
+class LateCommit:
+    """The first append fails without committing, but its COMMIT lands later (another connection
+    of a pool still holding it): right before the retry's own transaction. The retry must see it,
+    so its check for what the chain holds has to happen under the chain's lock, not before."""
+
+    def __init__(self, log: AuditLog):
+        self.log, self.late = log, None
+
+    def append_spooled(self, records, only_new=False):
+        if self.late is None:
+            self.late = list(records)
+            raise AuditUnavailable("audit log unavailable: connection lost during commit; the action was refused")
+        if self.late:
+            self.log.append_spooled(self.late)  # the lost COMMIT completes now
+            self.late = []
+        return self.log.append_spooled(records, only_new=only_new)
+
+    def known_ids(self, events):
+        return self.log.known_ids(events)
+
+
+def test_a_retry_checks_for_a_late_commit_under_the_chains_lock(audit_log, tmp_path, caplog):
+    spool_dir = tmp_path / "spool"
+    late = LateCommit(audit_log)
+
+    async def main():
+        spool = AuditSpool(spool_dir)
+        spool.open()
+        writer = AuditWriter(late, spool=spool, flush_interval=0.001)
+        for n in range(5):
+            await writer.write([q(n)])
+        await asyncio.sleep(0.3)  # the batch "fails", its commit lands, the retry follows
+        await writer.aclose()
+        return writer.failures
+
+    with caplog.at_level(logging.WARNING):
+        assert asyncio.run(main()) == 1
+    ids = [e.id for e in audit_log.iter_events()]
+    assert len(ids) == len(set(ids)) == 5
+    assert "chained after all" in caplog.text
+    verified(audit_log, tmp_path, 5)
+
+
+def test_append_only_new_skips_what_the_chain_holds_and_says_how_many_it_chained(audit_log):
+    evs = [q(n) for n in range(4)]
+    audit_log.append_many(evs[:2])
+    records = records_of(evs)
+    assert audit_log.append_spooled(records, only_new=True) == 2
+    assert audit_log.append_spooled(records, only_new=True) == 0
+    again = [q(9)]
+    again[0].id, again[0].ts = evs[3].id, evs[3].ts
+    assert audit_log.append_many(again, only_new=True)[0].seq is None  # held already: not chained
+    assert [e.query for e in audit_log.iter_events()] == [f"SELECT {n}" for n in range(4)]
 
 
 def test_an_event_that_can_never_be_chained_is_refused_or_dropped_and_nothing_stalls(audit_log, tmp_path, caplog):

@@ -20,10 +20,10 @@ class SwitchableAudit:
         self.real = real
         self.down = False
 
-    def append_many(self, events, bodies=None):
+    def append_many(self, events, bodies=None, only_new=False):
         if self.down:
             raise AuditUnavailable("audit log unavailable: disk full (test); the action was refused")
-        return self.real.append_many(events)
+        return self.real.append_many(events, only_new=only_new)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ class RecordingLog:
         self.gate = threading.Event()
         self.gate.set()
 
-    def append_many(self, events, bodies=None):
+    def append_many(self, events, bodies=None, only_new=False):
         self.gate.wait(5)
         if self.fail:
             raise AuditUnavailable("audit log unavailable: test; the action was refused")
@@ -85,6 +85,76 @@ def test_posted_outcomes_wait_for_the_next_write_and_are_flushed_on_close():
 
     asyncio.run(main())
     assert [e.query for e in log.batches[-1]] == ["SELECT 3"]
+
+
+class FlakyCommits:
+    """A real SQLite audit log whose next ``fail`` appends fail; with ``committed`` they fail only
+    after their COMMIT (a connection lost mid-commit: the writer cannot tell)."""
+
+    def __init__(self, log, fail: int = 0, committed: bool = False):
+        self.log, self.fail, self.committed = log, fail, committed
+
+    def append_many(self, events, bodies=None, only_new=False):
+        if self.fail:
+            self.fail -= 1
+            if self.committed:
+                self.log.append_many(events, only_new=only_new)
+            raise AuditUnavailable("audit log unavailable: test outage; the action was refused")
+        return self.log.append_many(events, only_new=only_new)
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["not-committed", "committed-anyway"])
+def test_commit_mode_retries_the_outcomes_of_a_failed_batch_and_refuses_its_statements(tmp_path, committed, caplog):
+    """An outcome (query.end, session.end) records what already happened: a failed batch must not
+    drop it. The statement waiting on the same batch is refused (it never runs)."""
+    from sdm_proxy.audit.events import query_end_event
+
+    from tests.support.audit_log import sqlite_audit_log
+
+    with sqlite_audit_log(tmp_path, checkpoint_every=1000) as real:
+        flaky = FlakyCommits(real)
+
+        async def main():
+            writer = AuditWriter(flaky, post_delay=0.01)
+            ran = _event(0)
+            await writer.write([ran])
+            flaky.fail, flaky.committed = 2, committed
+            writer.post([query_end_event(ran, duration_ms=1.0, rows=1)])
+            with pytest.raises(AuditUnavailable):
+                await writer.write([_event(1)])  # shares the failing batch: refused
+            await asyncio.sleep(0.4)  # retried after 50 ms, then 100 ms: the second retry works
+            await writer.aclose()
+            return writer.failures
+
+        with caplog.at_level("WARNING"):
+            assert asyncio.run(main()) == 2
+        events = list(real.iter_events())
+    types = [e.type for e in events]
+    if committed:  # the first failed batch did commit, "SELECT 1" with it (a record of an attempt)
+        assert types == ["query", "query.end", "query"]
+        assert "chained after all" in caplog.text
+    else:
+        assert types == ["query", "query.end"]
+    assert "after-the-fact audit events not yet chained" in caplog.text
+
+
+def test_commit_mode_drops_outcomes_past_the_backlog_while_the_chain_is_down(tmp_path, caplog):
+    from tests.support.audit_log import sqlite_audit_log
+
+    with sqlite_audit_log(tmp_path, checkpoint_every=1000) as real:
+        flaky = FlakyCommits(real, fail=1)
+
+        async def main():
+            writer = AuditWriter(flaky, post_delay=0.01, max_backlog=3)
+            writer.post([_event(n) for n in range(2)])
+            writer.post([_event(n) for n in range(2, 4)])  # 4 events: only the first 2 fit in 3
+            await asyncio.sleep(0.3)
+            await writer.aclose()
+
+        with caplog.at_level("WARNING"):
+            asyncio.run(main())
+        assert [e.query for e in real.iter_events()] == ["SELECT 0", "SELECT 1"]
+    assert "could not record 2 audit event(s) after the fact" in caplog.text
 
 
 def test_writes_after_close_are_refused():

@@ -88,8 +88,8 @@ class ChainerProcess:
     def pid(self) -> int | None:
         return None if self._gone else self._process.pid
 
-    def append_spooled(self, records: Sequence[tuple]) -> int:
-        return self._call("append_spooled", records)
+    def append_spooled(self, records: Sequence[tuple], *, only_new: bool = False) -> int:
+        return self._call("append_spooled", (records, only_new))
 
     def known_ids(self, events: Iterable) -> set[str]:
         return self._call("known_ids", [Stamp(ev.id, ev.ts) for ev in events])
@@ -97,7 +97,7 @@ class ChainerProcess:
     def _call(self, op: str, arg):
         with self._lock:
             if self._gone:
-                return getattr(self._local, op)(arg)
+                return _run_op(self._local, op, arg)
             try:
                 self._conn.send((op, arg))
                 status, value = self._conn.recv()
@@ -144,12 +144,7 @@ def _child_main(conn, parent_end, inherited: AuditLog, parent_pid: int) -> None:
         if op == "stop":
             return
         try:
-            if op == "append_spooled":
-                reply = ("ok", audit.append_spooled(arg))
-            elif op == "known_ids":
-                reply = ("ok", audit.known_ids(arg))
-            else:
-                reply = ("error", f"audit log unavailable: unknown chainer request {op!r}")
+            reply = ("ok", _run_op(audit, op, arg))
         except AuditUnavailable as exc:
             reply = ("error", exc.message)
         except SdmError as exc:
@@ -160,6 +155,16 @@ def _child_main(conn, parent_end, inherited: AuditLog, parent_pid: int) -> None:
             conn.send(reply)
         except OSError:
             return
+
+
+def _run_op(audit: AuditLog, op: str, arg):
+    """One request of the gateway, run on ``audit`` (in the child, or locally once it is gone)."""
+    if op == "append_spooled":
+        records, only_new = arg
+        return audit.append_spooled(records, only_new=only_new)
+    if op == "known_ids":
+        return audit.known_ids(arg)
+    raise AuditUnavailable(f"audit log unavailable: unknown chainer request {op!r}")
 
 
 def _die_with(parent_pid: int) -> None:

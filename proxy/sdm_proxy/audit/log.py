@@ -38,8 +38,8 @@ from .body import event_body
 from .chain import GENESIS
 from .checkpoints import Checkpoint, CheckpointSigner
 from .events import Event, is_valid_type
-from .records import check_records
-from .reader import CHECKPOINTS, EVENTS, HEAD, HEAD_ID, READ_CHUNK, AuditReader, _reason
+from .reader import CHECKPOINTS, EVENTS, HEAD, HEAD_ID, READ_CHUNK, AuditReader, _reason, known_ids_in
+from .records import Stamp, check_records
 from .sink import JsonlSink, SinkError, event_line
 from .store import insert_events
 
@@ -103,11 +103,14 @@ class AuditLog(AuditReader):
         """Chain and store one event; returns it with ``seq``, ``prev_hash`` and ``hash`` filled."""
         return self.append_many((event,))[0]
 
-    def append_many(self, events: Iterable[Event], bodies: Sequence[str] | None = None) -> list[Event]:
+    def append_many(self, events: Iterable[Event], bodies: Sequence[str] | None = None, *,
+                    only_new: bool = False) -> list[Event]:
         """Chain and store several events in one transaction (all or none reach the database).
 
         ``bodies``: each event's canonical body as already serialised with ``prev_hash`` null (the
         gateway's spool has it); the chain then splices the link in rather than serialising again.
+        ``only_new``: skip the events the chain already holds (a retry of a batch whose commit may
+        have happened after all), checked once the head is locked; those keep ``seq`` None.
         """
         events = list(events)
         if not events:
@@ -115,8 +118,15 @@ class AuditLog(AuditReader):
         records = _records(events, bodies)
         check_records(records)
         outcome = {"committed": False}
+
+        def build(s: Session, seq: int, prev: str) -> _Batch:
+            if not only_new:
+                return self._chain(records, seq, prev, events)
+            keep = _not_chained(s, records)
+            return self._chain([records[i] for i in keep], seq, prev, [events[i] for i in keep])
+
         try:
-            self._write(lambda s, seq, prev: self._chain(records, seq, prev, events), outcome)
+            self._write(build, outcome)
         except AuditUnavailable:
             if not outcome["committed"]:
                 for ev in events:  # nothing was stored: leave no misleading seq/hash behind
@@ -124,23 +134,33 @@ class AuditLog(AuditReader):
             raise
         return events
 
-    def append_spooled(self, records: Sequence[tuple]) -> int:
+    def append_spooled(self, records: Sequence[tuple], *, only_new: bool = False) -> int:
         """Chain events the gateway spooled, as ``(id, ts, type, user, body)`` with the canonical
         body serialised with ``prev_hash`` null (``wire/audit_writer.py``); returns how many.
 
         All or none reach the database: a failure before the commit raises ``AuditUnavailable``.
         A sink failure after the commit is only logged: the events are chained, so they must not
         be chained again, and the sink catches up from the database on the next write.
+        ``only_new``: as in ``append_many`` (the count then leaves out the skipped ones).
         """
         check_records(records)
         outcome = {"committed": False}
+        chained = [len(records)]
+
+        def build(s: Session, seq: int, prev: str) -> _Batch:
+            todo = records
+            if only_new:
+                todo = [records[i] for i in _not_chained(s, records)]
+                chained[0] = len(todo)
+            return self._chain(todo, seq, prev)
+
         try:
-            self._write(lambda s, seq, prev: self._chain(records, seq, prev), outcome)
+            self._write(build, outcome)
         except AuditUnavailable as exc:
             if not outcome["committed"]:
                 raise
             log.warning("%s", exc.message)
-        return len(records)
+        return chained[0]
 
     def append_in(self, s: Session, events: Iterable[Event]) -> list[Event]:
         """Chain and insert events inside the caller's open transaction, so a change and its
@@ -364,6 +384,15 @@ def _records(events: Sequence[Event], bodies: Sequence[str] | None) -> list[tupl
     if bodies is None or len(bodies) != len(events):
         return [(ev.id, ev.ts, ev.type, ev.user, None) for ev in events]
     return [(ev.id, ev.ts, ev.type, ev.user, body) for ev, body in zip(events, bodies)]
+
+
+def _not_chained(s: Session, records: Sequence[tuple]) -> list[int]:
+    """Indexes of the records the chain does not hold yet (read under the locked head)."""
+    known = known_ids_in(s, [Stamp(r[0], r[1]) for r in records])
+    if known:
+        log.warning("%d audit event(s) of a batch that failed were chained after all; not chaining "
+                    "them again", len(known))
+    return [i for i, r in enumerate(records) if r[0] not in known]
 
 
 def _cp_row(cp: Checkpoint) -> dict:

@@ -12,6 +12,7 @@ from typing import IO, Iterable, Iterator, Sequence
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from ..control.db import StateDB
 from ..control.models import AuditCheckpoint, AuditEvent, AuditHead
@@ -68,7 +69,7 @@ class AuditReader:
         ``ts``, so a match lies at or after the first row whose ``ts`` reaches the smallest one
         asked about: ids are read from there on in seq order, ``READ_CHUNK`` at a time, and matched
         here. Recovery asks about recent events, so that stretch is short."""
-        wanted = {ev.id: ev.ts for ev in events if isinstance(ev.ts, str)}  # no ts: never chained
+        wanted = _wanted(events)
         if not wanted:
             return set()
         first = self._first_seq_since(min(wanted.values()))
@@ -136,6 +137,24 @@ def _iter_rows(db: StateDB, columns, *, after: int = 0) -> Iterator[tuple]:
         if len(rows) < READ_CHUNK:
             return
         last = rows[-1][0]
+
+
+def known_ids_in(s: Session, events: Iterable[Event]) -> set[str]:
+    """``AuditReader.known_ids`` inside the caller's transaction (the writer's, once it holds the
+    chain's head: nothing can be chained concurrently then). For a retried batch: recent events,
+    so the stretch read from the first matching ``ts`` on is short."""
+    wanted = _wanted(events)
+    if not wanted:
+        return set()
+    first = s.execute(select(func.min(EVENTS.c.seq + 0)).where(EVENTS.c.ts >= min(wanted.values()))).scalar()
+    if first is None:
+        return set()
+    rows = s.execute(select(EVENTS.c.id).where(EVENTS.c.seq >= first)).scalars()
+    return {id_ for id_ in rows if id_ in wanted}
+
+
+def _wanted(events: Iterable[Event]) -> dict[str, str]:
+    return {ev.id: ev.ts for ev in events if isinstance(ev.ts, str)}  # no ts: never chained
 
 
 def _event_from_row(seq: int, body: str, hash_: str) -> Event:

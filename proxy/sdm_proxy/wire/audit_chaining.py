@@ -4,7 +4,7 @@ Spool modes: a worker thread drains the queue batch after batch into ``AuditLog.
 a failed batch goes back to the front of the queue and is retried with a growing delay (rechecked
 against the chain first: a lost connection may have committed it all the same), and each chained
 batch lets the spool be trimmed. Commit mode: one batch of events at a time, whose waiters learn
-how it went. Separate from the writer's front (``write``, ``post``, ``settled``) so each stays
+how it went; the after-the-fact events of a failed batch are retried the same way (bounded). Separate from the writer's front (``write``, ``post``, ``settled``) so each stays
 readable; the state both share is set in ``AuditWriter.__init__``.
 """
 
@@ -15,7 +15,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ..audit.records import Stamp
 from ..audit.spool import SpoolMark
 from ..errors import AuditUnavailable, SdmError
 
@@ -93,9 +92,9 @@ class ChainingSteps:
             batch_done = True
             batch = [queue.popleft() for _ in range(min(len(queue), limit))]
             try:
-                todo = self._not_chained(batch) if self._recheck else batch
-                if todo:
-                    self._log.append_spooled(todo)
+                # After a failure the commit may have happened all the same (a connection lost
+                # mid-commit): the retry skips what the chain holds, checked under the chain's lock.
+                self._log.append_spooled(batch, only_new=self._recheck)
                 self._recheck = False
             except Exception as exc:  # noqa: BLE001 - the loop decides: retry later, or give up
                 self._recheck = True
@@ -104,15 +103,6 @@ class ChainingSteps:
                 loop.call_soon_threadsafe(self._spool_progress, len(batch), body_chars(batch))
             except RuntimeError:  # the loop is gone (shut down): the spool keeps the rest
                 return
-
-    def _not_chained(self, batch: list[tuple]) -> list[tuple]:
-        """(Worker thread) The records of a retried batch that the chain does not hold yet."""
-        known = self._log.known_ids([Stamp(r[0], r[1]) for r in batch])
-        if not known:
-            return batch
-        log.warning("%d audit event(s) of a batch that failed were chained after all; not chaining "
-                    "them again", len(known))
-        return [r for r in batch if r[0] not in known]
 
     def _spool_progress(self, n: int, chars: int) -> None:
         """(Loop) ``n`` more records (``chars`` of text) are chained: trim the spool, let held-back
@@ -128,8 +118,9 @@ class ChainingSteps:
             self._spool_chained(SpoolMark(mark[1], mark[2]))
         self._let_in()
 
-    async def _chain_events(self) -> None:
-        """Commit mode: one batch of events into the chain; their waiters learn how it went."""
+    async def _chain_events(self, retry_delay: float) -> float:
+        """Commit mode: one batch of events into the chain; their waiters learn how it went.
+        Returns the delay before the next try (after-the-fact events of a failed batch are retried)."""
         taken: list = []
         queue, limit, size = self._queue, self._max_batch, 0
         while queue and (not taken or size + len(queue[0][0]) <= limit):
@@ -140,22 +131,51 @@ class ChainingSteps:
                 self._urgent -= 1
         self._queued_events -= size
         batch = [ev for evs, _ in taken for ev in evs]
+        retried = self._recheck
         try:
-            await asyncio.to_thread(self._log.append_many, batch)
+            await asyncio.to_thread(self._log.append_many, batch, only_new=retried)
         except asyncio.CancelledError:
             _settle(taken, AuditUnavailable(SHUTTING_DOWN))
+            self._settlement.finished(size)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure refuses (fail closed)
             self.failures += 1
+            self._recheck = True  # the commit may have happened after all: the retry checks first
             exc = _unavailable(exc)
-            if not any(fut for _, fut in taken):
-                log.error("could not record %d audit event(s) after the fact: %s", len(batch), exc)
-            _settle(taken, exc)
-            return
-        finally:
-            self._settlement.finished(size)  # chained or refused: either way nobody waits for them any more
+            _settle(taken, exc)  # their statements are refused
+            return self._retry_posted(taken, size, exc, retry_delay)
+        self._recheck = False
+        self._settlement.finished(size)
         self.chained += len(batch)
         _settle(taken, None)
+        return 0.0
+
+    def _retry_posted(self, taken: list, size: int, exc: AuditUnavailable, retry_delay: float) -> float:
+        """Commit mode, a batch failed: its after-the-fact events (outcomes of what already ran:
+        query.end, session.end) go back to the front of the queue, up to ``max_backlog`` of them,
+        unless the gateway is closing past its deadline. There is no spool to keep them meanwhile."""
+        posted = [item for item in taken if item[1] is None]
+        keep: list = []
+        kept = 0
+        if posted and not self._giving_up(exc):
+            room = self._max_backlog - self._queued_events
+            for item in posted:  # the oldest first; past the room the rest is dropped
+                if kept + len(item[0]) > room:
+                    break
+                keep.append(item)
+                kept += len(item[0])
+            self._queue.extendleft(reversed(keep))
+            self._queued_events += kept
+        dropped = sum(len(evs) for evs, _ in posted) - kept
+        self._settlement.finished(size - kept)  # the kept ones are still on their way
+        if dropped:
+            log.error("could not record %d audit event(s) after the fact: %s", dropped, exc.message)
+        if not kept:
+            return 0.0
+        retry_delay = min(RETRY_MAX_DELAY, max(0.05, retry_delay * 2))
+        log.error("after-the-fact audit events not yet chained (%d waiting, retrying in %.2fs): %s",
+                  kept, retry_delay, exc.message)
+        return retry_delay
 
     def _giving_up(self, exc: AuditUnavailable) -> bool:
         """While closing, stop retrying after a deadline: the spool keeps the events for next start."""

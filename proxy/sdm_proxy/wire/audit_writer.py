@@ -17,7 +17,7 @@ statement ran.
 
 One worker moves queued events into the chain (group commit) from a thread, so many concurrent
 statements share one commit. In spool modes a failed commit is retried (the events are safe in the
-spool); past ``max_backlog`` queued events (or ``max_backlog_chars`` of their text: a statement's
+spool); in commit mode it refuses its waiters and retries its after-the-fact events; past ``max_backlog`` queued events (or ``max_backlog_chars`` of their text: a statement's
 record can hold 1 MiB) new statements wait for the chain to catch up (bounded memory, backpressure)
 and are refused if it does not within ``CATCH_UP_WAIT``.
 
@@ -286,8 +286,7 @@ class AuditWriter(ChainingSteps):
             if self._spool is not None:
                 retry_delay = await self._chain_spooled(retry_delay)
             else:
-                await self._chain_events()
-                retry_delay = 0.0
+                retry_delay = await self._chain_events(retry_delay)
             waited = self._waiting() >= BUSY_BATCH
             self._let_in()
 

@@ -318,10 +318,10 @@ class SwitchableAudit:
         self.real = real
         self.down = False
 
-    def append_many(self, events, bodies=None):
+    def append_many(self, events, bodies=None, only_new=False):
         if self.down:
             raise AuditUnavailable("audit log unavailable: disk full (test); the action was refused")
-        return self.real.append_many(events)
+        return self.real.append_many(events, only_new=only_new)
 
 
 def test_statements_are_refused_when_the_audit_log_is_down(mysql_gateway):
