@@ -139,6 +139,29 @@ def test_unlock_over_http_with_the_proxy_client(env):
     assert got.db_user == "app_ro" and got.secret.reveal() == RO_PASSWORD.encode()
 
 
+def test_an_unlock_answer_changed_on_the_way_does_not_open(env):
+    """Someone between a proxy and its control plane (plain HTTP, or TLS not verified) points the
+    answer's datasource at their own host: the secret must not open, so nothing logs in there."""
+    proxy = env.enrolled_proxy()
+    token = call(env, "POST", "/v1/sessions", env.ann_key, json={}).json()["token"]
+
+    class Tampering(HttpUnlockClient):
+        async def _send(self, signed):
+            answer = await super()._send(signed)
+            answer["datasource"]["host"] = "attacker.example"
+            return answer
+
+    async def go():
+        client = Tampering(proxy, env.api.url)
+        try:
+            with pytest.raises(errors.VaultError):
+                await client.unlock(token, "prod", "read-only", protocol="postgres")
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
 def test_live_access_check_over_http_needs_an_enrolled_proxy(env):
     proxy, stranger = env.enrolled_proxy(), ProxyIdentity.generate()
     created = call(env, "POST", "/v1/sessions", env.ann_key, json={}).json()

@@ -11,7 +11,7 @@ import pytest
 from sdm_proxy.control import catalog
 from sdm_proxy.control.unlock import unlock
 from sdm_proxy.errors import VaultError
-from sdm_proxy.unlock.message import unlock_info
+from sdm_proxy.unlock.message import answer_info
 from sdm_proxy.vault.transport import open_from_gateway
 from tests.support.gateway_state import GatewayState, signed
 from tests.support.moto_server import dummy_aws_environment
@@ -41,7 +41,7 @@ def test_init_with_kms_against_moto_server_seals_and_unlocks(aws, tmp_path):
         proxy = st.enrolled_proxy()
         body, request, ephemeral = signed(proxy, st.session_token(ann))
         answer = unlock(st.cp, body)
-        assert open_from_gateway(answer["sealed_secret"], ephemeral, unlock_info(request)).reveal() == b"kms-wrapped-pw"
+        assert open_from_gateway(answer["sealed_secret"], ephemeral, answer_info(request, answer)).reveal() == b"kms-wrapped-pw"
     finally:
         st.close()
 
@@ -66,7 +66,7 @@ def test_secret_ref_in_secrets_manager_against_moto_server_unlocks(aws, tmp_path
         proxy = st.enrolled_proxy()
         body, request, ephemeral = signed(proxy, st.session_token(ann), credential="orders")
         answer = unlock(st.cp, body)
-        secret = open_from_gateway(answer["sealed_secret"], ephemeral, unlock_info(request))
+        secret = open_from_gateway(answer["sealed_secret"], ephemeral, answer_info(request, answer))
         assert secret.reveal() == b"from-secrets-manager"
     finally:
         st.close()

@@ -19,7 +19,7 @@ from sdm_proxy.control.live_access import live_access_reason
 from sdm_proxy.control.unlock import unlock
 from sdm_proxy.errors import AccessDenied, AuthenticationFailed, NotFound, ProxyRejected, SdmError, VaultError
 from sdm_proxy.unlock.client import InProcessUnlockClient, ProxyIdentity
-from sdm_proxy.unlock.message import UnlockRequest, unlock_info
+from sdm_proxy.unlock.message import UnlockRequest, answer_info
 from sdm_proxy.vault.transport import open_from_gateway
 from tests.support.gateway_state import GatewayState, signed
 
@@ -54,17 +54,35 @@ def test_valid_proxy_and_session_unlock_the_leased_credential(state):
     answer = unlock(state.cp, body)
     assert (answer["user"], answer["credential"], answer["db_user"]) == ("ann", "read-only", "app_ro")
     assert RO_PASSWORD not in repr(answer)
-    secret = open_from_gateway(answer["sealed_secret"], ephemeral, unlock_info(request))
+    secret = open_from_gateway(answer["sealed_secret"], ephemeral, answer_info(request, answer))
     assert secret.reveal() == RO_PASSWORD.encode()
     unlock_events = state.events("credential.unlock")
     assert unlock_events[-1]["user"] == "ann" and unlock_events[-1]["proxy_id"] == state.proxy.proxy_id
+
+
+@pytest.mark.parametrize("change", [
+    ("datasource", "host", "attacker.example"), ("datasource", "port", 6543), ("datasource", "tls", "prefer"),
+    ("datasource", "ca_file", "/tmp/their-ca.pem"), (None, "db_user", "postgres"), (None, "session_id", "other"),
+    (None, "access_expires_at", "2999-01-01T00:00:00+00:00"),
+], ids=lambda c: c[1])
+def test_the_sealed_answer_does_not_open_once_a_field_the_proxy_acts_on_changed(state, change):
+    """A proxy apart from the control plane reads the answer off the network: a host (or TLS mode,
+    login, expiry ...) changed on the way must not receive the secret."""
+    body, request, ephemeral = signed(state.proxy, state.session_token(state.ann))
+    answer = unlock(state.cp, body)
+    where, key, value = change
+    fields = answer[where] if where else answer
+    assert fields[key] != value
+    fields[key] = value
+    with pytest.raises(VaultError):
+        open_from_gateway(answer["sealed_secret"], ephemeral, answer_info(request, answer))
 
 
 def test_the_sealed_answer_opens_only_with_the_requesting_proxys_ephemeral_key(state):
     body, request, _ = signed(state.proxy, state.session_token(state.ann))
     answer = unlock(state.cp, body)
     with pytest.raises(VaultError):
-        open_from_gateway(answer["sealed_secret"], X25519PrivateKey.generate(), unlock_info(request))
+        open_from_gateway(answer["sealed_secret"], X25519PrivateKey.generate(), answer_info(request, answer))
 
 
 def test_in_process_client_round_trip(state):

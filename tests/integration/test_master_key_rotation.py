@@ -6,7 +6,7 @@ import pytest
 
 from sdm_proxy.control.master_keys import list_master_keys, rotate_master_key
 from sdm_proxy.control.unlock import unlock
-from sdm_proxy.unlock.message import unlock_info
+from sdm_proxy.unlock.message import answer_info
 from sdm_proxy.vault.transport import open_from_gateway
 from tests.support.gateway_state import GatewayState, signed
 
@@ -23,7 +23,8 @@ def state(tmp_path):
 
 def opened(st, credential):
     body, request, eph = signed(st.enrolled_proxy(), st.session_token(st.ann), credential=credential)
-    return open_from_gateway(unlock(st.cp, body)["sealed_secret"], eph, unlock_info(request)).reveal()
+    answer = unlock(st.cp, body)
+    return open_from_gateway(answer["sealed_secret"], eph, answer_info(request, answer)).reveal()
 
 
 def test_rotate_without_reseal_keeps_old_secrets_readable(state):

@@ -16,7 +16,7 @@ from sdm_proxy.control.catalog import list_credentials
 from sdm_proxy.control.rotation import rotate_with_generated_password, scram_sha256_verifier
 from sdm_proxy.control.unlock import unlock
 from sdm_proxy.errors import UpstreamError
-from sdm_proxy.unlock.message import unlock_info
+from sdm_proxy.unlock.message import answer_info
 from sdm_proxy.vault.transport import open_from_gateway
 from tests.support.gateway_state import GatewayState, signed
 
@@ -25,7 +25,7 @@ def unlocked_secret(st: GatewayState, actor, datasource: str, credential: str) -
     body, request, ephemeral = signed(st.enrolled_proxy(), st.session_token(actor), credential=credential,
                                       datasource=datasource)
     answer = unlock(st.cp, body)
-    return open_from_gateway(answer["sealed_secret"], ephemeral, unlock_info(request)).reveal().decode()
+    return open_from_gateway(answer["sealed_secret"], ephemeral, answer_info(request, answer)).reveal().decode()
 
 
 @pytest.mark.postgres

@@ -269,7 +269,7 @@ def run_gateway(cap: Captured, scripted, tmp: Path) -> None:
 
 def unlock_through_api(call, home: Path, session_token: str, *, expected: str) -> bool:
     from sdm_proxy.unlock.client import ProxyIdentity
-    from sdm_proxy.unlock.message import UnlockRequest, unlock_info
+    from sdm_proxy.unlock.message import UnlockRequest, answer_info
     from sdm_proxy.vault.transport import open_from_gateway
 
     identity = ProxyIdentity.load_or_create(home / "keys" / "proxy.pem")  # enrolled by `sdm gateway`
@@ -281,7 +281,8 @@ def unlock_through_api(call, home: Path, session_token: str, *, expected: str) -
         now=datetime.now(timezone.utc), protocol="postgres", client_addr="127.0.0.1")
     r = call("proxy", "POST", "/v1/unlock", json=identity.sign(request))
     assert r.status_code == 200, r.text
-    secret = open_from_gateway(r.json()["sealed_secret"], ephemeral, unlock_info(request))
+    answer = r.json()
+    secret = open_from_gateway(answer["sealed_secret"], ephemeral, answer_info(request, answer))
     assert expected not in repr(secret)
     return secret.reveal() == expected.encode()
 

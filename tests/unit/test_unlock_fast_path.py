@@ -15,7 +15,7 @@ from sdm_proxy.control.live_access import live_access_reason
 from sdm_proxy.control.models import UsedNonce
 from sdm_proxy.control.unlock import unlock
 from sdm_proxy.errors import AccessDenied, AuthenticationFailed, NotFound, ProxyRejected
-from sdm_proxy.unlock.message import UnlockRequest, unlock_info
+from sdm_proxy.unlock.message import UnlockRequest, answer_info
 from sdm_proxy.vault.secret import SecretValue
 from sdm_proxy.vault.transport import open_from_gateway
 from sqlalchemy import func, insert, select
@@ -187,7 +187,7 @@ def test_a_rotated_credential_unlocks_as_the_new_version(state):
     body, request, ephemeral = signed(state.proxy, state.token)
     answer = unlock(state.cp, body)
     assert answer["version"] == first["version"] + 1
-    assert open_from_gateway(answer["sealed_secret"], ephemeral, unlock_info(request)).reveal() == b"rotated-pw-3"
+    assert open_from_gateway(answer["sealed_secret"], ephemeral, answer_info(request, answer)).reveal() == b"rotated-pw-3"
 
 
 def test_a_removed_user_is_refused(state):
@@ -200,7 +200,7 @@ def test_a_removed_user_is_refused(state):
 def test_the_answer_describes_the_datasource_and_opens_to_the_secret(state):
     body, request, ephemeral = signed(state.proxy, state.token)
     answer = unlock(state.cp, body)
-    secret = open_from_gateway(answer.pop("sealed_secret"), ephemeral, unlock_info(request))
+    secret = open_from_gateway(answer.pop("sealed_secret"), ephemeral, answer_info(request, answer))
     assert secret.reveal() == RO_PASSWORD.encode()
     assert RO_PASSWORD not in repr(answer)
     assert answer["datasource"] == {"name": "prod", "type": "postgres", "host": "127.0.0.1", "port": 5432,

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session as DBSession
 
 from ..audit.events import denied_event, unlock_event
 from ..errors import AccessDenied, ProxyRejected, SdmError
-from ..unlock.message import UnlockRequest, parse_signed_request, unlock_info
+from ..unlock.message import UnlockRequest, answer_info, parse_signed_request
 from ..vault.envelope import ENVELOPE_VERSION, SealedSecretMismatch, mismatch_error, open_
 from ..vault.secret import SecretValue
 from ..vault.secret_refs import resolve_secret_ref
@@ -100,7 +100,7 @@ def _unlock(cp: ControlPlane, body: object, attempt: _Attempt) -> dict:
     # The off-box copy must hold the unlock too before the secret is opened (fail closed).
     cp.audit.sync_sink(strict=True)
     secret = _open_secret(cp, sealed, secret_ref, ref_binding, ctx)
-    answer["sealed_secret"] = seal_to_proxy(secret, request.ephemeral_key_bytes(), unlock_info(request))
+    answer["sealed_secret"] = seal_to_proxy(secret, request.ephemeral_key_bytes(), answer_info(request, answer))
     return answer
 
 

@@ -24,7 +24,7 @@ from .. import errors
 from ..home import write_private
 from ..vault.secret import SecretValue
 from ..vault.transport import open_from_gateway
-from .message import UnlockRequest, canonical, proxy_id_for, sign_request, unlock_info
+from .message import UnlockRequest, answer_info, canonical, proxy_id_for, sign_request
 
 
 class ProxyIdentity:
@@ -139,7 +139,8 @@ class _SigningUnlockClient:
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw),
             now=datetime.now(timezone.utc), protocol=protocol, client_addr=client_addr)
         answer = await self._send(self.identity.sign(request))
-        secret = open_from_gateway(answer["sealed_secret"], ephemeral, unlock_info(request))
+        # Opens only if every field used below is what the control plane sealed it with.
+        secret = open_from_gateway(answer["sealed_secret"], ephemeral, answer_info(request, answer))
         ds = answer["datasource"]
         expires = answer.get("access_expires_at")
         return UnlockedCredential(

@@ -30,6 +30,24 @@ def unlock_info(request: "UnlockRequest") -> bytes:
     return f"sdm-unlock:{request.proxy_id}:{request.nonce}".encode()
 
 
+_ANSWER_FIELDS = ("user", "session_id", "credential", "db_user", "version", "via", "access_expires_at")
+_DATASOURCE_FIELDS = ("name", "type", "host", "port", "database", "tls", "ca_file")
+
+
+def answer_info(request: "UnlockRequest", answer: dict) -> bytes:
+    """What a sealed answer is bound to: the request it answers and every field of the answer the
+    proxy acts on (where it logs in, with which TLS, as whom, for which session, until when).
+
+    A proxy that runs apart from the control plane reads the answer off the network: if any of
+    these was changed on the way (a datasource's host pointed elsewhere, say), the secret does
+    not open, so it never goes to a place the control plane did not name."""
+    ds = answer.get("datasource")
+    ds = ds if isinstance(ds, dict) else {}
+    bound = {name: answer.get(name) for name in _ANSWER_FIELDS}
+    bound["datasource"] = {name: ds.get(name) for name in _DATASOURCE_FIELDS}
+    return unlock_info(request) + b"\n" + canonical(bound)
+
+
 def canonical(obj: dict) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
