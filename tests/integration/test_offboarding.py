@@ -116,8 +116,8 @@ def test_revoking_a_leaked_key_ends_the_sessions_and_keys_it_made(state):
 
 
 def test_rotating_a_key_does_not_revoke_the_new_one(state):
-    """Mint a new key with the old one, then revoke the old one with the new one (or with the old
-    one itself): the new key, and what it made, must survive, or its user is locked out."""
+    """Mint a new key with the old one, then revoke the old one with the new one: the new key, and
+    what it made, must survive, or its user is locked out."""
     old = users.create_api_key(state.cp, state.admin, "ann")
     new = users.create_api_key(state.cp, users.authenticate_api_key(state.cp, old), "ann")
     old_session = create_session(state.cp, users.authenticate_api_key(state.cp, old))
@@ -127,9 +127,24 @@ def test_rotating_a_key_does_not_revoke_the_new_one(state):
     assert users.authenticate_api_key(state.cp, new).name == "ann"
     assert live(state, new_session) is None and live(state, old_session) == "session revoked"
 
-    # Revoking the key you are using: it goes, the keys it minted (which you hold) stay.
-    older = users.create_api_key(state.cp, users.authenticate_api_key(state.cp, new), "ann")
-    users.revoke_api_key(state.cp, users.authenticate_api_key(state.cp, new), new.split("_")[1])
-    assert users.authenticate_api_key(state.cp, older).name == "ann"
+    # Revoking the key you are using: it goes, and so does every key it minted (review: when it
+    # leaked, the thief's keys survived). Rotate by revoking the old key with the new one.
+    minted = users.create_api_key(state.cp, users.authenticate_api_key(state.cp, new), "ann")
+    result = users.revoke_api_key(state.cp, users.authenticate_api_key(state.cp, new), new.split("_")[1])
+    assert result["keys_revoked"] == [minted.split("_")[1]]
+    for gone in (new, minted):
+        with pytest.raises(AuthenticationFailed):
+            users.authenticate_api_key(state.cp, gone)
+
+
+def test_revoking_a_key_with_a_key_above_it_takes_what_it_minted_along(state):
+    """The owner revokes a leaked key with the key that minted it: the thief's keys minted with the
+    leaked one go too (the owner's own key is not below the revoked one, so nothing is spared)."""
+    parent = users.create_api_key(state.cp, state.admin, "ann")
+    leaked = users.create_api_key(state.cp, users.authenticate_api_key(state.cp, parent), "ann")
+    thiefs = users.create_api_key(state.cp, users.authenticate_api_key(state.cp, leaked), "ann")
+    result = users.revoke_api_key(state.cp, users.authenticate_api_key(state.cp, parent), leaked.split("_")[1])
+    assert result["keys_revoked"] == [thiefs.split("_")[1]]
     with pytest.raises(AuthenticationFailed):
-        users.authenticate_api_key(state.cp, new)
+        users.authenticate_api_key(state.cp, thiefs)
+    assert users.authenticate_api_key(state.cp, parent).name == "ann"

@@ -86,12 +86,15 @@ def _revoke_what_the_key_made(cp: ControlPlane, s: DBSession, actor: Actor, key:
     """A leaked key's sessions and the keys it minted (theirs too, down the line) end with it:
     otherwise revoking it would leave whoever held it a working session or key. Each is recorded.
 
-    Spared: the key making this request and what it minted, so that rotating a key (mint a new
-    one with the old, then revoke the old) does not revoke the new one and lock its user out."""
+    Spared: when the key making this request was itself minted, down the line, by the revoked
+    one, it and what it minted, so that rotating a key (mint a new one with the old, then revoke
+    the old with the new) does not lock its user out. Nothing else: a key revoked with itself, or
+    with a key above it, takes everything it minted along (review: a thief's keys survived
+    "revoke the leaked key" run with that same key)."""
     now = cp.now()
     children = _minted_by(s, [key.id])
-    spared = set(_subtree(s, actor.api_key_id) if actor.api_key_id is not None else ())
-    spared.discard(key.id)
+    below = {child.id for child in children}
+    spared = set(_subtree(s, actor.api_key_id)) if actor.api_key_id in below else set()
     lineage, keys = {key.id}, []
     for child in children:
         if child.id in spared:
