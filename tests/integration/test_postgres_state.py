@@ -90,3 +90,36 @@ def test_a_retried_batch_skips_what_a_late_commit_chained_on_postgres_state(stat
     finally:
         other.close()
         st.close()
+
+
+def test_two_gateways_adding_the_same_user_at_once_get_a_conflict_not_an_internal_error(state_url, tmp_path):
+    """Each checks that the name is free, then inserts: the second insert waits on the first's
+    uncommitted row and then breaks the unique constraint. That is a 409 Conflict (review: it was
+    an IntegrityError, a 500 from the API)."""
+    from sdm_proxy.control import users
+    from sdm_proxy.control.models import User
+    from sdm_proxy.errors import Conflict
+
+    st = GatewayState.create(tmp_path / "home", database_url=state_url)
+    other = ControlPlane.open(st.home)
+    inserted, release = threading.Event(), threading.Event()
+
+    def first_gateway():
+        with st.cp.db.transaction() as s:
+            s.add(User(name="zoe", is_admin=False))
+            s.flush()  # the row exists, uncommitted: the other gateway's check does not see it
+            inserted.set()
+            release.wait(10)
+
+    try:
+        t = threading.Thread(target=first_gateway)
+        t.start()
+        assert inserted.wait(10)
+        threading.Timer(0.5, release.set).start()  # commit while the other insert waits on the row
+        with pytest.raises(Conflict, match="changed concurrently"):
+            users.add_user(other, st.admin, "zoe")
+        t.join()
+    finally:
+        release.set()
+        other.close()
+        st.close()

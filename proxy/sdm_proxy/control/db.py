@@ -16,10 +16,10 @@ from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import SdmError, StateError
+from ..errors import Conflict, SdmError, StateError
 
 log = logging.getLogger("sdm.state")
 
@@ -124,6 +124,12 @@ class StateDB:
             except OperationalError as exc:
                 session.rollback()
                 raise StateError(f"state database error: {exc.orig}") from None
+            except IntegrityError:
+                # Checked first, then inserted: another gateway (PostgreSQL state) did the same in
+                # between. A 409, not a 500; the constraint's text is not needed to say so.
+                session.rollback()
+                raise Conflict("the state changed concurrently (another request added or removed the same "
+                               "thing); try again") from None
             except BaseException:
                 session.rollback()
                 raise
