@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
@@ -15,6 +16,10 @@ from ..errors import SdmClientError
 
 
 class SdmHandler(ExtensionHandlerMixin, APIHandler):
+    # The server's Authorizer decides who may read these (a user a notebook server is shared
+    # with read-only must not see its owner's statements): resource "sdm", action "read".
+    auth_resource = "sdm"
+
     @property
     def service(self):
         return self.settings["sdm_service"]
@@ -45,18 +50,21 @@ class SdmHandler(ExtensionHandlerMixin, APIHandler):
 
 class WhoAmIHandler(SdmHandler):
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         await self.answer("whoami")
 
 
 class DatasourcesHandler(SdmHandler):
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         await self.answer("datasources")
 
 
 class ActivityHandler(SdmHandler):
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         raw = self.get_query_argument("n", "50")
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
@@ -67,6 +75,7 @@ class ActivityHandler(SdmHandler):
 
 class NotFoundHandler(SdmHandler):
     @web.authenticated
+    @authorized
     def get(self, path: str) -> None:
         self.problem(404, "not_found", f"no sdm API route /sdm/api/{path}: see /sdm/api/whoami, "
                                        "/sdm/api/datasources, /sdm/api/activity")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from jupyter_server.auth import Authorizer
 from tornado.httpclient import HTTPClientError
 
 from pytest_jupyter.jupyter_server import *  # noqa: F401,F403 - fixtures (autouse ones: this module only)
@@ -95,6 +96,27 @@ class TestBadKey:
     def test_bad_key_is_401_json(self, jp_fetch, jp_asyncio_loop):
         code, body = fetch_json(jp_asyncio_loop, jp_fetch, "sdm", "api", "whoami")
         assert code == 401 and body["error"] == "unauthenticated" and "sdmk_revoked" not in body["message"]
+
+
+class DenySdm(Authorizer):
+    """A deployment's granular Authorizer that lets this user read nothing of the sdm API."""
+
+    def is_authorized(self, handler, user, action, resource) -> bool:
+        return resource != "sdm"
+
+
+class TestAuthorizer:
+    @pytest.fixture
+    def jp_server_config(self, sdm_env, sdm_config):
+        return {"ServerApp": {"jpserver_extensions": {"sdm_jupyter": True}, "authorizer_class": DenySdm},
+                "SdmExtension": sdm_config}
+
+    def test_the_servers_authorizer_decides(self, jp_fetch, jp_asyncio_loop):
+        """Review: the handlers checked only that the user is logged in, so someone a server was
+        shared with read-only (a granular Authorizer) read its owner's audit activity."""
+        for route in ("whoami", "datasources", "activity", "nothing-here"):
+            code, body = fetch_json(jp_asyncio_loop, jp_fetch, "sdm", "api", route)
+            assert code == 403 and body["error"] == "forbidden", (route, body)
 
 
 def test_kernels_get_the_gateway_address(jp_serverapp, gw_api):
