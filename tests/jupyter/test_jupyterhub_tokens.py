@@ -61,6 +61,19 @@ def test_a_hub_token_gets_a_session_of_the_same_user(world, hub, pg_cluster):
     assert starts, "session.start does not say the hub vouched for the caller"
 
 
+def test_a_hub_token_session_lasts_at_most_an_hour(world, hub):
+    """Review: a session vouched for by a hub token outlives that token (the hub cannot take it
+    back), so whoever held the token briefly must not get a day of access from it."""
+    import httpx
+
+    token = hub.user_token("analyst")
+    headers = {"Authorization": f"Bearer {token}"}
+    long = httpx.post(f"{world.api_url}/v1/sessions", json={"ttl": "24h"}, headers=headers, timeout=10)
+    assert long.status_code == 422 and "at most 1h" in long.json()["message"], long.text
+    ok = httpx.post(f"{world.api_url}/v1/sessions", json={"ttl": "1h"}, headers=headers, timeout=10)
+    assert ok.status_code == 201, ok.text
+
+
 def test_the_magic_works_in_a_kernel_with_only_the_hub_token(world, hub, kernel_factory, pg_cluster):
     env = world.kernel_env("analyst")
     del env["SDM_API_KEY"]

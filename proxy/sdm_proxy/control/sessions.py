@@ -20,6 +20,9 @@ from .unlock_facts import session_row
 
 DEFAULT_SESSION_TTL = timedelta(hours=1)
 MAX_SESSION_TTL = timedelta(hours=24)
+# A session vouched for by a JupyterHub token is tied to nothing the hub can take back (revoking
+# the hub token or the hub user does not end it): it is kept short, as a kernel renews anyway.
+MAX_HUB_SESSION_TTL = timedelta(hours=1)
 
 
 def create_session(cp: ControlPlane, actor: Actor, ttl: timedelta = DEFAULT_SESSION_TTL,
@@ -28,6 +31,9 @@ def create_session(cp: ControlPlane, actor: Actor, ttl: timedelta = DEFAULT_SESS
     the caller when it was not an sdm API key (``jupyterhub``); the session.start event says so."""
     if ttl > MAX_SESSION_TTL:
         raise UsageError(f"session TTL at most {int(MAX_SESSION_TTL.total_seconds() // 3600)}h")
+    if via == "jupyterhub" and ttl > MAX_HUB_SESSION_TTL:
+        raise UsageError("a session opened with a JupyterHub token lasts at most 1h (renew it instead: "
+                         "revoking the hub token does not end it)")
     now = cp.now()
     with cp.db.transaction() as s:
         session = Session(id=secrets.token_hex(12), user_id=actor.user_id, created_at=now,
