@@ -51,7 +51,9 @@ def test_statement_is_refused_and_not_run_when_the_audit_log_is_down(gateway, fl
                 conn.execute("INSERT INTO audit_fail_closed VALUES (1)")
         finally:
             audit.down = False
-        # A lone simple query is refused with an ERROR: the connection is still usable.
+        # A lone simple query is refused with an ERROR: the connection is still usable, text that
+        # waits for the server to report its client_encoding included (the refused query never ran).
+        assert conn.execute("SELECT 'caf\u00e9'").fetchone() == ("caf\u00e9",)
         assert conn.execute("SELECT count(*) FROM audit_fail_closed").fetchone() == (0,)
         audit.down = True
         try:

@@ -91,6 +91,55 @@ def test_tracked_names_are_capped():
     assert "too many" in t.check_names(P, _cstr("new") + _cstr("SELECT 2") + b"\0\0")
 
 
+def test_tracked_statement_text_has_a_budget(monkeypatch):
+    """Review: 10,000 names of up to 1 MiB each could hold 10 GiB in the gateway (300 named
+    statements took 300 MB). Texts held (prepared, or awaiting their ParseComplete) are counted."""
+    from sdm_proxy.wire.postgres import tracker_client
+
+    monkeypatch.setattr(tracker_client, "MAX_TRACKED_TEXT", 1100)
+    t = StatementTracker()
+    big = "SELECT '" + "x" * 400 + "'"
+
+    def parse(name):
+        return _cstr(name) + _cstr(big) + b"\0\0"
+
+    def answer(*types):
+        for mtype in types:
+            t.on_server(mtype, b"I" if mtype == ord("Z") else b"")
+
+    assert t.check_names(P, parse("a")) is None
+    t.on_client(P, parse("a"))
+    t.on_client(S, b"")
+    refused = t.check_names(P, parse("b"))  # "a" awaits its answer: counted while in flight
+    assert "too much prepared statement text" in refused and refused.sqlstate == "54000"
+    answer(ord("1"), ord("Z"))
+    assert t._parse_chars == 0 and t._stmts.text.chars == len(big)
+    assert t.check_names(P, parse("b")) is None
+    t.on_client(P, parse("b"))
+    t.on_client(S, b"")
+    answer(ord("1"), ord("Z"))
+    assert t._stmts.text.chars == 2 * len(big)
+    assert t.check_names(P, parse("c")) is not None  # "a" and "b" are held as prepared statements
+    t.on_client(C, b"S" + _cstr("a"))
+    t.on_client(S, b"")
+    answer(ord("3"), ord("Z"))
+    assert t._stmts.text.chars == len(big)
+    assert t.check_names(P, parse("c")) is None  # room again after the Close
+
+
+def test_a_failed_binds_portal_is_forgotten():
+    """Review: in an aborted transaction every Bind fails but its portal -> statement entry stayed:
+    a million Binds held a million entries."""
+    t = StatementTracker()
+    err = b"SERROR\0C25P02\0Mcurrent transaction is aborted\0\0"
+    for i in range(50):
+        t.on_client(B, _cstr(f"p{i}") + _cstr("") + b"\0" * 6)
+        t.on_client(S, b"")
+        t.on_server(ord("E"), err)
+        t.on_server(ord("Z"), b"E")
+    assert t._portal_stmt == {}
+
+
 def test_portals_are_forgotten_when_the_transaction_ends():
     t = StatementTracker()
     for mtype, payload in [(P, _cstr("st") + _cstr("SELECT 1") + b"\0\0"),

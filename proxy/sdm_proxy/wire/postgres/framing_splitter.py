@@ -192,7 +192,7 @@ class MessageSplitter:
 
     def _bad(self, t: int, length: int):
         shown = chr(t) if 32 < t < 127 else f"0x{t:02x}"
-        if length < 4:
+        if length < 4 or self._limits.get(t) == 4:  # a message that has no body
             raise self._error(f"invalid message length {length} for message type {shown!r}")
         raise self._error(f"message of type {shown!r} too large ({length} bytes)", sqlstate="54000")
 

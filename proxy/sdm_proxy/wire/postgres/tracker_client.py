@@ -31,7 +31,13 @@ _SQL_NAMESPACE_CHANGE = re.compile(r"\b(prepare|deallocate|discard|declare|close
 _SQL_EXECUTE = re.compile(r"\bexecute\s+(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)", re.IGNORECASE)
 MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer statement/portal names
 MAX_TRACKED_NAMES = 10_000  # per namespace and session
+# Statement text the tracker holds per session (prepared statements, Parses awaiting an answer):
+# 10,000 names of up to 1 MiB each would be 10 GiB in the one gateway process (review: 300 named
+# statements took 300 MB). Past this budget a Parse is refused, as MySQL's side does (1461).
+MAX_TRACKED_TEXT = 64 << 20
 UNKNOWN_TEXT = "<statement text unknown to the gateway: prepared outside the extended protocol>"
+_RUNS_CODE = frozenset(("query", "function", "bind", "execute"))  # Bind may plan, and planning may run functions
+_SYNCING = frozenset(("query", "function", "sync"))  # answered with a ReadyForQuery
 
 
 def _cstr(buf: bytes, off: int) -> tuple[str, int]:
@@ -48,6 +54,33 @@ def _raw_cstr(buf: bytes, off: int) -> tuple[bytes, int]:
     return buf[off:end], end + 1
 
 
+class Refusal(str):
+    """Why a request is refused before it is forwarded, with the SQLSTATE to answer."""
+
+    sqlstate = "42622"  # name_too_long
+
+    @classmethod
+    def limit(cls, message: str) -> "Refusal":
+        refusal = cls(message)
+        refusal.sqlstate = "54000"  # program_limit_exceeded
+        return refusal
+
+
+def names_and_text_ascii(mtype: int, payload: bytes) -> bool:
+    """Are the SQL text and the statement/portal names of this request plain ASCII? Those read the
+    same in every client_encoding PostgreSQL accepts; other bytes depend on which one is in force."""
+    if mtype == Q or mtype in (D_, C_):
+        return payload.isascii()
+    if mtype in (P_, B):  # name, then text (Parse) or statement name (Bind); then binary fields
+        first = payload.find(b"\0")
+        end = payload.find(b"\0", first + 1) if first >= 0 else -1
+        return payload[:end if end >= 0 else len(payload)].isascii()
+    if mtype == E_:  # portal name, then the binary row limit
+        end = payload.find(b"\0")
+        return payload[:end if end >= 0 else len(payload)].isascii()
+    return True
+
+
 class ClientSide:
     """Part of ``StatementTracker``: records each client request as it is forwarded."""
 
@@ -62,10 +95,16 @@ class ClientSide:
         _copy_in: bool
         _copy_data: int
         _skipping: bool
+        _pushed: int
+        _last_exec: int
+        _last_syncing: int
+        _ready_upto: int
+        _marks_before_last: tuple[int, int]
+        _parse_chars: int
 
     # ---- client side ---------------------------------------------------------------------------
 
-    def check_names(self, mtype: int, payload: bytes) -> str | None:
+    def check_names(self, mtype: int, payload: bytes) -> Refusal | None:
         """Why a Parse/Bind/Describe/Close/Execute must be refused before it is forwarded, or None.
 
         PostgreSQL truncates names to 63 bytes, so two longer names sharing those bytes are one name
@@ -87,13 +126,17 @@ class ClientSide:
             return None  # malformed: the server rejects it
         for _ns, raw in names:
             if len(raw) > MAX_NAME_BYTES:
-                return (f"statement or portal name longer than {MAX_NAME_BYTES} bytes ({len(raw)} bytes): "
-                        "the gateway refuses it because PostgreSQL would truncate it")
+                return Refusal(f"statement or portal name longer than {MAX_NAME_BYTES} bytes ({len(raw)} bytes): "
+                               "the gateway refuses it because PostgreSQL would truncate it")
+        if mtype == P_ and self._stmts.text.chars + self._parse_chars + len(payload) > MAX_TRACKED_TEXT:
+            return Refusal.limit(f"too much prepared statement text on this connection (at most "
+                                 f"{MAX_TRACKED_TEXT >> 20} MiB held for the audit): close (deallocate) some first")
         if mtype in (P_, B):
             ns, raw = names[0]
             name = raw.decode("utf-8", "surrogateescape")
             if name and name not in ns.text and len(ns.text) + len(ns.pending) >= MAX_TRACKED_NAMES:
-                return f"too many prepared statements or portals on this connection (at most {MAX_TRACKED_NAMES})"
+                return Refusal.limit(f"too many prepared statements or portals on this connection (at most "
+                                     f"{MAX_TRACKED_NAMES})")
         return None
 
     def needs_barrier(self, mtype: int, payload: bytes) -> bool:
@@ -114,6 +157,18 @@ class ClientSide:
         except ValueError:
             return False  # malformed: the server will reject it; on_client records it as such
         return False
+
+    def encoding_settled(self) -> bool:
+        """Is client_encoding known to be what the server last reported (UTF8)? Only once every
+        request has its answer and none that runs code went out after the last ReadyForQuery:
+        PostgreSQL reports a changed client_encoding with that message, not when it changes, so a
+        pipeline can switch it, send text, and switch back unseen (review)."""
+        return self._last_exec <= self._ready_upto
+
+    def encoding_wait_possible(self) -> bool:
+        """Will a ReadyForQuery settle it without the client's next message? Not while a Bind or
+        Execute waits for a Sync the client has not sent yet."""
+        return self._last_exec <= self._last_syncing
 
     def _uncertain(self, names: _Names, name: str) -> bool:
         return any(op.doubtful or op.seg < self._seg for op in names.pending.get(name, ()))
@@ -145,6 +200,7 @@ class ClientSide:
                 text, _ = _cstr(payload, off)
                 doubtful = self._doubtful(self._stmts, name)
                 op = _Expect("parse", self._seg, name=name, text=text, doubtful=doubtful)
+                self._parse_chars += len(text)
                 self._push(op)
                 self._stmts.pending.setdefault(name, []).append(op)
                 if not doubtful:
@@ -257,4 +313,12 @@ class ClientSide:
 
     def _push(self, op: _Expect) -> None:
         op.data = self._copy_data
+        self._pushed += 1
+        op.order = self._pushed
+        self._marks_before_last = (self._last_exec, self._last_syncing)
+        kind = op.kind
+        if kind in _RUNS_CODE:
+            self._last_exec = op.order
+        if kind in _SYNCING:
+            self._last_syncing = op.order
         self._queue.append(op)

@@ -47,12 +47,42 @@ class _Expect:
     doubtful: bool = False  # predicted to fail (name already exists): outcome unknown until answered
     stmt: Statement | None = None
     data: int = 0  # CopyData messages the client had sent when this request was pushed
+    order: int = 0  # push order (StatementTracker._pushed)
+
+
+class TextMap(dict):
+    """name -> statement text (None: exists, text unknown), counting the characters it holds: a
+    session's tracked texts have a budget (``tracker_client.MAX_TRACKED_TEXT``)."""
+
+    __slots__ = ("chars",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chars = 0
+
+    def __setitem__(self, key: str, value: str | None) -> None:
+        old = dict.get(self, key)
+        self.chars += (len(value) if value else 0) - (len(old) if old else 0)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.pop(key)
+
+    def pop(self, key: str, *default):
+        if key not in self:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        old = dict.pop(self, key)
+        if old:
+            self.chars -= len(old)
+        return old
 
 
 @dataclass
 class _Names:
     """Predicted contents of one namespace (prepared statements or portals)."""
 
-    text: dict[str, str | None] = field(default_factory=dict)  # None: exists, text unknown
+    text: TextMap = field(default_factory=TextMap)
     pending: dict[str, list[_Expect]] = field(default_factory=dict)  # unanswered ops per name
 

@@ -42,6 +42,8 @@ class ServerSide:
         _stmts: _Names
         _portals: _Names
         _portal_stmt: dict[str, str]
+        _ready_upto: int
+        _parse_chars: int
         _copy_in: bool
         _copy_mark: int
         _skipping: bool
@@ -182,9 +184,11 @@ class ServerSide:
         while q:
             op = q.popleft()
             if op.kind in ("query", "function"):
+                self._ready_upto = op.order
                 done.append(self._finish(op))
                 return done
             if op.kind == "sync":
+                self._ready_upto = op.order
                 return done
             done.extend(self._skip(op))
         return done
@@ -214,6 +218,8 @@ class ServerSide:
         """Parse/Bind/Close answered (ok) or failed/skipped: settle the namespace prediction."""
         if op.kind not in ("parse", "bind", "close"):
             return
+        if op.kind == "parse":
+            self._parse_chars -= len(op.text)
         names = self._stmts if (op.kind == "parse" or (op.kind == "close" and op.ns == "S")) else self._portals
         ops = names.pending.get(op.name)
         if ops:
@@ -236,6 +242,8 @@ class ServerSide:
                 names.text[op.name] = None  # refused: maybe because it exists (SQL PREPARE), text unknown
         elif not later:
             names.text.pop(op.name, None)  # a new definition that failed: the name does not exist
+            if op.kind == "bind":
+                self._portal_stmt.pop(op.name, None)  # (review: an aborted transaction's Binds piled up)
 
     def _expect(self, head: _Expect, kind: str, mtype: int) -> None:
         if head.kind != kind:
