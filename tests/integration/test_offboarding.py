@@ -137,6 +137,16 @@ def test_rotating_a_key_does_not_revoke_the_new_one(state):
             users.authenticate_api_key(state.cp, gone)
 
 
+def test_a_user_lists_their_own_keys_and_nobody_elses(state):
+    """So a user can find the prefix of a leaked key (and keys minted with it) to revoke."""
+    key = users.create_api_key(state.cp, state.admin, "ann")
+    ann = users.authenticate_api_key(state.cp, key)
+    minted = users.create_api_key(state.cp, ann, "ann")
+    [me] = users.list_users(state.cp, ann)
+    assert me["name"] == "ann" and {key.split("_")[1], minted.split("_")[1]} <= set(me["api_keys"])
+    assert len(users.list_users(state.cp, state.admin)) > 1
+
+
 def test_revoking_a_key_with_a_key_above_it_takes_what_it_minted_along(state):
     """The owner revokes a leaked key with the key that minted it: the thief's keys minted with the
     leaked one go too (the owner's own key is not below the revoked one, so nothing is spared)."""
