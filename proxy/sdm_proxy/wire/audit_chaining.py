@@ -4,8 +4,9 @@ Spool modes: a worker thread drains the queue batch after batch into ``AuditLog.
 a failed batch goes back to the front of the queue and is retried with a growing delay (rechecked
 against the chain first: a lost connection may have committed it all the same), and each chained
 batch lets the spool be trimmed. Commit mode: one batch of events at a time, whose waiters learn
-how it went; the after-the-fact events of a failed batch are retried the same way (bounded). Separate from the writer's front (``write``, ``post``, ``settled``) so each stays
-readable; the state both share is set in ``AuditWriter.__init__``.
+how it went; the after-the-fact events of a failed batch are retried the same way (bounded).
+Separate from the writer's front (``write``, ``post``, ``settled``) so each stays readable; the
+state both share is set in ``AuditWriter.__init__``.
 """
 
 from __future__ import annotations
