@@ -10,14 +10,13 @@ import secrets
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from sqlalchemy.exc import IntegrityError
 
 from sdm_proxy.audit import AuditLog, CheckpointSigner, verify_db
 from sdm_proxy.audit import reader as reader_module
 from sdm_proxy.audit.events import Event, canonical_json, query_event
 from sdm_proxy.audit.spool import recover_spools
 from sdm_proxy.control.db import StateDB, alembic_config, make_engine, upgrade
-from sdm_proxy.errors import AuditUnavailable
+from sdm_proxy.errors import AuditUnavailable, Conflict
 
 from tests.support.audit_log import chained_queries
 
@@ -130,7 +129,7 @@ def test_downgrade_and_upgrade_round_trip(log_0001, engine, signer):
     first = json.loads(before[0][5])
     with pytest.raises(AuditUnavailable) as refused:  # the constraint is back: an id twice is refused
         log_0001.append(Event.from_dict(first))
-    assert isinstance(refused.value.__cause__, IntegrityError)
+    assert isinstance(refused.value.__cause__, Conflict)  # a unique constraint broke (StateDB.transaction)
 
     upgrade(engine)
     assert not id_is_unique(engine)
