@@ -38,14 +38,16 @@ def _set_password_postgres(ds, username: str, current: SecretValue, new: SecretV
     import psycopg
     from psycopg import sql
     sslmode = {"disable": "disable", "require": "require", "verify-full": "verify-full"}[ds.tls_mode]
-    # As the wire proxy (wire/postgres/auth.py): the password never goes out in clear text over
-    # plain TCP. libpq 16+ refuses the `password` method itself when told so.
-    plain_tcp = sslmode == "disable" and not ds.host.startswith("/")
-    if plain_tcp and psycopg.pq.version() < 160000:  # an older libpq cannot be told to refuse it
+    # As the wire proxy (wire/postgres/auth.py): the password goes out in clear text only to a
+    # verified server (verify-full) or over a Unix socket. libpq 16+ refuses the `password` method
+    # itself when told so.
+    unverified = sslmode != "verify-full" and not ds.host.startswith("/")
+    if unverified and psycopg.pq.version() < 160000:  # an older libpq cannot be told to refuse it
         raise UpstreamError(f"could not set the new password on {ds.name}: this libpq ({psycopg.pq.version()}) "
                             "cannot refuse a server that asks for the password in clear text, and the "
-                            "connection is unencrypted: refused (use TLS for the datasource, or libpq 16 or newer)")
-    guard = {"require_auth": "!password"} if plain_tcp else {}
+                            "server is not verified: refused (use --tls verify-full for the datasource, or "
+                            "libpq 16 or newer)")
+    guard = {"require_auth": "!password"} if unverified else {}
     try:
         with psycopg.connect(host=ds.host, port=ds.port, dbname=ds.database or "postgres", user=username,
                              password=current.reveal().decode(), sslmode=sslmode,
@@ -55,8 +57,8 @@ def _set_password_postgres(ds, username: str, current: SecretValue, new: SecretV
     except psycopg.Error as exc:
         if guard and "cleartext" in str(exc):
             raise UpstreamError(f"could not set the new password on {ds.name}: the server asks for the password "
-                                "in clear text over an unencrypted connection: refused (use TLS for the "
-                                "datasource, or scram-sha-256 on the server)") from None
+                                "in clear text over a connection whose server is not verified: refused (use "
+                                "--tls verify-full for the datasource, or scram-sha-256 on the server)") from None
         raise UpstreamError(f"could not set the new password on {ds.name}: {type(exc).__name__}: "
                             f"{getattr(exc.diag, 'message_primary', None) or 'connection failed'}") from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -26,12 +27,27 @@ def peer_text(peer: object) -> str | None:
     return str(peer) if peer else None
 
 
-@functools.lru_cache(maxsize=64)
 def upstream_tls_context(mode: str, ca_file: str | None, error: type[Exception]) -> ssl.SSLContext:
     """The client TLS context towards a datasource; ``error`` is the protocol's login error type.
 
     ``verify-full`` checks the certificate and host name against ``ca_file``; ``require`` encrypts
-    without authenticating the server (libpq's sslmode=require, libmysqlclient's REQUIRED)."""
+    without authenticating the server (libpq's sslmode=require, libmysqlclient's REQUIRED). Any
+    other mode is an error, never an unverified context. Cached per CA file *content stamp*: a
+    replaced CA file (a compromised CA removed) takes effect at the next login, not at a restart."""
+    if mode not in ("verify-full", "require"):
+        raise error(f"datasource TLS mode {mode!r} is not one the gateway knows (disable, require, verify-full)")
+    stamp = None
+    if mode == "verify-full" and ca_file:
+        try:
+            st = os.stat(ca_file)
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None  # _tls_context reports the load failure
+    return _tls_context(mode, ca_file, stamp, error)
+
+
+@functools.lru_cache(maxsize=64)
+def _tls_context(mode: str, ca_file: str | None, stamp: tuple | None, error: type[Exception]) -> ssl.SSLContext:
     if mode == "verify-full":
         if not ca_file:
             raise error("datasource TLS mode verify-full needs a CA file")

@@ -179,10 +179,28 @@ def test_sha256_password_plugin():
     assert _server_decrypt(auth.step(b"\x01" + PUBLIC_PEM, fn), NONCE) == PASSWORD + b"\0"
 
 
-def test_clear_password_plugin_only_over_tls():
-    with pytest.raises(UpstreamLoginError, match="unencrypted"):
-        UpstreamAuth(secure=False).start(CLEAR_PASSWORD, b"", SecretCounter())
-    assert UpstreamAuth(secure=True).start(CLEAR_PASSWORD, b"", SecretCounter()) == PASSWORD + b"\0"
+def test_clear_password_plugin_only_to_a_verified_server():
+    """Review: under `require` a man in the middle finishes TLS with any certificate and asks for
+    mysql_clear_password; only verify-full (or a Unix socket) is a server known to be the one."""
+    for secure in (False, True):
+        with pytest.raises(UpstreamLoginError, match="not verified"):
+            UpstreamAuth(secure=secure).start(CLEAR_PASSWORD, b"", SecretCounter())
+    verified = UpstreamAuth(secure=True, verified=True)
+    assert verified.start(CLEAR_PASSWORD, b"", SecretCounter()) == PASSWORD + b"\0"
+
+
+def test_a_login_under_require_does_not_count_as_verified():
+    assert not _verified_after_tls(server_verified=False)
+    assert _verified_after_tls(server_verified=True)
+
+
+def _verified_after_tls(*, server_verified: bool) -> bool:
+    server = FakeMySQL8()
+    login = UpstreamLogin(username="u", database=None, front_capabilities=0, tls="require",
+                          server_verified=server_verified)
+    server.receive(login.receive_data(server.greeting(), SecretCounter()).send)
+    login.tls_started(SecretCounter())
+    return login.auth.verified
 
 
 def test_unknown_plugin_refused():

@@ -109,7 +109,8 @@ class UpstreamLogin:
     def __init__(self, *, username: str, database: str | None, front_capabilities: int,
                  charset: int = DEFAULT_CHARSET, attrs: dict[str, str] | None = None, tls: str = "disable",
                  server_public_key: bytes | None = None, allow_public_key_request: bool = False,
-                 max_packet: int = DEFAULT_MAX_PACKET, local_socket: bool = False):
+                 max_packet: int = DEFAULT_MAX_PACKET, local_socket: bool = False,
+                 server_verified: bool = False):
         if tls not in ("disable", "prefer", "require"):
             raise ValueError(f"tls must be disable, prefer or require, not {tls!r}")
         self.username = username
@@ -119,6 +120,7 @@ class UpstreamLogin:
         self.attrs = attrs
         self.tls_mode = tls
         self.local_socket = local_socket
+        self.server_verified = server_verified  # TLS, if it starts, checks the server (verify-full)
         self.max_packet = max_packet
         self.phase = LoginPhase.AWAIT_GREETING
         self.handshake: ServerHandshake | None = None
@@ -186,7 +188,8 @@ class UpstreamLogin:
         hs = self.handshake
         key, allow = self._auth_options
         self.auth = UpstreamAuth(secure=self.tls_active or self.local_socket, server_public_key=key,
-                                 allow_public_key_request=allow)
+                                 allow_public_key_request=allow,
+                                 verified=(self.tls_active and self.server_verified) or self.local_socket)
         plugin = hs.auth_plugin if self.capabilities & Cap.PLUGIN_AUTH else NATIVE_PASSWORD
         auth_response = self.auth.start(plugin, hs.scramble, secret_fn)
         return build_handshake_response(

@@ -98,14 +98,18 @@ class UpstreamAuth:
     """The auth part of an upstream login: ``start`` gives the first reply, ``step`` the next ones.
 
     ``secure``: the channel is TLS (or a local socket), so a full-auth password may travel in clear.
+    ``verified``: the server at the other end is authenticated (TLS verify-full, or a local socket):
+    only then does ``mysql_clear_password`` get the password (review: under ``require`` a man in
+    the middle with any certificate asked for it and got it; libmysqlclient refuses it by default).
     ``server_public_key``: a PEM the datasource is configured with (pinned). Without it, and without
     ``allow_public_key_request``, full auth over plain TCP is refused, like libmysqlclient does
     without --get-server-public-key: a key fetched in clear can be a man in the middle's.
     """
 
     def __init__(self, *, secure: bool, server_public_key: bytes | None = None,
-                 allow_public_key_request: bool = False):
+                 allow_public_key_request: bool = False, verified: bool = False):
         self.secure = secure
+        self.verified = verified
         self.server_public_key = server_public_key
         self.allow_public_key_request = allow_public_key_request
         self.state: AuthState | None = None
@@ -179,9 +183,10 @@ class UpstreamAuth:
                 self.state = AuthState.SENT_SIMPLE  # the first reply: a switch is still allowed
             return reply
         if plugin == CLEAR_PASSWORD:
-            if not self.secure:
-                raise UpstreamLoginError("upstream asks for the password in clear over an unencrypted "
-                                         "connection; enable TLS for the datasource",
+            if not self.verified:
+                raise UpstreamLoginError("upstream asks for the password in clear over a connection whose "
+                                         "server is not verified; use verified TLS for the datasource "
+                                         "(--tls verify-full)",
                                          code=ER_NOT_SUPPORTED_AUTH_MODE, sqlstate=SQLSTATE_REJECTED)
             self.state = AuthState.SENT_SIMPLE
             return secret_fn() + b"\0"

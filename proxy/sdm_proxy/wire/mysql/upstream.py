@@ -33,9 +33,9 @@ COM_QUIT = frame(b"\x01", 0)
 def _login_tls_mode(ds: DatasourceInfo) -> str:
     if ds.host.startswith("/") or ds.tls in ("disable", "", None):
         return "disable"
-    if ds.tls in ("require", "verify-full", "verify-ca"):
+    if ds.tls in ("require", "verify-full"):
         return "require"
-    return "prefer"
+    raise UpstreamLoginError(f"datasource {ds.name} has TLS mode {ds.tls!r}, which the gateway does not know")
 
 
 @dataclass
@@ -85,7 +85,7 @@ async def _connect(cred: UnlockedCredential, capabilities: int, charset: int, at
     mode = _login_tls_mode(ds)
     login = UpstreamLogin(username=cred.db_user, database=ds.database, front_capabilities=capabilities,
                           charset=charset or DEFAULT_CHARSET, attrs=attrs, tls=mode,
-                          local_socket=ds.host.startswith("/"))
+                          local_socket=ds.host.startswith("/"), server_verified=ds.tls == "verify-full")
     secret_fn = cred.secret.reveal
     reader, writer = await _open(ds, what)
     try:
@@ -116,6 +116,17 @@ async def _connect(cred: UnlockedCredential, capabilities: int, charset: int, at
                                   status=login.ok.status if login.ok else 2, server_version=hs.server_version,
                                   auth_plugin=login.auth.plugin if login.auth else None,
                                   tls=bool(login.capabilities & Cap.SSL))
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        writer.close()  # a reset mid-login (a restart, a failover): a login error, not an internal one
+        raise UpstreamLoginError(f"datasource {ds.name} reset the connection during the login "
+                                 f"({type(exc).__name__})") from None
+    except ValueError:
+        # The reply cannot be framed for this server (review: a clear password over 255 bytes to a
+        # server without PLUGIN_AUTH_LENENC_CLIENT_DATA). Its text is not passed on: it may be
+        # about the secret.
+        writer.close()
+        raise UpstreamLoginError(f"cannot answer datasource {ds.name}'s login in a form that server "
+                                 "accepts") from None
     except UpstreamLoginError as exc:
         writer.close()
         prefix = "upstream refused the gateway's login"

@@ -68,9 +68,9 @@ class UpstreamAuthenticator:
         if code == AUTH_CLEARTEXT:
             if not self._cleartext_ok:
                 raise UpstreamLoginError(
-                    "upstream asks for the password in clear text over an unencrypted connection: refused, "
-                    "so the password never crosses the network readable (use scram-sha-256 on the server, "
-                    "or TLS for the datasource: --tls verify-full)")
+                    "upstream asks for the password in clear text over a connection whose server is not "
+                    "verified: refused, so the password never goes to whoever sits in between (use "
+                    "scram-sha-256 on the server, or verified TLS for the datasource: --tls verify-full)")
             self.method = "password"
             return framing.password_message(self._secret_fn() + b"\0")
         if code == AUTH_MD5:

@@ -231,7 +231,7 @@ async def _connect(cred: UnlockedCredential, client_params: dict[str, str], scra
         auth = UpstreamAuthenticator(
             user=cred.db_user, secret_fn=secret_fn, cache=scram_cache,
             cache_scope=(ds.name, ds.host, ds.port, cred.credential, cred.version, cred.db_user),
-            cleartext_ok=ds.host.startswith("/") or ds.tls != "disable")
+            cleartext_ok=ds.host.startswith("/") or ds.tls == "verify-full")
         after_ok, after_ok_bytes = 0, 0
         while True:
             await writer.drain()
