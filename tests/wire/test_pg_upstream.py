@@ -232,3 +232,25 @@ def test_rotation_does_not_send_the_password_in_clear_either(gateway, cleartext_
     with psycopg.connect(host="127.0.0.1", port=gateway.pg.port, dbname=gateway.pg.database,
                          user=CLEARTEXT_ROLE, password=cleartext_login, sslmode="disable") as direct:
         assert direct.execute("SELECT current_user").fetchone()[0] == CLEARTEXT_ROLE  # the old password still works
+
+
+def test_a_replaced_ca_file_takes_effect_at_the_next_login(tmp_path):
+    """Review: the TLS context was cached by the CA file's path, so removing a compromised CA
+    needed a restart. It is cached by the file's stamp now; unknown TLS modes are refused."""
+    import shutil
+
+    from sdm_proxy.wire.net import upstream_tls_context
+    from sdm_proxy.wire.postgres.errors import UpstreamLoginError
+
+    ca, _, _, other = _make_pki(tmp_path)
+    path = tmp_path / "datasource-ca.pem"
+    shutil.copy(ca, path)
+    first = upstream_tls_context("verify-full", str(path), UpstreamLoginError)
+    assert upstream_tls_context("verify-full", str(path), UpstreamLoginError) is first
+    subjects = lambda ctx: [dict(x[0] for x in c["subject"])["commonName"] for c in ctx.get_ca_certs()]  # noqa: E731
+    shutil.copy(other, tmp_path / "swap.pem")
+    os.replace(tmp_path / "swap.pem", path)
+    second = upstream_tls_context("verify-full", str(path), UpstreamLoginError)
+    assert subjects(first) == ["wire test CA"] and subjects(second) == ["other CA"]
+    with pytest.raises(UpstreamLoginError, match="not one the gateway knows"):
+        upstream_tls_context("verify-ca", None, UpstreamLoginError)
