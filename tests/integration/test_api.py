@@ -81,8 +81,11 @@ def test_my_datasources_and_my_activity(env):
 
 
 def test_non_admin_is_forbidden_from_admin_routes(env):
-    for path in ("/v1/admin/users", "/v1/admin/datasources", "/v1/admin/audit", "/v1/admin/credentials"):
+    for path in ("/v1/admin/datasources", "/v1/admin/audit", "/v1/admin/credentials"):
         assert_problem(call(env, "GET", path, env.ann_key), 403, "denied", "admin")
+    # The user list shows a non-admin only themselves (their own key prefixes, to revoke a leaked one).
+    listed = call(env, "GET", "/v1/admin/users", env.ann_key)
+    assert listed.status_code == 200 and [u["name"] for u in listed.json()] == ["ann"]
 
 
 def test_admin_crud_and_conflicts(env):

@@ -115,4 +115,4 @@ def test_non_admin_on_admin_route_is_403(gw_api):
     client = GatewayClient(GatewayConfig.discover({"SDM_GATEWAY_URL": gw_api.api_url,
                                                    "SDM_API_KEY": gw_api.keys["analyst"], "SDM_HOME": "/x"}))
     with pytest.raises(PermissionDenied, match="not allowed"):
-        client.get("/v1/admin/users")
+        client.get("/v1/admin/datasources")
