@@ -145,8 +145,12 @@ def fake_upstream(gateway):
         return name
 
     yield start
-    for server in servers:
+
+    async def close(server):  # on the servers' own loop: Server.close() is not thread-safe
         server.close()
+
+    for server in servers:
+        gateway.loop.run(close(server))
 
 
 @pytest.mark.parametrize("handler,message", [

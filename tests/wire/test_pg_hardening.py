@@ -93,38 +93,51 @@ def test_tracked_names_are_capped():
 
 def test_tracked_statement_text_has_a_budget(monkeypatch):
     """Review: 10,000 names of up to 1 MiB each could hold 10 GiB in the gateway (300 named
-    statements took 300 MB). Texts held (prepared, or awaiting their ParseComplete) are counted."""
+    statements took 300 MB). The texts held as prepared statements are counted."""
     from sdm_proxy.wire.postgres import tracker_client
 
-    monkeypatch.setattr(tracker_client, "MAX_TRACKED_TEXT", 1100)
+    monkeypatch.setattr(tracker_client, "MAX_TRACKED_TEXT", 1000)
     t = StatementTracker()
     big = "SELECT '" + "x" * 400 + "'"
 
     def parse(name):
         return _cstr(name) + _cstr(big) + b"\0\0"
 
-    def answer(*types):
-        for mtype in types:
+    def prepare(name):
+        t.on_client(P, parse(name))
+        t.on_client(S, b"")
+        for mtype in (ord("1"), ord("Z")):
             t.on_server(mtype, b"I" if mtype == ord("Z") else b"")
 
-    assert t.check_names(P, parse("a")) is None
-    t.on_client(P, parse("a"))
-    t.on_client(S, b"")
-    refused = t.check_names(P, parse("b"))  # "a" awaits its answer: counted while in flight
+    for name in ("a", "b"):
+        assert t.check_names(P, parse(name)) is None
+        prepare(name)
+    assert t._parse_chars == 0 and t._stmts.text.chars == 2 * len(big)
+    refused = t.check_names(P, parse("c"))
     assert "too much prepared statement text" in refused and refused.sqlstate == "54000"
-    answer(ord("1"), ord("Z"))
-    assert t._parse_chars == 0 and t._stmts.text.chars == len(big)
-    assert t.check_names(P, parse("b")) is None
-    t.on_client(P, parse("b"))
-    t.on_client(S, b"")
-    answer(ord("1"), ord("Z"))
-    assert t._stmts.text.chars == 2 * len(big)
-    assert t.check_names(P, parse("c")) is not None  # "a" and "b" are held as prepared statements
     t.on_client(C, b"S" + _cstr("a"))
     t.on_client(S, b"")
-    answer(ord("3"), ord("Z"))
+    for mtype in (ord("3"), ord("Z")):
+        t.on_server(mtype, b"I" if mtype == ord("Z") else b"")
     assert t._stmts.text.chars == len(big)
     assert t.check_names(P, parse("c")) is None  # room again after the Close
+
+
+def test_parse_text_in_flight_counts_against_the_budget(monkeypatch):
+    """Unnamed Parses replace each other in the tracker, but each one's text is held until its
+    answer comes: a client sending them without reading is bounded too."""
+    from sdm_proxy.wire.postgres import tracker_client
+
+    monkeypatch.setattr(tracker_client, "MAX_TRACKED_TEXT", 1000)
+    t = StatementTracker()
+    unnamed = _cstr("") + _cstr("SELECT '" + "x" * 400 + "'") + b"\0\0"
+    t.on_client(P, unnamed)
+    t.on_client(P, unnamed)
+    assert t.check_names(P, unnamed) is not None
+    t.on_client(S, b"")
+    for mtype in (ord("1"), ord("1"), ord("Z")):
+        t.on_server(mtype, b"I" if mtype == ord("Z") else b"")
+    assert t._parse_chars == 0 and t.check_names(P, unnamed) is None
 
 
 def test_a_failed_binds_portal_is_forgotten():

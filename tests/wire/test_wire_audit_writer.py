@@ -157,6 +157,71 @@ def test_commit_mode_drops_outcomes_past_the_backlog_while_the_chain_is_down(tmp
     assert "could not record 2 audit event(s) after the fact" in caplog.text
 
 
+def test_commit_mode_leaves_out_an_outcome_that_can_never_be_chained(tmp_path, caplog):
+    """Review: commit mode's post() skipped the check spool mode makes, and the retries added here
+    put such an event back after every failure: every later statement was refused."""
+    from tests.support.audit_log import sqlite_audit_log
+
+    with sqlite_audit_log(tmp_path, checkpoint_every=1000) as real:
+        async def main():
+            writer = AuditWriter(real, post_delay=0.01)
+            bad = _event(0)
+            bad.type = "query.bogus"
+            writer.post([bad])
+            for n in range(1, 4):
+                await writer.write([_event(n)])
+            await writer.aclose()
+
+        with caplog.at_level("ERROR"):
+            asyncio.run(main())
+        assert [e.query for e in real.iter_events()] == ["SELECT 1", "SELECT 2", "SELECT 3"]
+    assert "not recorded: invalid audit event type" in caplog.text
+
+
+class RefusesOne(FlakyCommits):
+    """The database refuses every batch holding one particular event (a value it cannot store)."""
+
+    def __init__(self, log, poison_id: str):
+        super().__init__(log)
+        self.poison_id, self.batches = poison_id, []
+
+    def append_many(self, events, bodies=None, only_new=False):
+        events = list(events)
+        self.batches.append([e.id for e in events])
+        if any(e.id == self.poison_id for e in events):
+            raise AuditUnavailable("audit log unavailable: value too long (test); the action was refused")
+        return self.log.append_many(events, only_new=only_new)
+
+
+def test_commit_mode_retries_an_outcome_on_its_own_and_gives_up_in_the_end(tmp_path, monkeypatch, caplog):
+    """A retried outcome goes in a batch of its own, so statements waiting to run are not refused
+    with it; one that keeps failing is given up on after POSTED_RETRY_FOR."""
+    from sdm_proxy.wire import audit_chaining
+
+    from tests.support.audit_log import sqlite_audit_log
+
+    monkeypatch.setattr(audit_chaining, "POSTED_RETRY_FOR", 0.3)
+    with sqlite_audit_log(tmp_path, checkpoint_every=1000) as real:
+        poison = _event(0)
+        db = RefusesOne(real, poison.id)
+
+        async def main():
+            writer = AuditWriter(db, post_delay=0.01)
+            writer.post([poison])
+            await asyncio.sleep(0.05)  # its first batch fails
+            for n in range(1, 4):
+                await writer.write([_event(n)])  # never in a batch with it: all three run
+            await asyncio.sleep(1.0)
+            await writer.aclose()
+
+        with caplog.at_level("ERROR"):
+            asyncio.run(main())
+        assert [e.query for e in real.iter_events()] == ["SELECT 1", "SELECT 2", "SELECT 3"]
+    mixed = [b for b in db.batches if poison.id in b and len(b) > 1]
+    assert not mixed[1:], db.batches  # only its very first batch could hold others
+    assert "giving up on 1 after-the-fact audit event(s)" in caplog.text
+
+
 def test_writes_after_close_are_refused():
     async def main():
         writer = AuditWriter(RecordingLog())

@@ -147,10 +147,17 @@ def known_ids_in(s: Session, events: Iterable[Event]) -> set[str]:
     if not wanted:
         return set()
     first = s.execute(select(func.min(EVENTS.c.seq + 0)).where(EVENTS.c.ts >= min(wanted.values()))).scalar()
+    found: set[str] = set()
     if first is None:
-        return set()
-    rows = s.execute(select(EVENTS.c.id).where(EVENTS.c.seq >= first)).scalars()
-    return {id_ for id_ in rows if id_ in wanted}
+        return found
+    last = first - 1
+    while True:  # in chunks, stopping once all are found: this runs holding the chain's lock
+        rows = s.execute(select(EVENTS.c.seq, EVENTS.c.id).where(EVENTS.c.seq > last)
+                         .order_by(EVENTS.c.seq).limit(READ_CHUNK)).all()
+        found.update(id_ for _, id_ in rows if id_ in wanted)
+        if len(rows) < READ_CHUNK or len(found) == len(wanted):
+            return found
+        last = rows[-1][0]
 
 
 def _wanted(events: Iterable[Event]) -> dict[str, str]:

@@ -286,5 +286,6 @@ def _chain_missing(audit_log, events: list[Event]) -> int:
             known.add(ev.id)  # a line seen twice is chained once
             missing.append(ev)
     for start in range(0, len(missing), RECOVERY_BATCH):
-        audit_log.append_many(missing[start:start + RECOVERY_BATCH])
+        # only_new: a dead gateway's COMMIT that lands late (PostgreSQL state) is seen under the lock
+        audit_log.append_many(missing[start:start + RECOVERY_BATCH], only_new=True)
     return len(missing)

@@ -32,6 +32,9 @@ RETRY_MAX_DELAY = 2.0
 # Records that justify a commit at once: fewer gather for the flush interval first (at a trickle,
 # back-to-back commits of a few events would cost the relay more CPU than they save latency).
 BUSY_BATCH = 256
+# Commit mode: outcomes that keep failing on their own (a batch of nothing else) this long are
+# given up on: one the database can never store must not be retried for ever.
+POSTED_RETRY_FOR = 30.0
 
 
 class ChainingSteps:
@@ -52,6 +55,9 @@ class ChainingSteps:
         _cancelled: bool
         _close_deadline: float | None
         _recheck: bool
+        _retry_events: int
+        _retry_failing_since: float
+        _max_backlog: int
         failures: int
         chained: int
 
@@ -124,6 +130,8 @@ class ChainingSteps:
         Returns the delay before the next try (after-the-fact events of a failed batch are retried)."""
         taken: list = []
         queue, limit, size = self._queue, self._max_batch, 0
+        if self._retry_events:  # outcomes put back after a failure: on their own
+            limit = self._retry_events
         while queue and (not taken or size + len(queue[0][0]) <= limit):
             item = queue.popleft()
             taken.append(item)
@@ -146,6 +154,7 @@ class ChainingSteps:
             _settle(taken, exc)  # their statements are refused
             return self._retry_posted(taken, size, exc, retry_delay)
         self._recheck = False
+        self._retry_events = 0
         self._settlement.finished(size)
         self.chained += len(batch)
         _settle(taken, None)
@@ -158,6 +167,13 @@ class ChainingSteps:
         posted = [item for item in taken if item[1] is None]
         keep: list = []
         kept = 0
+        now = time.monotonic()
+        if not self._retry_events:
+            self._retry_failing_since = now
+        elif now - self._retry_failing_since >= POSTED_RETRY_FOR:  # failing on their own, for long
+            log.error("giving up on %d after-the-fact audit event(s) after %.0f s of failed retries",
+                      sum(len(evs) for evs, _ in posted), now - self._retry_failing_since)
+            posted = []
         if posted and not self._giving_up(exc):
             room = self._max_backlog - self._queued_events
             for item in posted:  # the oldest first; past the room the rest is dropped
@@ -167,6 +183,7 @@ class ChainingSteps:
                 kept += len(item[0])
             self._queue.extendleft(reversed(keep))
             self._queued_events += kept
+        self._retry_events = kept
         dropped = sum(len(evs) for evs, _ in posted) - kept
         self._settlement.finished(size - kept)  # the kept ones are still on their way
         if dropped:

@@ -98,6 +98,10 @@ class AuditWriter(ChainingSteps):
         # A batch failed: its commit may have happened all the same (a connection lost mid-commit),
         # so the retry first drops what the chain already holds (ids are not unique in the table).
         self._recheck = False
+        # Commit mode: outcomes put back after a failed batch; the next batch holds only them (so a
+        # statement waiting to run never shares a batch with them), and since when they fail.
+        self._retry_events = 0
+        self._retry_failing_since = 0.0
 
     async def write(self, events: Iterable[Event]) -> None:
         """Record before the action; raises AuditUnavailable when that is not possible."""
@@ -139,7 +143,12 @@ class AuditWriter(ChainingSteps):
         if not events:
             return
         if self._spool is None:
-            self._enqueue_events(events, None)
+            # As in spool mode: one that can never be chained is logged and left out (it would fail
+            # every retry of its batch, refusing the statements that share it).
+            ok = {r[0] for r in chainable([(ev.id, ev.ts, ev.type, ev.user, None) for ev in events])}
+            events = [ev for ev in events if ev.id in ok]
+            if events:
+                self._enqueue_events(events, None)
             return
         self._post_spooled(chainable(records_of(events)))
 

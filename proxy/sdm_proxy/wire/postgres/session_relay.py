@@ -28,7 +28,7 @@ from .relay import CLIENT_WRITE_HIGH, UpstreamRelay
 from .session_audit import QUERY_TEXT_LIMIT
 from .session_close import _Close
 from .tracker import CLIENT_PARSED, Statement
-from .tracker_client import names_and_text_ascii
+from .encoding_guard import needs_known_encoding
 from .upstream import REQUIRED_ENCODING, send_cancel
 
 if TYPE_CHECKING:
@@ -49,8 +49,8 @@ X_TYPE = ord("X")  # Terminate
 MAX_PENDING_ANSWERS = 32_768
 # Sync, Flush, Terminate and CopyDone have no body; PostgreSQL answers one with a body with an
 # error the tracker would not expect (review: a Flush with one byte shifted every later outcome
-# onto the wrong statement), or drops the connection. CopyFail's message is a small one.
-NO_BODY_LIMITS = {"S": 4, "H": 4, "X": 4, "c": 4, "f": 10_000}
+# onto the wrong statement), or drops the connection.
+NO_BODY_LIMITS = {"S": 4, "H": 4, "X": 4, "c": 4}
 
 
 class RelayPhase:
@@ -176,7 +176,7 @@ class RelayPhase:
                     if refused is not None:
                         await self._forward(forward[pos:m.start], pending)  # what came before still runs
                         raise ClientProtocolError(str(refused), sqlstate=refused.sqlstate)
-                if m.payload is not None and not names_and_text_ascii(m.type, m.payload) \
+                if m.payload is not None and needs_known_encoding(m.type, m.payload) \
                         and not tracker.encoding_settled():
                     await self._forward(forward[pos:m.start], pending)
                     pos, pending = m.start, []
@@ -196,14 +196,16 @@ class RelayPhase:
             await self._forward(forward[pos:], pending)
 
     async def _encoding_settled(self) -> None:
-        """Hold a request whose text or names are not ASCII until the server has reported the
-        client_encoding they will be read in (a changed one ends the connection)."""
-        if not self.tracker.encoding_wait_possible():
-            raise ClientProtocolError(
-                "statement text or names with non-ASCII bytes after a Bind, Execute or FunctionCall "
-                "that is not yet followed by a Sync: the gateway cannot tell which client_encoding the "
-                "server will read them in; send a Sync first", sqlstate=FEATURE_NOT_SUPPORTED)
+        """Hold a request that another client_encoding could read differently (``encoding_guard``)
+        until the server has reported the encoding (a changed one ends the connection). Checked
+        again at each answer: a COPY that starts makes the server ignore the Syncs queued behind it."""
         while not self.tracker.encoding_settled():
+            if not self.tracker.encoding_wait_possible():
+                raise ClientProtocolError(
+                    "statement text whose non-ASCII bytes another client_encoding could pair with a "
+                    "backslash, or a non-ASCII statement or portal name, after a Bind or Execute that no "
+                    "Sync follows yet: the gateway cannot tell which client_encoding the server will read "
+                    "it in; send a Sync first", sqlstate=FEATURE_NOT_SUPPORTED)
             self._progress.clear()
             await self._progress.wait()
 

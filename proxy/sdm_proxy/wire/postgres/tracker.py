@@ -77,13 +77,12 @@ class StatementTracker(ClientSide, ServerSide):
         self._copy_data = 0  # CopyData messages the client has sent
         self._skipping = False  # an extended-protocol error: the server ignores requests until a Sync
         # Requests that may run code (and so change client_encoding, which the server reports only
-        # with its next ReadyForQuery), by push order: the last one sent, the last request a
-        # ReadyForQuery answers (Sync, Query, FunctionCall), and the last such one answered.
+        # with its next ReadyForQuery), by push order: the last one sent, and the last request a
+        # ReadyForQuery answered (Sync, Query, FunctionCall).
         self._pushed = 0
         self._last_exec = 0
-        self._last_syncing = 0
         self._ready_upto = 0
-        self._marks_before_last = (0, 0)  # (_last_exec, _last_syncing) before the newest push
+        self._exec_before_last = 0  # _last_exec before the newest push
         self._parse_chars = 0  # text of Parses sent and not yet answered (with _stmts.text: the budget)
         self.txn_status = b"I"
 
@@ -131,8 +130,8 @@ class StatementTracker(ClientSide, ServerSide):
         """Forget the newest request (it was refused and never forwarded)."""
         if self._queue:
             op = self._queue.pop()
-            if op.order == self._pushed:  # it ran nothing: the encoding marks are as before it
-                self._last_exec, self._last_syncing = self._marks_before_last
+            if op.order == self._pushed:  # it ran nothing: the encoding mark is as before it
+                self._last_exec = self._exec_before_last
 
     def abandon(self) -> list[Statement]:
         """The connection ended: statements still waiting for an answer, marked as cut off."""

@@ -66,21 +66,6 @@ class Refusal(str):
         return refusal
 
 
-def names_and_text_ascii(mtype: int, payload: bytes) -> bool:
-    """Are the SQL text and the statement/portal names of this request plain ASCII? Those read the
-    same in every client_encoding PostgreSQL accepts; other bytes depend on which one is in force."""
-    if mtype == Q or mtype in (D_, C_):
-        return payload.isascii()
-    if mtype in (P_, B):  # name, then text (Parse) or statement name (Bind); then binary fields
-        first = payload.find(b"\0")
-        end = payload.find(b"\0", first + 1) if first >= 0 else -1
-        return payload[:end if end >= 0 else len(payload)].isascii()
-    if mtype == E_:  # portal name, then the binary row limit
-        end = payload.find(b"\0")
-        return payload[:end if end >= 0 else len(payload)].isascii()
-    return True
-
-
 class ClientSide:
     """Part of ``StatementTracker``: records each client request as it is forwarded."""
 
@@ -97,9 +82,8 @@ class ClientSide:
         _skipping: bool
         _pushed: int
         _last_exec: int
-        _last_syncing: int
         _ready_upto: int
-        _marks_before_last: tuple[int, int]
+        _exec_before_last: int
         _parse_chars: int
 
     # ---- client side ---------------------------------------------------------------------------
@@ -166,9 +150,12 @@ class ClientSide:
         return self._last_exec <= self._ready_upto
 
     def encoding_wait_possible(self) -> bool:
-        """Will a ReadyForQuery settle it without the client's next message? Not while a Bind or
-        Execute waits for a Sync the client has not sent yet."""
-        return self._last_exec <= self._last_syncing
+        """Will a ReadyForQuery settle it without the client's next message? Only if a request
+        that gets one (Sync, Query, FunctionCall) is queued at or after the last that ran code;
+        not while a Bind or Execute waits for a Sync the client has not sent yet, nor after a
+        COPY whose Syncs the server ignored (review: that waited for ever)."""
+        last = self._last_exec
+        return any(op.order >= last and op.kind in _SYNCING for op in self._queue)
 
     def _uncertain(self, names: _Names, name: str) -> bool:
         return any(op.doubtful or op.seg < self._seg for op in names.pending.get(name, ()))
@@ -315,10 +302,7 @@ class ClientSide:
         op.data = self._copy_data
         self._pushed += 1
         op.order = self._pushed
-        self._marks_before_last = (self._last_exec, self._last_syncing)
-        kind = op.kind
-        if kind in _RUNS_CODE:
+        self._exec_before_last = self._last_exec
+        if op.kind in _RUNS_CODE:
             self._last_exec = op.order
-        if kind in _SYNCING:
-            self._last_syncing = op.order
         self._queue.append(op)
