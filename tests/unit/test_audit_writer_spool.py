@@ -264,24 +264,29 @@ class CommitsThenFails:
         return chained
 
 
-def test_a_batch_retried_after_a_failed_commit_is_not_chained_twice(audit_log, tmp_path, caplog):
-    spool_dir = tmp_path / "spool"
-    flaky = CommitsThenFails(audit_log)
-
+def _write_then_retry(log, spool_dir: Path, queries: int, *, outcomes: bool) -> int:
+    """Record ``queries`` statements (and their outcomes) through a spooling writer over ``log``,
+    give a failed first batch time to be retried (after 50 ms), close; the writer's failures."""
     async def main():
         spool = AuditSpool(spool_dir)
         spool.open()
-        writer = AuditWriter(flaky, spool=spool, flush_interval=0.001)
-        for n in range(10):
+        writer = AuditWriter(log, spool=spool, flush_interval=0.001)
+        for n in range(queries):
             ev = q(n)
             await writer.write([ev])
-            writer.post([query_end_event(ev, duration_ms=0.5, rows=1)])
-        await asyncio.sleep(0.3)  # the first batch commits, "fails", and is retried after 50 ms
+            if outcomes:
+                writer.post([query_end_event(ev, duration_ms=0.5, rows=1)])
+        await asyncio.sleep(0.3)
         await writer.aclose()
         return writer.failures
 
+    return asyncio.run(main())
+
+
+def test_a_batch_retried_after_a_failed_commit_is_not_chained_twice(audit_log, tmp_path, caplog):
+    flaky = CommitsThenFails(audit_log)
     with caplog.at_level(logging.WARNING, logger="sdm.wire.audit"):
-        assert asyncio.run(main()) == 1
+        assert _write_then_retry(flaky, tmp_path / "spool", 10, outcomes=True) == 1
     assert flaky.failed
     events = list(audit_log.iter_events())
     ids = [e.id for e in events]
@@ -308,26 +313,10 @@ class LateCommit:
             self.late = []
         return self.log.append_spooled(records, only_new=only_new)
 
-    def known_ids(self, events):
-        return self.log.known_ids(events)
-
 
 def test_a_retry_checks_for_a_late_commit_under_the_chains_lock(audit_log, tmp_path, caplog):
-    spool_dir = tmp_path / "spool"
-    late = LateCommit(audit_log)
-
-    async def main():
-        spool = AuditSpool(spool_dir)
-        spool.open()
-        writer = AuditWriter(late, spool=spool, flush_interval=0.001)
-        for n in range(5):
-            await writer.write([q(n)])
-        await asyncio.sleep(0.3)  # the batch "fails", its commit lands, the retry follows
-        await writer.aclose()
-        return writer.failures
-
     with caplog.at_level(logging.WARNING):
-        assert asyncio.run(main()) == 1
+        assert _write_then_retry(LateCommit(audit_log), tmp_path / "spool", 5, outcomes=False) == 1
     ids = [e.id for e in audit_log.iter_events()]
     assert len(ids) == len(set(ids)) == 5
     assert "chained after all" in caplog.text

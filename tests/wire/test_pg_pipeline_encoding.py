@@ -39,17 +39,24 @@ def _errors(msgs) -> list[dict]:
     return [pgraw.error_fields(p) for t, p in msgs if t == b"E"]
 
 
+def _last_error(sock, data: bytes) -> dict:
+    """Send ``data``, read until the gateway closes: the fields of its last ErrorResponse."""
+    sock.sendall(data)
+    msgs = pgraw.read_until_end(sock, timeout=10)
+    sock.close()
+    errors = _errors(msgs)
+    assert errors, msgs
+    return errors[-1]
+
+
 def test_non_ascii_text_after_an_unsynced_execute_is_refused(gateway):
     sock = _login(gateway)
     hidden = "SELECT length(E'\x81\\\\') AS gbk_hides_this -- pipeline_enc_1".encode("latin-1")
-    sock.sendall(pgraw.parse("", "SET client_encoding TO 'GBK'") + pgraw.bind("", "") + pgraw.execute()
-                 + _parse_raw(b"", hidden) + pgraw.bind("", "") + pgraw.execute()
-                 + pgraw.parse("", "SET client_encoding TO 'UTF8'") + pgraw.bind("", "") + pgraw.execute()
-                 + pgraw.sync())
-    msgs = pgraw.read_until_end(sock)
-    sock.close()
-    errors = _errors(msgs)
-    assert errors and errors[-1]["C"] == "0A000" and "send a Sync first" in errors[-1]["M"]
+    error = _last_error(sock, pgraw.parse("", "SET client_encoding TO 'GBK'") + pgraw.bind("", "") + pgraw.execute()
+                        + _parse_raw(b"", hidden) + pgraw.bind("", "") + pgraw.execute()
+                        + pgraw.parse("", "SET client_encoding TO 'UTF8'") + pgraw.bind("", "") + pgraw.execute()
+                        + pgraw.sync())
+    assert error["C"] == "0A000" and "send a Sync first" in error["M"]
     assert not gateway.query_events("pipeline_enc_1")
 
 
@@ -57,11 +64,9 @@ def test_pipelined_text_waits_for_the_encoding_to_be_reported(gateway):
     """The second Query is not sent on until the first one's ReadyForQuery: that reports LATIN1,
     and the connection ends before the text the audit would have read as UTF-8 runs."""
     sock = _login(gateway)
-    sock.sendall(pgraw.query("SET client_encoding TO 'LATIN1'") + pgraw.query("SELECT E'\u4e2d\\\\' -- pipeline_enc_2"))
-    msgs = pgraw.read_until_end(sock)
-    sock.close()
-    errors = _errors(msgs)
-    assert errors and errors[-1]["C"] == "08P01" and "client_encoding UTF8" in errors[-1]["M"]
+    error = _last_error(sock, pgraw.query("SET client_encoding TO 'LATIN1'")
+                        + pgraw.query("SELECT E'\u4e2d\\\\' -- pipeline_enc_2"))
+    assert error["C"] == "08P01" and "client_encoding UTF8" in error["M"]
     assert not gateway.query_events("pipeline_enc_2")
 
 
@@ -85,11 +90,8 @@ def test_a_sync_or_flush_with_a_body_is_refused_with_an_error(gateway, kind):
     the connection without a word."""
     sock = _login(gateway)
     body = b"x" if kind == b"H" else b"x" * 20_000
-    sock.sendall(pgraw.message(kind, body) + pgraw.query("SELECT 'after' -- pipeline_enc_5"))
-    msgs = pgraw.read_until_end(sock)
-    sock.close()
-    errors = _errors(msgs)
-    assert errors and errors[-1]["C"] == "08P01" and "invalid message length" in errors[-1]["M"]
+    error = _last_error(sock, pgraw.message(kind, body) + pgraw.query("SELECT 'after' -- pipeline_enc_5"))
+    assert error["C"] == "08P01" and "invalid message length" in error["M"]
     assert not gateway.query_events("pipeline_enc_5")
 
 
@@ -116,14 +118,11 @@ def test_after_a_copy_held_text_is_refused_not_left_waiting(gateway):
                              password=gateway.tokens["bob"])
     sock.sendall(pgraw.query("CREATE TEMP TABLE enc_copy (v int)"))
     pgraw.read_until_ready(sock)
-    sock.sendall(pgraw.parse("", "COPY enc_copy FROM STDIN") + pgraw.bind("", "") + pgraw.execute() + pgraw.sync()
-                 + pgraw.message(b"d", b"1\n") + pgraw.message(b"c")
-                 + pgraw.parse("", "SELECT E'\u4e2d\\\\' -- pipeline_enc_7") + pgraw.bind("", "") + pgraw.execute()
-                 + pgraw.sync())
-    msgs = pgraw.read_until_end(sock, timeout=10)
-    sock.close()
-    errors = _errors(msgs)
-    assert errors and errors[-1]["C"] == "0A000", msgs
+    error = _last_error(sock, pgraw.parse("", "COPY enc_copy FROM STDIN") + pgraw.bind("", "") + pgraw.execute()
+                        + pgraw.sync() + pgraw.message(b"d", b"1\n") + pgraw.message(b"c")
+                        + pgraw.parse("", "SELECT E'\u4e2d\\\\' -- pipeline_enc_7") + pgraw.bind("", "")
+                        + pgraw.execute() + pgraw.sync())
+    assert error["C"] == "0A000"
     assert not gateway.query_events("pipeline_enc_7")
 
 
