@@ -31,24 +31,28 @@ _ANY_HIGH_LEADS = re.compile(rb"(?:[\x00-\x7f]|[\x80-\xff][\x00-\xff])*[\x80-\xf
 _SJIS_LEADS = re.compile(rb"(?:[\x00-\x7f\xa1-\xdf]|[\x80-\xa0\xe0-\xff][\x00-\xff])*[\x80-\xa0\xe0-\xff]\\")
 
 
-def could_swallow_backslash(text: bytes) -> bool:
-    """Could some client encoding read a backslash of ``text`` as part of a multibyte character?"""
-    if b"\\" not in text or text.isascii():
+def could_swallow_backslash(data: bytes, start: int = 0, end: int | None = None) -> bool:
+    """Could some client encoding read a backslash of ``data[start:end]`` as part of a multibyte
+    character? (Every statement passes here: no copy, and most have no backslash at all.)"""
+    end = len(data) if end is None else end
+    if data.find(b"\\", start, end) < 0:
         return False
-    return _ANY_HIGH_LEADS.match(text) is not None or _SJIS_LEADS.match(text) is not None
+    return (_ANY_HIGH_LEADS.match(data, start, end) is not None
+            or _SJIS_LEADS.match(data, start, end) is not None)
 
 
 def needs_known_encoding(mtype: int, payload: bytes) -> bool:
     """Must this request wait until the server has reported ``client_encoding``?"""
     if mtype == Q:
-        return could_swallow_backslash(payload.split(b"\0", 1)[0])
+        end = payload.find(b"\0")
+        return could_swallow_backslash(payload, 0, end if end >= 0 else None)
     if mtype == P_:  # name, text, then binary parameter types
         name_end = payload.find(b"\0")
         if name_end < 0:
             return False  # malformed: the server refuses it
         text_end = payload.find(b"\0", name_end + 1)
-        text = payload[name_end + 1:text_end if text_end >= 0 else len(payload)]
-        return not payload[:name_end].isascii() or could_swallow_backslash(text)
+        return (not payload[:name_end].isascii()
+                or could_swallow_backslash(payload, name_end + 1, text_end if text_end >= 0 else None))
     if mtype == B:  # portal and statement names, then binary fields
         first = payload.find(b"\0")
         end = payload.find(b"\0", first + 1) if first >= 0 else -1

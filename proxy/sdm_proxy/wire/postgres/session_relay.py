@@ -24,11 +24,11 @@ from .errors import (
     ServerProtocolError,
     WireError,
 )
+from .encoding_guard import needs_known_encoding
 from .relay import CLIENT_WRITE_HIGH, UpstreamRelay
 from .session_audit import QUERY_TEXT_LIMIT
 from .session_close import _Close
 from .tracker import CLIENT_PARSED, Statement
-from .encoding_guard import needs_known_encoding
 from .upstream import REQUIRED_ENCODING, send_cancel
 
 if TYPE_CHECKING:
