@@ -17,9 +17,10 @@ statement ran.
 
 One worker moves queued events into the chain (group commit) from a thread, so many concurrent
 statements share one commit. In spool modes a failed commit is retried (the events are safe in the
-spool); in commit mode it refuses its waiters and retries its after-the-fact events; past ``max_backlog`` queued events (or ``max_backlog_chars`` of their text: a statement's
-record can hold 1 MiB) new statements wait for the chain to catch up (bounded memory, backpressure)
-and are refused if it does not within ``CATCH_UP_WAIT``.
+spool); in commit mode it refuses its waiters and retries its after-the-fact events on their own.
+Past ``max_backlog`` queued events (or ``max_backlog_chars`` of their text: a statement's record
+can hold 1 MiB) new statements wait for the chain to catch up (bounded memory, backpressure) and
+are refused if it does not within ``CATCH_UP_WAIT``.
 
 In spool modes the queue holds plain tuples ``(id, ts, type, user, body)`` (``AuditLog.
 append_spooled``), not the ``Event`` objects: those die with their statement, and the queue holds
