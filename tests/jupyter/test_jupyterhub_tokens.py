@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from sdm_jupyter.errors import AuthenticationError, GatewayError, PermissionDenied
+from sdm_proxy.errors import AuthenticationFailed
 from sdm_jupyter.gateway_client import GatewayClient, GatewayConfig
 from tests.jupyter.conftest import make_state
 from tests.support.api_server import free_port
@@ -136,6 +137,64 @@ def test_a_gateway_without_the_hub_option_says_so(gw_api, hub):
         client.close()
 
 
+class _Counting:
+    """A HubIdentity asking the real hub, counting how often it does."""
+
+    def __init__(self, hub, monkeypatch):
+        from sdm_proxy.control.hub_identity import HubIdentity
+
+        self.identity, self.asked = HubIdentity(hub.api_url), 0
+        real = self.identity._ask_hub
+
+        def counted(token):
+            self.asked += 1
+            return real(token)
+
+        monkeypatch.setattr(self.identity, "_ask_hub", counted)
+
+
+def test_an_address_sending_unknown_tokens_stops_reaching_the_hub(hub, monkeypatch):
+    """Review: anyone could make the gateway ask the hub about random tokens without limit (each
+    holding an API worker thread). Past REFUSALS_PER_WINDOW refusals a minute, that address's
+    unknown tokens are refused without asking; other addresses and loopback are not affected."""
+    from sdm_proxy.control import hub_identity
+
+    counting = _Counting(hub, monkeypatch)
+    try:
+        for n in range(hub_identity.REFUSALS_PER_WINDOW):
+            with pytest.raises(AuthenticationFailed, match="invalid"):
+                counting.identity.user_for_token(f"stranger-{n}", "10.9.8.7")
+        assert counting.asked == hub_identity.REFUSALS_PER_WINDOW
+        with pytest.raises(AuthenticationFailed, match="too many tokens"):
+            counting.identity.user_for_token("stranger-last", "10.9.8.7")
+        assert counting.asked == hub_identity.REFUSALS_PER_WINDOW  # the hub was not asked
+        assert counting.identity.user_for_token(hub.user_token("analyst"), "10.9.8.8") == "analyst"
+        for n in range(hub_identity.REFUSALS_PER_WINDOW + 2):  # loopback: never held back
+            with pytest.raises(AuthenticationFailed, match="invalid"):
+                counting.identity.user_for_token(f"local-{n}", "127.0.0.1")
+    finally:
+        counting.identity.close()
+
+
+def test_refused_tokens_do_not_push_the_good_answers_out(hub, monkeypatch):
+    from sdm_proxy.control import hub_identity
+
+    monkeypatch.setattr(hub_identity, "REFUSALS_MAX", 4)
+    counting = _Counting(hub, monkeypatch)
+    try:
+        good = hub.user_token("analyst")
+        assert counting.identity.user_for_token(good, "127.0.0.1") == "analyst"
+        for n in range(12):
+            with pytest.raises(AuthenticationFailed):
+                counting.identity.user_for_token(f"noise-{n}", "127.0.0.1")
+        asked = counting.asked
+        assert counting.identity.user_for_token(good, "127.0.0.1") == "analyst"
+        assert counting.asked == asked  # still cached
+    finally:
+        counting.identity.close()
+
+
+# Stops the hub: keep it last.
 def test_when_the_hub_is_down_new_tokens_fail_cleanly(world, hub):
     known = hub.user_token("analyst")
     first = _client(world, known)
@@ -154,3 +213,4 @@ def test_when_the_hub_is_down_new_tokens_fail_cleanly(world, hub):
             client.whoami()
     finally:
         client.close()
+

@@ -51,4 +51,5 @@ def session_minter(request: Request) -> tuple[Actor, str | None]:
     if hub is None:
         raise AuthenticationFailed("invalid API key (a JupyterHub token is taken only by a gateway started "
                                    "with --jupyterhub-api-url)")
-    return actor_for_hub_user(request.app.state.cp, hub.user_for_token(token)), "jupyterhub"
+    peer = request.client.host if request.client else None
+    return actor_for_hub_user(request.app.state.cp, hub.user_for_token(token, peer)), "jupyterhub"
