@@ -5,8 +5,10 @@ Everything secret is written with mode 0600 inside directories with mode 0700.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +30,24 @@ def write_private(path: Path, data: bytes) -> None:
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Replace ``path`` with ``data``, created with ``mode``: readers see the old file or the whole
-    new one, never a half-written one (written, fsynced, then renamed)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    new one, never a half-written one (written, fsynced, then renamed).
+
+    The temporary file has a random name and is created exclusively (review: a fixed ``.tmp``
+    name opened with O_TRUNC followed a symlink someone had planted there, so a key could be
+    written through it into a file of their choosing)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,12 @@ def run_lab(demo: Demo, notebook: Path, open_browser: bool) -> int:
 def demo(no_browser: bool, execute: Path | None, keep: bool) -> None:
     """A sample PostgreSQL, a fresh gateway and JupyterLab on notebooks/quickstart.ipynb."""
     started = time.monotonic()
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # A closed terminal (SIGHUP) stops the demo as Ctrl-C and SIGTERM do (review: its gateway,
+    # PostgreSQL and JupyterLab, each in a session of its own, went on running, keys on disk).
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in stops}
+    for sig in stops:
+        signal.signal(sig, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     code = 1
     try:
         with Demo(keep=keep) as d:
@@ -179,6 +183,7 @@ def demo(no_browser: bool, execute: Path | None, keep: bool) -> None:
         _say("interrupted; everything is stopped")
         code = 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if code:
         raise SystemExit(code)

@@ -87,6 +87,16 @@ def test_init_creates_a_private_home_and_saves_the_admin_key(run):
     assert stat.S_IMODE(run.home.stat().st_mode) == 0o700
 
 
+def test_init_takes_the_state_database_url_from_the_environment(tmp_path):
+    """So a password in it stays out of `ps` and the shell history (review)."""
+    from tests.support.cli import read_config
+
+    home = tmp_path / "home"
+    url = f"sqlite:///{tmp_path}/elsewhere.db"
+    ok(home, "init", env={"SDM_DATABASE_URL": url})
+    assert read_config(home)["database_url"] == url and (tmp_path / "elsewhere.db").exists()
+
+
 def test_datasource_add_prints_the_datasource(run):
     shown = kv_lines(step(run, "datasource add").stdout)
     assert shown["credentials"] == "-"  # none yet

@@ -143,7 +143,10 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_sdm_demo_interactive_serves_lab_and_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_sdm_demo_interactive_serves_lab_and_stops_on_ctrl_c(tmp_path, stop):
+    """Ctrl-C, and a closed terminal (review: after SIGHUP the gateway, PostgreSQL and JupyterLab
+    went on running with the demo's keys on disk), stop everything and remove the directory."""
     log_path = tmp_path / "demo.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([SDM, "demo", "--no-browser"], cwd=tmp_path, env=_env(), stdout=log,
@@ -168,7 +171,7 @@ def test_sdm_demo_interactive_serves_lab_and_stops_on_ctrl_c(tmp_path):
             assert r.status_code == 200 and r.json()["user"] == "analyst"
             assert httpx.get(url, timeout=30).status_code == 200  # JupyterLab itself
         finally:
-            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            proc.send_signal(stop)
             code = proc.wait(timeout=120)
     assert code in (0, 130), log_path.read_text(errors="replace")
     assert not any(_listening(p) for p in (lab_port, pg_port, gw_port))

@@ -37,7 +37,7 @@ if not SDM_BIN.exists():  # e.g. a system interpreter with sdm on PATH
 
 # Anything in the caller's environment that could make a test talk to the wrong gateway or user.
 AMBIENT_VARS = ("SDM_HOME", "SDM_API_KEY", "SDM_GATEWAY_URL", "JUPYTERHUB_API_TOKEN",
-                "JUPYTERHUB_API_URL")
+                "JUPYTERHUB_API_URL", "SDM_DATABASE_URL")
 ERROR_LINE = re.compile(r"^(sdm: error: |Error: )\S")
 DEFAULT_TIMEOUT = 120
 

@@ -63,7 +63,9 @@ def cli(ctx, home):
 
 
 @cli.command()
-@click.option("--database-url", default=None, help="State database (default SQLite in $SDM_HOME).")
+@click.option("--database-url", default=None, envvar="SDM_DATABASE_URL",
+              help="State database (default SQLite in $SDM_HOME); or SDM_DATABASE_URL, which keeps a "
+                   "password in it out of `ps` and the shell history.")
 @click.option("--kms-key-id", default=None, help="Wrap data keys with this AWS KMS key instead of a local key.")
 @click.option("--admin-name", default="admin", show_default=True, help="Name of the first admin user.")
 @click.option("--tls-name", "tls_names", multiple=True, metavar="NAME",
