@@ -52,6 +52,24 @@ def test_init_with_an_unknown_kms_key_against_moto_server_fails_and_leaves_nothi
     assert not (tmp_path / "home").exists()
 
 
+def test_a_failed_init_in_a_directory_that_existed_removes_only_what_it_made(aws, tmp_path):
+    """Review: a failed `sdm init` with SDM_HOME=$HOME removed ~/keys and ~/tls with the user's
+    own files in them."""
+    from sdm_proxy.control.bootstrap import init_home
+    from sdm_proxy.home import SdmHome
+
+    home = tmp_path / "home"
+    (home / "keys").mkdir(parents=True)
+    (home / "keys" / "important.txt").write_text("mine")
+    (home / "tls").mkdir()
+    (home / "tls" / "mine.pem").write_text("mine")
+    (home / "notes.txt").write_text("mine")
+    with pytest.raises(VaultError):
+        init_home(SdmHome(home), kms_key_id="arn:aws:kms:us-east-1:123456789012:key/nope")
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == [
+        "keys", "keys/important.txt", "notes.txt", "tls", "tls/mine.pem"]
+
+
 def test_secret_ref_in_secrets_manager_against_moto_server_unlocks(aws, tmp_path):
     sm = boto3.client("secretsmanager", endpoint_url=aws.endpoint_url)
     sm.create_secret(Name="prod/db/orders", SecretString=json.dumps({"password": "from-secrets-manager"}))

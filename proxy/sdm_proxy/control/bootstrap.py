@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -37,12 +39,13 @@ def init_home(home: SdmHome, *, database_url: str | None = None, kms_key_id: str
         raise UsageError("--database-url must be a sqlite:/// or postgresql+psycopg:// URL")
     check_name("user", admin_name)
     created_root = not home.root.exists()
+    before = None if created_root else _entries(home)
     home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home.root, 0o700)
     try:
         return _init(home, database_url, kms_key_id, admin_name, tls_names)
     except BaseException:
-        _undo(home, created_root)
+        _undo(home, before)
         raise
 
 
@@ -78,16 +81,27 @@ def _init(home: SdmHome, database_url: str | None, kms_key_id: str | None, admin
             "key_provider": config["key_provider"]["type"], "admin_key_file": str(home.admin_key_path)}
 
 
-def _undo(home: SdmHome, created_root: bool) -> None:
-    if created_root:
+def _entries(home: SdmHome) -> set[Path]:
+    """What a directory init was pointed at held already: its entries, and those of the keys/ and
+    tls/ directories init writes into."""
+    found: set[Path] = set()
+    for directory in (home.root, home.keys_dir, home.tls_dir):
+        with contextlib.suppress(OSError):
+            found.update(directory.iterdir())
+    return found
+
+
+def _undo(home: SdmHome, before: set[Path] | None) -> None:
+    """Remove what init made; in a directory that existed, only that (review: a failed init into
+    $HOME removed ~/keys and ~/tls, which it had not made)."""
+    if before is None:
         shutil.rmtree(home.root, ignore_errors=True)
         return
-    for path in (home.config_path, home.admin_key_path, home.audit_jsonl_path):
-        path.unlink(missing_ok=True)
-    for name in ("state.db", "state.db-wal", "state.db-shm"):
-        (home.root / name).unlink(missing_ok=True)
-    for directory in (home.keys_dir, home.tls_dir):
-        shutil.rmtree(directory, ignore_errors=True)
+    for path in sorted(_entries(home) - before, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _key_provider_config(home: SdmHome, kms_key_id: str | None) -> dict:
