@@ -29,19 +29,18 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..control.db import StateDB
 from ..errors import AuditUnavailable, StateError
 from .body import event_body
-from .chain import GENESIS
 from .checkpoints import Checkpoint, CheckpointSigner
 from .events import Event, is_valid_type
-from .reader import CHECKPOINTS, EVENTS, HEAD, HEAD_ID, READ_CHUNK, AuditReader, _reason, known_ids_in
-from .records import Stamp, check_records
+from .reader import CHECKPOINTS, EVENTS, HEAD, HEAD_ID, READ_CHUNK, AuditReader, _reason, not_chained
+from .records import check_records
 from .sink import JsonlSink, SinkError, event_line
-from .store import insert_events
+from .store import insert_events, insert_head_if_missing
 
 __all__ = ["AuditLog", "CheckpointSigner", "Checkpoint"]
 
@@ -122,7 +121,7 @@ class AuditLog(AuditReader):
         def build(s: Session, seq: int, prev: str) -> _Batch:
             if not only_new:
                 return self._chain(records, seq, prev, events)
-            keep = _not_chained(s, records)
+            keep = not_chained(s, records)
             return self._chain([records[i] for i in keep], seq, prev, [events[i] for i in keep])
 
         try:
@@ -150,7 +149,7 @@ class AuditLog(AuditReader):
         def build(s: Session, seq: int, prev: str) -> _Batch:
             todo = records
             if only_new:
-                todo = [records[i] for i in _not_chained(s, records)]
+                todo = [records[i] for i in not_chained(s, records)]
                 chained[0] = len(todo)
             return self._chain(todo, seq, prev)
 
@@ -346,7 +345,7 @@ class AuditLog(AuditReader):
             # First append ever: create the head, unless events exist (then the head was deleted).
             if s.execute(select(EVENTS.c.seq).limit(1)).first() is not None:
                 raise _Refuse("the audit head row is missing although events exist (run `sdm audit verify`)")
-            _insert_head_if_missing(s)
+            insert_head_if_missing(s)
             row = conn.execute(_HEAD_FOR_UPDATE).first()
         return int(row[0]), row[1]
 
@@ -386,28 +385,6 @@ def _records(events: Sequence[Event], bodies: Sequence[str] | None) -> list[tupl
     return [(ev.id, ev.ts, ev.type, ev.user, body) for ev, body in zip(events, bodies)]
 
 
-def _not_chained(s: Session, records: Sequence[tuple]) -> list[int]:
-    """Indexes of the records the chain does not hold yet (read under the locked head)."""
-    known = known_ids_in(s, [Stamp(r[0], r[1]) for r in records])
-    if known:
-        log.warning("%d audit event(s) of a batch that failed were chained after all; not chaining "
-                    "them again", len(known))
-    return [i for i, r in enumerate(records) if r[0] not in known]
-
-
 def _cp_row(cp: Checkpoint) -> dict:
     return {"seq": cp.seq, "hash": cp.hash, "ts": cp.ts, "signature": cp.signature}
 
-
-def _insert_head_if_missing(s: Session) -> None:
-    values = {"id": HEAD_ID, "seq": 0, "hash": GENESIS}
-    dialect = s.get_bind().dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        mod = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
-        s.execute(mod.insert(HEAD).values(**values).on_conflict_do_nothing(index_elements=["id"]))
-    else:  # a concurrent first append may then fail once (and is refused, fail closed)
-        try:
-            with s.begin_nested():
-                s.execute(insert(HEAD).values(**values))
-        except IntegrityError:
-            pass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from typing import IO, Iterable, Iterator, Sequence
 
 from sqlalchemy import func, or_, select
@@ -20,12 +21,14 @@ from ..errors import SdmError, StateError
 from .chain import GENESIS
 from .checkpoints import Checkpoint
 from .events import Event
+from .records import Stamp
 from .sink import SinkError, event_line
 
 EVENTS = AuditEvent.__table__
 HEAD = AuditHead.__table__
 CHECKPOINTS = AuditCheckpoint.__table__
 HEAD_ID = 1
+log = logging.getLogger("sdm.audit")  # as the writer (log.py) reports
 READ_CHUNK = 2000  # rows per short read transaction (keeps the SQLite write lock brief)
 
 
@@ -158,6 +161,16 @@ def known_ids_in(s: Session, events: Iterable[Event]) -> set[str]:
         if len(rows) < READ_CHUNK or len(found) == len(wanted):
             return found
         last = rows[-1][0]
+
+
+def not_chained(s: Session, records: Sequence[tuple]) -> list[int]:
+    """Indexes of the records ``(id, ts, ...)`` the chain does not hold yet (the writer asks with
+    the head locked, before it retries a batch that may have been committed after all)."""
+    known = known_ids_in(s, [Stamp(r[0], r[1]) for r in records])
+    if known:
+        log.warning("%d audit event(s) of a batch that failed were chained after all; not chaining "
+                    "them again", len(known))
+    return [i for i, r in enumerate(records) if r[0] not in known]
 
 
 def _wanted(events: Iterable[Event]) -> dict[str, str]:

@@ -16,7 +16,11 @@ import sqlite3
 from itertools import chain
 
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+from .chain import GENESIS
+from .reader import HEAD, HEAD_ID
 
 from .reader import EVENTS
 
@@ -60,3 +64,18 @@ def _statement_sizes(dbapi_conn) -> tuple[int, ...]:
     top = max(1, min(_ROWS_PER_STATEMENT, limit // len(ROW)))
     _sizes = tuple(sorted({top, min(top, 128), min(top, 16)}, reverse=True))
     return _sizes
+
+
+def insert_head_if_missing(s: Session) -> None:
+    """The chain's head row at its genesis, unless it exists (the first append ever)."""
+    values = {"id": HEAD_ID, "seq": 0, "hash": GENESIS}
+    dialect = s.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        mod = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
+        s.execute(mod.insert(HEAD).values(**values).on_conflict_do_nothing(index_elements=["id"]))
+    else:  # a concurrent first append may then fail once (and is refused, fail closed)
+        try:
+            with s.begin_nested():
+                s.execute(insert(HEAD).values(**values))
+        except IntegrityError:
+            pass
