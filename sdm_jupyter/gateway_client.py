@@ -37,6 +37,7 @@ import httpx
 from . import __version__
 from .errors import (AuthenticationError, GatewayError, GatewayUnreachable, InvalidRequest, NotConfigured,
                      NotFound, PermissionDenied, SdmClientError)
+from .listener_owner import check_listener
 from .net import is_loopback
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8471"
@@ -292,6 +293,9 @@ class GatewayClient:
 
     def _send(self, method: str, path: str, bearer: str, *, json: Any = None,
               params: Mapping[str, Any] | None = None, who: str) -> Any:
+        parts = urlsplit(self.config.url)
+        if parts.scheme == "http":  # plain http is loopback only: nothing else says who listens
+            check_listener(parts.hostname or "", parts.port or 80)
         try:
             response = self._http.request(method, path, json=json, params=params,
                                           headers={"Authorization": f"Bearer {bearer}"})
@@ -333,7 +337,13 @@ class GatewayClient:
         return self._listeners
 
     def postgres_address(self) -> tuple[str, int]:
-        """Where the gateway's PostgreSQL listener is (see the module docstring for the order)."""
+        """Where the gateway's PostgreSQL listener is (see the module docstring for the order),
+        checked to be the managed gateway's when the server exported ``SDM_GATEWAY_UID``."""
+        host, port = self._postgres_address()
+        check_listener(host, port)
+        return host, port
+
+    def _postgres_address(self) -> tuple[str, int]:
         if self.config.postgres:
             return self.config.postgres
         announced = self.listeners().get("postgres")

@@ -73,6 +73,10 @@ class SdmExtension(ExtensionApp):
             os.environ["SDM_GATEWAY_URL"] = self.gateway_url
             if self._kernel_postgres():
                 os.environ["SDM_GATEWAY_POSTGRES"] = self._kernel_postgres()
+        if self.manage_gateway:
+            # The gateway runs as this user: clients here send credentials to its loopback ports
+            # only if this uid listens there (listener_owner.py; another user could bind them first).
+            os.environ["SDM_GATEWAY_UID"] = str(os.getuid())
         self.log.info("sdm: gateway %s%s", self.gateway_url, " (managed)" if self.manage_gateway else "")
 
     def initialize_handlers(self) -> None:

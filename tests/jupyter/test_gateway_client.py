@@ -116,3 +116,32 @@ def test_non_admin_on_admin_route_is_403(gw_api):
                                                    "SDM_API_KEY": gw_api.keys["analyst"], "SDM_HOME": "/x"}))
     with pytest.raises(PermissionDenied, match="not allowed"):
         client.get("/v1/admin/datasources")
+
+
+def test_credentials_go_only_to_a_loopback_listener_of_the_managed_gateways_user(monkeypatch):
+    """Review: a server that starts the gateway on fixed loopback ports exports its uid; another
+    local user who bound the port first got the kernels' API key. A listener of another uid gets
+    no request at all."""
+    import os
+    import socket
+
+    from sdm_jupyter.errors import GatewayError
+    from sdm_jupyter.listener_owner import listener_uids
+
+    impostor = socket.create_server(("127.0.0.1", 0))
+    impostor.settimeout(0.5)
+    port = impostor.getsockname()[1]
+    try:
+        assert listener_uids(port) == {os.getuid()}
+        monkeypatch.setenv("SDM_GATEWAY_UID", str(os.getuid() + 1))  # the server's user is someone else
+        client = GatewayClient(GatewayConfig.discover({"SDM_GATEWAY_URL": f"http://127.0.0.1:{port}",
+                                                       "SDM_API_KEY": "sdmk_must_not_leave", "SDM_HOME": "/x"}))
+        try:
+            with pytest.raises(GatewayError, match="not the gateway this Jupyter server started"):
+                client.whoami()
+        finally:
+            client.close()
+        with pytest.raises(TimeoutError):
+            impostor.accept()  # nothing connected, so nothing was sent
+    finally:
+        impostor.close()

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def sdm_env(monkeypatch, gw_api):
     """The Jupyter user's identity: the analyst's API key (monkeypatch restores os.environ after,
     including what the extension exports for kernels)."""
-    for name in ("SDM_GATEWAY_URL", "SDM_GATEWAY_POSTGRES", "JUPYTERHUB_API_TOKEN"):
+    for name in ("SDM_GATEWAY_URL", "SDM_GATEWAY_POSTGRES", "JUPYTERHUB_API_TOKEN", "SDM_GATEWAY_UID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SDM_API_KEY", gw_api.keys["analyst"])
     monkeypatch.setenv("SDM_HOME", str(gw_api.state.home.root.parent / "no-home"))
@@ -158,6 +158,7 @@ class TestManagedGateway:
         try:
             code, me = fetch_json(jp_asyncio_loop, jp_fetch, "sdm", "api", "whoami")
             assert code == 200 and me["user"] == "analyst" and me["gateway"] == f"http://{self.api}"
+            assert os.environ["SDM_GATEWAY_UID"] == str(os.getuid())  # kernels check who listens
 
             first = sup.process.pid
             os.kill(first, signal.SIGKILL)  # the gateway dies; the supervisor brings it back
