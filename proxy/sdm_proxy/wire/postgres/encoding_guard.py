@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 
-Q, P_, B, E_, D_, C_ = (ord(c) for c in "QPBEDC")
+from .tracker_client import B, C_, D_, E_, P_, Q
 
 # Tokenised from the start as each encoding does (PostgreSQL's pg_*_mblen): single bytes, or a lead
 # byte and whatever byte follows. A match is a lead byte whose second byte is a backslash.
