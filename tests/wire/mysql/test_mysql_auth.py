@@ -124,12 +124,26 @@ def test_caching_sha2_fast_path():
     assert fn.calls == 1  # the fast path needs the secret once
 
 
-def test_caching_sha2_full_auth_over_tls_sends_clear_password():
-    auth, fn = UpstreamAuth(secure=True), SecretCounter()
+def test_caching_sha2_full_auth_over_verified_tls_sends_clear_password():
+    auth, fn = UpstreamAuth(secure=True, verified=True), SecretCounter()
     auth.start(CACHING_SHA2, NONCE, fn)
     assert auth.step(b"\x01\x04", fn) == PASSWORD + b"\0"
     auth.step(build_ok(), fn)
     assert auth.done
+
+
+@pytest.mark.parametrize("plugin", [CACHING_SHA2, SHA256_PASSWORD])
+def test_full_auth_over_unverified_tls_never_sends_the_password(plugin):
+    # Review: under ``require`` anyone in the middle finishes TLS with a certificate of their own,
+    # answers "perform full authentication" and mysqld's rule (clear over TLS) handed them the password.
+    auth, fn = UpstreamAuth(secure=True, verified=False), SecretCounter()
+    with pytest.raises(UpstreamLoginError, match="verify-full") as info:
+        first = auth.start(plugin, NONCE, fn)
+        auth.step(b"\x01\x04", fn)
+    if plugin == CACHING_SHA2:
+        assert _server_check_sha2_fast(first, NONCE, PASSWORD)  # the scramble went; the password did not
+    assert PASSWORD.decode() not in str(info.value)
+    assert info.value.code == 1251
 
 
 def test_caching_sha2_full_auth_with_pinned_key():
@@ -170,7 +184,7 @@ def test_auth_switch_from_native_to_sha2_and_only_once():
 
 
 def test_sha256_password_plugin():
-    auth, fn = UpstreamAuth(secure=True), SecretCounter()
+    auth, fn = UpstreamAuth(secure=True, verified=True), SecretCounter()
     assert auth.start(SHA256_PASSWORD, NONCE, fn) == PASSWORD + b"\0"
     auth.step(build_ok(), fn)
     assert auth.done
@@ -344,8 +358,12 @@ def test_login_fast_path_with_tls_and_coalesced_ok():
     assert server.response.capabilities & Cap.DEPRECATE_EOF and server.response.capabilities & Cap.SSL
 
 
-def test_login_full_auth_over_tls():
-    assert _run_login(FakeMySQL8(cached=False), tls="prefer").ok is not None
+def test_login_full_auth_over_tls_only_to_a_verified_server():
+    assert _run_login(FakeMySQL8(cached=False), tls="require", server_verified=True).ok is not None
+    server = FakeMySQL8(cached=False)
+    with pytest.raises(UpstreamLoginError, match="verify-full"):
+        _run_login(server, tls="require")
+    assert server.tls_seen and server.response is not None  # it got the scramble, nothing more
 
 
 def test_login_full_auth_rsa_key_request():
@@ -371,7 +389,8 @@ def test_login_wrong_password_and_tls_required():
 
 def test_login_repr_and_steps_hide_secrets():
     server = FakeMySQL8(cached=False)
-    login = UpstreamLogin(username="u", database=None, front_capabilities=0, tls="require")
+    login = UpstreamLogin(username="u", database=None, front_capabilities=0, tls="require",
+                          server_verified=True)
     fn = SecretCounter()
     step = login.receive_data(server.greeting(), fn)
     server.receive(step.send)

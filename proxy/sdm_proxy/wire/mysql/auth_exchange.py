@@ -97,10 +97,10 @@ def _classify(reply: object) -> Reply:
 class UpstreamAuth:
     """The auth part of an upstream login: ``start`` gives the first reply, ``step`` the next ones.
 
-    ``secure``: the channel is TLS (or a local socket), so a full-auth password may travel in clear.
+    ``secure``: the channel is TLS (or a local socket): mysqld then wants a full-auth password in clear.
     ``verified``: the server at the other end is authenticated (TLS verify-full, or a local socket):
-    only then does ``mysql_clear_password`` get the password (review: under ``require`` a man in
-    the middle with any certificate asked for it and got it; libmysqlclient refuses it by default).
+    only then does a password go in clear, for ``mysql_clear_password`` or a SHA-2 full auth
+    (review: under ``require`` a man in the middle with any certificate asked for it and got it).
     ``server_public_key``: a PEM the datasource is configured with (pinned). Without it, and without
     ``allow_public_key_request``, full auth over plain TCP is refused, like libmysqlclient does
     without --get-server-public-key: a key fetched in clear can be a man in the middle's.
@@ -195,6 +195,14 @@ class UpstreamAuth:
 
     def _full_or_key_request(self, key_request: bytes, secret_fn: SecretFn) -> bytes:
         if self.secure:
+            # Over TLS mysqld takes only the password in clear here, so under ``require`` a man in
+            # the middle could ask for it with any certificate (review): a verified server only.
+            if not self.verified:
+                raise UpstreamLoginError(
+                    f"upstream needs full {self.plugin} authentication, which sends the password in "
+                    "clear; the gateway sends it only to a verified server: use --tls verify-full for "
+                    "the datasource (or a Unix socket)",
+                    code=ER_NOT_SUPPORTED_AUTH_MODE, sqlstate=SQLSTATE_REJECTED)
             self.state = AuthState.SENT_FINAL
             return secret_fn() + b"\0"
         if self.server_public_key is not None:
