@@ -90,3 +90,10 @@ class UpstreamError(SdmError):
 
     http_status = 502
     code = "upstream_error"
+
+
+class ListenError(SdmError):
+    """The gateway could not listen on an address it was given (in use, not local, no permission)."""
+
+    http_status = 500
+    code = "listen_error"

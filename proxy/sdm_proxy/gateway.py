@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +29,7 @@ from .control.context import Actor, ControlPlane
 from .control.live_access import live_access_reason
 from .control.proxies import enroll_proxy
 from .control.unlock import unlock
-from .errors import SdmError
+from .errors import ListenError, SdmError
 from .home import write_private
 from .unlock.client import InProcessUnlockClient, ProxyIdentity
 from .wire.audit_writer import AuditWriter
@@ -98,27 +101,33 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
     listeners = []
     hub = None  # a HubIdentity when the gateway takes JupyterHub tokens
     addresses = {"api": f"{'https' if api_tls else 'http'}://{config.api_host}:{config.api_port}"}
+    api_socket = None
     try:
+        # Bound first, by us: a port in use is a clear error before any listener starts.
+        api_socket = bind_api_socket(config.api_host, config.api_port)
         # Each listener's modules load only when it runs (`--mysql off` saves ~1.5 MB of RSS).
         if config.postgres is not None:
             from .wire.postgres.server import start_postgres_listener
 
-            pg = await start_postgres_listener(
-                *config.postgres, unlock_client=unlock_client, audit_log=audit,
-                tls_context=gateway_tls_context(cp.home.tls_dir),
-                policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id,
-                warm_logins=config.warm_logins, login_failure_limit=config.login_failure_limit,
-                logins_per_address=config.logins_per_address)
+            with listen_errors("PostgreSQL", "--postgres", *config.postgres):
+                pg = await start_postgres_listener(
+                    *config.postgres, unlock_client=unlock_client, audit_log=audit,
+                    tls_context=gateway_tls_context(cp.home.tls_dir),
+                    policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id,
+                    warm_logins=config.warm_logins, login_failure_limit=config.login_failure_limit,
+                    logins_per_address=config.logins_per_address)
             listeners.append(pg)
             addresses["postgres"] = f"{config.postgres[0]}:{pg.port}"
         if config.mysql is not None:
             from .wire.mysql.server import start_mysql_listener
 
-            my = await start_mysql_listener(
-                *config.mysql, unlock_client=unlock_client, audit_log=audit,
-                tls_context=gateway_tls_context(cp.home.tls_dir),
-                policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id,
-                login_failure_limit=config.login_failure_limit, logins_per_address=config.logins_per_address)
+            with listen_errors("MySQL", "--mysql", *config.mysql):
+                my = await start_mysql_listener(
+                    *config.mysql, unlock_client=unlock_client, audit_log=audit,
+                    tls_context=gateway_tls_context(cp.home.tls_dir),
+                    policy_check=unlock_client.still_allowed_shared, proxy_id=identity.proxy_id,
+                    login_failure_limit=config.login_failure_limit,
+                    logins_per_address=config.logins_per_address)
             listeners.append(my)
             addresses["mysql"] = f"{config.mysql[0]}:{my.port}"
         if config.jupyterhub_api_url:
@@ -136,10 +145,12 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
             loop.add_signal_handler(sig, server.handle_exit, sig, None)
         announce = loop.create_task(_announce_when_up(server, cp, addresses))
         try:
-            await server.serve()
+            await server.serve(sockets=[api_socket])
         finally:
             announce.cancel()
     finally:
+        if api_socket is not None:
+            api_socket.close()
         cp.home.gateway_info_path.unlink(missing_ok=True)
         # Side by side: one listener's grace period must not hold the other's clients open.
         await asyncio.gather(*(listener.drain(timeout=config.drain_seconds) for listener in listeners))
@@ -150,6 +161,39 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
             cp.audit.checkpoint()
         except SdmError as exc:
             log.warning("could not sign the closing audit checkpoint: %s", exc.message)
+
+
+@contextlib.contextmanager
+def listen_errors(what: str, option: str, host: str, port: int):
+    """A bind failure as a ListenError naming the address and the option that sets it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the address is in use (by another gateway or program?)"
+        elif isinstance(exc, socket.gaierror):
+            reason = f"the host is not known ({exc.strerror})"
+        else:  # asyncio's own strerror repeats the address: the system's text is enough
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        raise ListenError(f"cannot listen on {host}:{port} for {what}: {reason}; "
+                          f"choose another address with {option}") from None
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """The control API's listening socket, bound here so that uvicorn's own bind failure (a log
+    line and an exit) becomes a ListenError like the listeners'."""
+    with listen_errors("the control API", "--api", host, port):
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
 
 async def _announce_when_up(server: uvicorn.Server, cp: ControlPlane, addresses: dict) -> None:
