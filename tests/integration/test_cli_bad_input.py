@@ -13,6 +13,7 @@ The copies let the cases run side by side.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -266,6 +267,21 @@ def test_missing_state_db_is_a_clear_error_that_changes_nothing(base, tmp_path):
         assert sdm(home, suggested, "--help").rc == 0, f"the error suggests `sdm {suggested}`, which does not exist"
     assert not diff_fingerprints(before, state_fingerprint(home)), (
         f"a refused command created {home / 'state.db'}: {diff_fingerprints(before, state_fingerprint(home))}")
+
+
+def test_config_without_key_provider_means_local_as_documented(base, tmp_path):
+    """docs/configuration.md: a missing ``key_provider`` means ``local``; every command failed with
+    "unexpected KeyError" instead."""
+    home = copy_home(base.path, tmp_path / "home")
+    config = read_config(home)
+    del config["key_provider"]
+    (home / "config.json").write_text(json.dumps(config))
+    res = sdm(home, "datasource", "list", "--json")
+    assert res.rc == 0, res.describe()
+    assert res.json() == ok(base.path, "datasource", "list", "--json").json()
+    for bad in ("local", ["local"]):  # present but not an object: one clear error
+        (home / "config.json").write_text(json.dumps({**config, "key_provider": bad}))
+        assert_clean_error(sdm(home, "datasource", "list"), 2, "key provider config must be an object")
 
 
 def test_init_on_an_unreachable_state_database_is_one_line_and_leaves_no_home(tmp_path):

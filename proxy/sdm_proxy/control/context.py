@@ -119,8 +119,8 @@ class ControlPlane:
             home=home,
             db=db,
             audit=audit,
-            key_provider=load_key_provider(config["key_provider"], home),
-            open_providers=providers_for_open(config["key_provider"], home),
+            key_provider=load_key_provider(config.get("key_provider"), home),
+            open_providers=providers_for_open(config.get("key_provider"), home),  # missing: local
             session_signer=SessionSigner.load(home.session_signing_key_path),
             secret_store_options=_secret_store_options(config),
             min_envelope_version=_min_envelope_version(config),
