@@ -4,16 +4,22 @@ and nobody (not the admin, not the output, not the audit log) sees it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
+from pathlib import Path
 
 import psycopg
 import pymysql
 import pytest
 
 from sdm_proxy.control.catalog import list_credentials
-from sdm_proxy.control.rotation import rotate_with_generated_password, scram_sha256_verifier
+from sdm_proxy.control.rotation import (
+    mysql_native_password_hash,
+    rotate_with_generated_password,
+    scram_sha256_verifier,
+)
 from sdm_proxy.control.unlock import unlock
 from sdm_proxy.errors import UpstreamError
 from sdm_proxy.unlock.message import answer_info
@@ -78,29 +84,75 @@ def _mariadb_login(mysql_server) -> tuple[str, str]:
     return user, old
 
 
+@contextlib.contextmanager
+def _general_log(mysql_server, path):
+    """MariaDB's general query log, on for the block (it records every statement as received)."""
+    root = pymysql.connect(**mysql_server.connect_kwargs("bootstrap"), autocommit=True)
+    try:
+        with root.cursor() as cur:
+            cur.execute("SET GLOBAL log_output = 'FILE'")
+            cur.execute("SET GLOBAL general_log_file = %s", (str(path),))
+            cur.execute("SET GLOBAL general_log = 1")
+        yield
+    finally:
+        with root.cursor() as cur:
+            cur.execute("SET GLOBAL general_log = 0")
+        root.close()
+
+
 @pytest.mark.mysql
 def test_rotate_generate_on_mariadb_over_its_unix_socket(mysql_server, tmp_path):
     user, old = _mariadb_login(mysql_server)
     st = GatewayState.create(tmp_path / "home")
+    log = Path(mysql_server.socket_dir) / f"general-{secrets.token_hex(4)}.log"  # where mysqld may write
     try:
         host = str(mysql_server.socket_path)
         st.add_datasource("my", type="mysql", host=host, port=mysql_server.port, credentials={"rot": (user, old)})
         st.role_leasing("ops", "my", "rot")
         ops = st.add_user("ops", roles_=("ops",))
-        rotate_with_generated_password(st.cp, st.admin, "my", "rot")
+        with _general_log(mysql_server, log):
+            rotate_with_generated_password(st.cp, st.admin, "my", "rot")
         new = unlocked_secret(st, ops, "my", "rot")
         kwargs = dict(host=mysql_server.host, port=mysql_server.port, user=user, database=mysql_server.database)
         pymysql.connect(**kwargs, password=new).close()
         with pytest.raises(pymysql.err.OperationalError):
             pymysql.connect(**kwargs, password=old)
+        # Review: MariaDB logged `SET PASSWORD = PASSWORD('<the new password>')` as sent.
+        text = log.read_text(errors="replace")
+        assert "SET PASSWORD" in text  # the log did record the statement...
+        assert new not in text  # ...with the hash, never the password
+        assert mysql_native_password_hash(new.encode()) in text
     finally:
         st.close()
 
 
 @pytest.mark.mysql
-def test_rotate_generate_on_mysql_over_plain_tcp_is_refused_before_connecting(mysql_server, tmp_path):
-    """MySQL takes the new password from the SQL text, and PyMySQL's login would encrypt the current
-    one to any RSA key a server in the middle offers: over unencrypted TCP nothing is attempted."""
+def test_rotate_generate_on_mariadb_refuses_an_account_it_cannot_set_without_logging(mysql_server, tmp_path):
+    """An ed25519 (or any non-native) account: MariaDB would log the password; nothing is changed."""
+    user, old = _mariadb_login(mysql_server)
+    root = pymysql.connect(**mysql_server.connect_kwargs("bootstrap"), autocommit=True)
+    with root.cursor() as cur:  # the same password, another method the gateway cannot pre-hash
+        cur.execute(f"ALTER USER '{user}'@'%%' IDENTIFIED VIA mysql_native_password USING PASSWORD(%s) "
+                    "OR unix_socket", (old,))
+    root.close()
+    st = GatewayState.create(tmp_path / "home")
+    try:
+        st.add_datasource("my", type="mysql", host=str(mysql_server.socket_path), port=mysql_server.port,
+                          credentials={"rot": (user, old)})
+        with pytest.raises(UpstreamError, match="does not log in with mysql_native_password"):
+            rotate_with_generated_password(st.cp, st.admin, "my", "rot")
+        assert [c["version"] for c in list_credentials(st.cp, st.admin)] == [1]
+        pymysql.connect(host=mysql_server.host, port=mysql_server.port, user=user, password=old,
+                        database=mysql_server.database).close()  # the old password still works
+    finally:
+        st.close()
+
+
+@pytest.mark.mysql
+def test_rotate_generate_on_mysql_to_an_unverified_server_is_refused_before_connecting(mysql_server, tmp_path):
+    """MySQL takes the new password from the SQL text, and PyMySQL's login sends the current one in
+    clear to a server that asks, or encrypts it to any RSA key a server in the middle offers: to a
+    server that is not verified (plain TCP, or `require` TLS: review) nothing is attempted."""
     user, old = _mariadb_login(mysql_server)
     listener = socket.create_server(("127.0.0.1", 0))  # stands where the server would be: counts connections
     listener.settimeout(0.5)
@@ -110,12 +162,14 @@ def test_rotate_generate_on_mysql_over_plain_tcp_is_refused_before_connecting(my
                           credentials={"rot": (user, old)})
         st.add_datasource("trap", type="mysql", host="127.0.0.1", port=listener.getsockname()[1],
                           credentials={"rot": (user, old)})
-        for datasource in ("my", "trap"):
-            with pytest.raises(UpstreamError, match="over an unencrypted connection the new password would travel"):
+        st.add_datasource("trap-tls", type="mysql", host="127.0.0.1", port=listener.getsockname()[1],
+                          credentials={"rot": (user, old)}, tls="require")
+        for datasource in ("my", "trap", "trap-tls"):
+            with pytest.raises(UpstreamError, match="the server is not verified"):
                 rotate_with_generated_password(st.cp, st.admin, datasource, "rot")
         with pytest.raises(TimeoutError):
             listener.accept()  # nothing connected: not even the login was tried
-        assert [c["version"] for c in list_credentials(st.cp, st.admin)] == [1, 1]
+        assert [c["version"] for c in list_credentials(st.cp, st.admin)] == [1, 1, 1]
         assert not [e for e in st.events() if e["type"] == "admin.credential.rotate"]
         pymysql.connect(host=mysql_server.host, port=mysql_server.port, user=user, password=old,
                         database=mysql_server.database).close()  # the old password still works

@@ -39,9 +39,10 @@ class GatewayState:
 
     def add_datasource(self, name: str, *, type: str = "postgres", host: str = "127.0.0.1",
                        port: int = 5432, database: str | None = "sdm_test",
-                       credentials: dict[str, tuple[str, str]] | None = None) -> None:
+                       credentials: dict[str, tuple[str, str]] | None = None, tls: str = "disable") -> None:
         """``credentials``: name → (db username, password)."""
-        catalog.add_datasource(self.cp, self.admin, name, type=type, host=host, port=port, database=database)
+        catalog.add_datasource(self.cp, self.admin, name, type=type, host=host, port=port, database=database,
+                               tls=tls)
         for cred, (username, password) in (credentials or {}).items():
             catalog.add_credential(self.cp, self.admin, name, cred, username=username,
                                    secret=SecretValue(password.encode()))

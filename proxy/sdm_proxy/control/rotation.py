@@ -2,7 +2,8 @@
 itself, then sealed as the credential's next version. Nobody ever sees the new password.
 
 PostgreSQL gets a SCRAM-SHA-256 verifier computed here (as psql's ``\\password`` does), so the
-plain password never travels in SQL text or reaches the server's statement log.
+plain password never travels in SQL text or reaches the server's statement log; MariaDB gets the
+mysql_native_password hash, for the same reason. MySQL needs a verified server or its Unix socket.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import hashlib
 import hmac
 import os
 import secrets
-import ssl as _ssl
 
 from ..audit.events import admin_event
 from ..errors import UpstreamError
 from ..vault.envelope import open_, seal
 from ..vault.secret import SecretValue
+from ..wire.net import upstream_tls_context
 from .catalog import credential_view, encryption_context, get_credential, refuse_rotating_a_reference
 from .context import Actor, ControlPlane
 
@@ -63,31 +64,56 @@ def _set_password_postgres(ds, username: str, current: SecretValue, new: SecretV
                             f"{getattr(exc.diag, 'message_primary', None) or 'connection failed'}") from None
 
 
+def mysql_native_password_hash(password: bytes) -> str:
+    """What MariaDB stores for a mysql_native_password account: ``*`` + hex of SHA1(SHA1(password))."""
+    return "*" + hashlib.sha1(hashlib.sha1(password).digest()).hexdigest().upper()
+
+
+def _mariadb_password_statement(conn, ds, new: SecretValue) -> tuple[str, tuple]:
+    """MariaDB writes ``SET PASSWORD = PASSWORD('...')`` and ``ALTER USER ... IDENTIFIED BY '...'``
+    as sent to its general and slow query logs (review: MySQL 8 rewrites them, MariaDB 10.11 does
+    not). A mysql_native_password account takes the stored hash instead, which cannot log in by
+    itself; for any other method the gateway cannot keep the password out of those logs."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW GRANTS")  # the account's own grants: no privilege needed
+        first = cur.fetchone()
+    if not first or " IDENTIFIED BY PASSWORD '*" not in str(first[0]):
+        raise UpstreamError(f"could not set the new password on {ds.name}: the account does not log in with "
+                            "mysql_native_password, and MariaDB would write any other new password in clear "
+                            "text to its query logs: refused (set the password on the database yourself and "
+                            "store it with `sdm credential rotate --password-stdin`)")
+    return "SET PASSWORD = %s", (mysql_native_password_hash(new.reveal()),)
+
+
 def _set_password_mysql(ds, username: str, current: SecretValue, new: SecretValue) -> None:
     import pymysql
-    # PyMySQL treats an empty dict as "no TLS": `require` must be spelled out (encrypted, unverified).
-    ssl = ({"ca": ds.ca_file} if ds.tls_mode == "verify-full"
-           else {"check_hostname": False, "verify_mode": _ssl.CERT_NONE} if ds.tls_mode == "require" else None)
-    # A host that is a path is the server's Unix socket, which counts as secure (as in the wire proxy).
+    # A host that is a path is the server's Unix socket, which counts as verified (as in the wire proxy).
     local = ds.host.startswith("/")
-    if ssl is None and not local:
-        # MySQL takes a new password from the SQL text (a pre-hashed one is no better: with one sniffed
-        # login it lets the listener log in), and PyMySQL would encrypt the current one to whatever RSA
-        # key a server in the middle hands it (caching_sha2_password's full authentication).
-        raise UpstreamError(f"could not set the new password on {ds.name}: over an unencrypted connection the "
-                            "new password would travel in clear text: refused (use TLS for the datasource or "
-                            "its Unix socket; or set the password on the database yourself and store it with "
+    if ds.tls_mode != "verify-full" and not local:
+        # The new password (or its hash) travels in the SQL text, and PyMySQL's login sends the
+        # current one in clear to a server that asks (mysql_clear_password, caching_sha2_password's
+        # full authentication over TLS) or RSA-encrypted to any key a server in the middle offers.
+        # Under `require` anyone in the middle finishes TLS with a certificate of their own (review).
+        raise UpstreamError(f"could not set the new password on {ds.name}: the server is not verified, and "
+                            "the login and the new password could reach whoever sits in between: refused "
+                            "(use --tls verify-full for the datasource, or its Unix socket; or set the "
+                            "password on the database yourself and store it with "
                             "`sdm credential rotate --password-stdin`)")
     where = {"unix_socket": ds.host} if local else {"host": ds.host, "port": ds.port}
+    # The wire proxy's own context (CA and host name checked). PyMySQL's dict form would not verify
+    # at all without a CA file.
+    tls = None if local else upstream_tls_context("verify-full", ds.ca_file, UpstreamError)
     try:
         conn = pymysql.connect(**where, user=username, password=current.reveal().decode(), database=ds.database,
-                               ssl=None if local else ssl, connect_timeout=10)
+                               ssl=tls, connect_timeout=10)
         try:
             # Changing one's own password needs no privilege in either dialect, with these forms.
-            statement = ("SET PASSWORD = PASSWORD(%s)" if "MariaDB" in conn.get_server_info()
-                         else "ALTER USER USER() IDENTIFIED BY %s")
+            if "MariaDB" in conn.get_server_info():
+                statement, args = _mariadb_password_statement(conn, ds, new)
+            else:  # MySQL rewrites the password out of its logs
+                statement, args = "ALTER USER USER() IDENTIFIED BY %s", (new.reveal().decode(),)
             with conn.cursor() as cur:
-                cur.execute(statement, (new.reveal().decode(),))
+                cur.execute(statement, args)
         finally:
             conn.close()
     except pymysql.MySQLError as exc:
