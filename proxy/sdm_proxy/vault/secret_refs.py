@@ -76,7 +76,8 @@ def validate_secret_ref(ref: str) -> SecretRef:
         return _parse_aws_sm(rest)
     if scheme == FILE_SCHEME:
         return _parse_file(rest)
-    raise UsageError(f"unknown secret reference scheme {scheme!r}: {_HINT}")
+    # Not quoted: a pasted password that happens to hold a ':' would show its first part (review).
+    raise UsageError(f"unknown secret reference scheme (before the ':'): {_HINT}")
 
 
 def _parse_aws_sm(rest: str) -> SecretRef:
