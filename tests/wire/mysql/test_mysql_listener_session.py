@@ -18,12 +18,16 @@ from tests.wire.mysql.mysql_stack import DATASOURCE
 pytestmark = pytest.mark.mysql
 
 
-def _change_user(conn: pymysql.Connection, credential: str, token: str, database: str = DATASOURCE):
+def _change_user(conn: pymysql.Connection, credential: str, token: str, database: str = DATASOURCE,
+                 charset: int = 45):
     """COM_CHANGE_USER over PyMySQL's socket (it has no API): answer the token prompt, read the result."""
     payload = (credential.encode() + b"\0" + b"\x00" + database.encode() + b"\0"
-               + (45).to_bytes(2, "little") + b"mysql_native_password\0")
+               + charset.to_bytes(2, "little") + b"mysql_native_password\0")
     conn._execute_command(0x11, payload)
-    switch = conn._read_packet().get_all_data()
+    first = conn._read_packet()
+    if first.is_error_packet():
+        return first
+    switch = first.get_all_data()
     assert switch.startswith(b"\xfemysql_clear_password\0"), switch
     conn.write_packet(token.encode() + b"\0")
     return conn._read_packet()
@@ -45,6 +49,25 @@ def test_change_user_logs_in_again_with_a_new_token(mysql_gateway):
     assert event["user"] == "bob" and event["credential"] == "superuser"
     ends = [e for e in gw.events("session.end") if (e.get("details") or {}).get("connection_id") == gateway_id]
     assert ends and ends[0]["user"] == "ann" and ends[0]["error"] == "COM_CHANGE_USER"
+
+
+def test_change_user_records_and_guards_the_new_charset(mysql_gateway):
+    """session.start after COM_CHANGE_USER names the charset the new login asked for (review: it
+    kept the first login's), and a GBK-family one is refused like at login."""
+    gw = mysql_gateway
+    with gw.connect() as conn:
+        gateway_id = conn.thread_id()
+        _change_user(conn, "read-only", gw.tokens["ann"], charset=8)  # latin1_swedish_ci
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@character_set_client")
+            assert cur.fetchone()[0] == "latin1"
+    starts = [e for e in gw.events("session.start") if (e.get("details") or {}).get("connection_id") == gateway_id]
+    assert sorted(e["details"]["charset"] for e in starts) == [8, 45]
+    conn = gw.connect()
+    with pytest.raises(pymysql.err.MySQLError) as info:
+        _change_user(conn, "read-only", gw.tokens["ann"], charset=28).raise_for_error()  # gbk_chinese_ci
+    assert info.value.args[0] == 1115
+    conn.close()
 
 
 def test_change_user_refused_closes_the_connection(mysql_gateway):

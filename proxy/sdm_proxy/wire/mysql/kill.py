@@ -41,7 +41,7 @@ def _comment_after_dashes(sql: str, i: int) -> bool:
     return i >= len(sql) or sql[i].isspace() or sql[i] < " " or sql[i] == "\x7f"
 
 
-def _tokens(sql: str, limit: int = _MAX_TOKENS) -> list[str]:
+def sql_tokens(sql: str, limit: int = _MAX_TOKENS) -> list[str]:
     """Up to ``limit`` code tokens, upper-cased words/numbers, punctuation as single characters.
 
     Quoted strings and identifiers come back as one token each, starting with their quote.
@@ -106,7 +106,7 @@ def _tokens(sql: str, limit: int = _MAX_TOKENS) -> list[str]:
 
 def is_kill(sql: str) -> bool:
     """True when the statement's first keyword is KILL (whatever follows)."""
-    first = _tokens(sql, 1)
+    first = sql_tokens(sql, 1)
     return bool(first) and first[0] == "KILL"
 
 
@@ -115,7 +115,7 @@ def parse_kill(sql: str) -> KillRequest | None:
 
     A KILL in any other form raises ``UnsupportedKill`` (the glue answers with ERR 1235).
     """
-    toks = _tokens(sql)
+    toks = sql_tokens(sql)
     if not toks or toks[0] != "KILL":
         return None
     rest = toks[1:]

@@ -348,8 +348,9 @@ class FrontConnection:
         pending = self._pending_change
         if pending is not None:
             self._pending_change = None
+            self.charset = pending.charset or self.charset  # the new login's, for its session.start too
             return LoginRequest(credential=pending.username, datasource=pending.database, token=token,
-                                capabilities=self.capabilities, charset=pending.charset or self.charset,
+                                capabilities=self.capabilities, charset=self.charset,
                                 attrs=pending.attrs, change_user=True)
         hello = self.response
         return LoginRequest(credential=hello.username, datasource=hello.database, token=token,

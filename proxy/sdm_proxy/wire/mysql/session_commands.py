@@ -38,6 +38,7 @@ from .errors import (
     ConnectionEnded,
     ServerProtocolError,
 )
+from .charset_guard import check_statement
 from .kill import parse_kill
 from .machine import CommandReceived, LoginRequest
 from .packets import Packet, frame
@@ -118,6 +119,8 @@ class CommandPhase:
                 raise _Close(ClientProtocolError(
                     f"statement refused: {len(cmd.sql)} characters, longer than the {QUERY_TEXT_LIMIT} the audit "
                     "records", code=ER_NET_PACKET_TOO_LARGE), seq=packet.next_seq)
+            if isinstance(cmd, (Query, StmtPrepare)):
+                check_statement(cmd.sql)  # no switch to a charset the audit cannot read; no unaudited text
             kill = parse_kill(cmd.sql) if isinstance(cmd, (Query, StmtPrepare)) else None
             if kill is not None and isinstance(cmd, StmtPrepare):
                 raise CommandRefused("KILL cannot be prepared through the gateway")

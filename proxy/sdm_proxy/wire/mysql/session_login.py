@@ -16,6 +16,7 @@ from ...unlock.client import UnlockedCredential
 from ...vault.secret import SecretValue
 from ..net import record_beside_login
 from .channel import UpstreamChannel
+from .charset_guard import check_login_charset
 from .errors import ClientProtocolError, LoginRefused, LoginThrottled, WireError
 from .machine import LoginRequest, StartTLS
 from .session_audit import PROTOCOL
@@ -94,6 +95,10 @@ class LoginPhase:
     async def _log_in(self, req: LoginRequest) -> None:
         """Unlock, record session.start, log in upstream. Raises _Close on any refusal."""
         self._login = req
+        try:
+            check_login_charset(req.charset)
+        except WireError as exc:
+            raise _Close(exc, status=audit.DENIED, audit_denied=True) from None
         if not req.datasource:
             raise _Close(LoginRefused("no datasource given: set the database to the datasource name"),
                          status=audit.DENIED, audit_denied=True)
