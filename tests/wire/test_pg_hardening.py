@@ -112,14 +112,14 @@ def test_tracked_statement_text_has_a_budget(monkeypatch):
     for name in ("a", "b"):
         assert t.check_names(P, parse(name)) is None
         prepare(name)
-    assert t._parse_chars == 0 and t._stmts.text.chars == 2 * len(big)
+    assert t._parse_chars == 0 and t._stmts.text.size == 2 * len(big)
     refused = t.check_names(P, parse("c"))
     assert "too much prepared statement text" in refused and refused.sqlstate == "54000"
     t.on_client(C, b"S" + _cstr("a"))
     t.on_client(S, b"")
     for mtype in (ord("3"), ord("Z")):
         t.on_server(mtype, b"I" if mtype == ord("Z") else b"")
-    assert t._stmts.text.chars == len(big)
+    assert t._stmts.text.size == len(big)
     assert t.check_names(P, parse("c")) is None  # room again after the Close
 
 

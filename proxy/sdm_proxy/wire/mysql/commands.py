@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from ..sqlcomment import parse_tags
+from ..text_budget import GATEWAY, PER_CONNECTION, TextBudget, text_size
 from .errors import (
     ER_MAX_PREPARED_STMT_COUNT_REACHED,
     ER_NET_READ_ERROR,
@@ -308,19 +309,29 @@ def classify(payload: bytes, *, capabilities: int, multi_statements_allowed: boo
 class StatementMap:
     """statement id -> SQL for one connection, fed from PREPARE responses (not from requests)."""
 
-    def __init__(self, limit: int = 65536, text_limit: int = 64 << 20):
+    def __init__(self, limit: int = 65536, text_limit: int = PER_CONNECTION, budget: TextBudget = GATEWAY):
         self._sql: dict[int, str] = {}
         self._limit = limit
-        self._text_limit = text_limit  # characters kept in all: 1 MiB statements would add up fast
-        self._chars = 0
+        self._text_limit = text_limit  # text_size kept in all: 1 MiB statements would add up fast
+        self._share = budget.share()  # ... and with every other connection's (wire/text_budget.py)
         self._escaped: set[int] = set()  # ids whose text was recorded escaped
         self.last_id: int | None = None
 
     def check_room(self, sql: str) -> None:
-        """Before a PREPARE is relayed: refuse one whose text the map could not keep."""
-        if self._chars + len(sql) > self._text_limit:
-            raise CommandRefused(f"prepared statements on this connection hold {self._chars} characters of text; "
-                                 f"close some before preparing more (at most {self._text_limit})",
+        """Before a PREPARE is relayed: refuse one whose text the map could not keep, or one more
+        statement than it keeps (review: refused after the server's PREPARE_OK went to the client,
+        the client held a statement the gateway did not know)."""
+        size, held = text_size(sql), self._share.held
+        if held + size > self._text_limit:
+            raise CommandRefused(f"prepared statements on this connection hold {held >> 20} MiB of text; "
+                                 f"close some before preparing more (at most {self._text_limit >> 20} MiB)",
+                                 code=ER_MAX_PREPARED_STMT_COUNT_REACHED, sqlstate=SQLSTATE_SYNTAX_OR_ACCESS)
+        if not self._share.budget.room_for(size):
+            raise CommandRefused(f"the gateway holds too much prepared statement text for all sessions (at most "
+                                 f"{self._share.budget.limit >> 20} MiB); try again later, or close some",
+                                 code=ER_MAX_PREPARED_STMT_COUNT_REACHED, sqlstate=SQLSTATE_SYNTAX_OR_ACCESS)
+        if len(self._sql) >= self._limit:
+            raise CommandRefused("too many prepared statements on this connection",
                                  code=ER_MAX_PREPARED_STMT_COUNT_REACHED, sqlstate=SQLSTATE_SYNTAX_OR_ACCESS)
 
     def __len__(self) -> int:
@@ -331,7 +342,8 @@ class StatementMap:
             # The server's own max_prepared_stmt_count is far lower; this only bounds our memory.
             raise CommandRefused("too many prepared statements on this connection",
                                  code=ER_MAX_PREPARED_STMT_COUNT_REACHED, sqlstate=SQLSTATE_SYNTAX_OR_ACCESS)
-        self._chars += len(sql) - len(self._sql.get(statement_id, ""))
+        old = self._sql.get(statement_id)
+        self._share.change(text_size(sql) - (text_size(old) if old else 0))
         self._sql[statement_id] = sql
         (self._escaped.add if escaped else self._escaped.discard)(statement_id)
         self.last_id = statement_id
@@ -352,14 +364,14 @@ class StatementMap:
     def closed(self, statement_id: int) -> None:
         real = self.resolve(statement_id)
         if real is not None:
-            self._chars -= len(self._sql.pop(real, ""))
+            self._share.change(-text_size(self._sql.pop(real, "")))
             self._escaped.discard(real)
 
     def clear(self) -> None:
         """After COM_RESET_CONNECTION / COM_CHANGE_USER: the server dropped every statement."""
         self._sql.clear()
         self._escaped.clear()
-        self._chars = 0
+        self._share.change(-self._share.held)
         self.last_id = None
 
     def record(self, command: Command, scanner: ResponseScanner | None) -> None:

@@ -29,6 +29,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ..text_budget import GATEWAY
+
 # re-exported: each name with a trailing comment is imported from ``tracker`` by the modules listed
 from .tracker_client import (
     CLIENT_PARSED,  # session_relay.py
@@ -38,6 +40,7 @@ from .tracker_client import (
 )
 from .tracker_records import (
     Statement,  # session_relay.py, session_close.py, session_audit.py
+    TextMap,
     TrackerDesync,  # tests/wire/test_pg_units.py
     _Expect,
     _Names,
@@ -68,7 +71,7 @@ class StatementTracker(ClientSide, ServerSide):
         self._clock = clock
         self._queue: deque[_Expect] = deque()
         self._seg = 0
-        self._stmts = _Names()
+        self._stmts = _Names(text=TextMap(GATEWAY.share()))  # portals share these strings: not counted twice
         self._portals = _Names()
         self._portal_stmt: dict[str, str] = {}
         self._tainted = False  # SQL-level PREPARE/DECLARE may have created names we never saw
@@ -83,7 +86,7 @@ class StatementTracker(ClientSide, ServerSide):
         self._last_exec = 0
         self._ready_upto = 0
         self._exec_before_last = 0  # _last_exec before the newest push
-        self._parse_chars = 0  # text of Parses sent and not yet answered (with _stmts.text: the budget)
+        self._parse_chars = 0  # size of Parses sent and not yet answered (with _stmts.text: the budget)
         self.txn_status = b"I"
 
     # ---- state -------------------------------------------------------------------------------

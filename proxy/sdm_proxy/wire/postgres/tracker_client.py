@@ -13,6 +13,7 @@ import re
 import struct
 from typing import TYPE_CHECKING
 
+from ..text_budget import PER_CONNECTION, text_size
 from .tracker_records import Statement, _Expect, _Names
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer statement/po
 MAX_TRACKED_NAMES = 10_000  # per namespace and session
 # Statement text the tracker holds per session (prepared statements, Parses awaiting an answer):
 # 10,000 names of up to 1 MiB each would be 10 GiB in the one gateway process (review: 300 named
-# statements took 300 MB). Past this budget a Parse is refused, as MySQL's side does (1461).
-MAX_TRACKED_TEXT = 64 << 20
+# statements took 300 MB). Past this budget a Parse is refused, as MySQL's side does (1461); the
+# gateway-wide budget (text_budget.GATEWAY) bounds all sessions together.
+MAX_TRACKED_TEXT = PER_CONNECTION
 UNKNOWN_TEXT = "<statement text unknown to the gateway: prepared outside the extended protocol>"
 _RUNS_CODE = frozenset(("query", "function", "bind", "execute"))  # Bind may plan, and planning may run functions
 _SYNCING = frozenset(("query", "function", "sync"))  # answered with a ReadyForQuery
@@ -112,9 +114,16 @@ class ClientSide:
             if len(raw) > MAX_NAME_BYTES:
                 return Refusal(f"statement or portal name longer than {MAX_NAME_BYTES} bytes ({len(raw)} bytes): "
                                "the gateway refuses it because PostgreSQL would truncate it")
-        if mtype == P_ and self._stmts.text.chars + self._parse_chars + len(payload) > MAX_TRACKED_TEXT:
-            return Refusal.limit(f"too much prepared statement text on this connection (at most "
-                                 f"{MAX_TRACKED_TEXT >> 20} MiB held for the audit): close (deallocate) some first")
+        if mtype == P_:
+            held = self._stmts.text
+            if held.size + self._parse_chars + len(payload) > MAX_TRACKED_TEXT:
+                return Refusal.limit(f"too much prepared statement text on this connection (at most "
+                                     f"{MAX_TRACKED_TEXT >> 20} MiB held for the audit): close (deallocate) "
+                                     "some first")
+            if held.share is not None and not held.share.budget.room_for(len(payload)):
+                return Refusal.limit(f"the gateway holds too much prepared statement text for all sessions "
+                                     f"(at most {held.share.budget.limit >> 20} MiB): try again later, or "
+                                     "close (deallocate) some")
         if mtype in (P_, B):
             ns, raw = names[0]
             name = raw.decode("utf-8", "surrogateescape")
@@ -187,7 +196,7 @@ class ClientSide:
                 text, _ = _cstr(payload, off)
                 doubtful = self._doubtful(self._stmts, name)
                 op = _Expect("parse", self._seg, name=name, text=text, doubtful=doubtful)
-                self._parse_chars += len(text)
+                self._parse_chars += text_size(text)
                 self._push(op)
                 self._stmts.pending.setdefault(name, []).append(op)
                 if not doubtful:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..text_budget import BudgetShare, text_size
 from .errors import ServerProtocolError
 
 
@@ -51,18 +52,25 @@ class _Expect:
 
 
 class TextMap(dict):
-    """name -> statement text (None: exists, text unknown), counting the characters it holds: a
-    session's tracked texts have a budget (``tracker_client.MAX_TRACKED_TEXT``)."""
+    """name -> statement text (None: exists, text unknown), counting the memory it holds
+    (``text_budget.text_size``): a session's tracked texts have a budget
+    (``tracker_client.MAX_TRACKED_TEXT``), and with a ``share`` they count against the gateway's."""
 
-    __slots__ = ("chars",)
+    __slots__ = ("share", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, share: BudgetShare | None = None) -> None:
         super().__init__()
-        self.chars = 0
+        self.size = 0
+        self.share = share
+
+    def _count(self, delta: int) -> None:
+        self.size += delta
+        if self.share is not None:
+            self.share.change(delta)
 
     def __setitem__(self, key: str, value: str | None) -> None:
         old = dict.get(self, key)
-        self.chars += (len(value) if value else 0) - (len(old) if old else 0)
+        self._count((text_size(value) if value else 0) - (text_size(old) if old else 0))
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key: str) -> None:
@@ -75,7 +83,7 @@ class TextMap(dict):
             raise KeyError(key)
         old = dict.pop(self, key)
         if old:
-            self.chars -= len(old)
+            self._count(-text_size(old))
         return old
 
 

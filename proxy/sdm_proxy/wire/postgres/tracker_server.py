@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..text_budget import text_size
 from .errors import QUERY_CANCELED
 from .framing_parse import command_tag, parse_error_fields
 from .tracker_records import Statement, TrackerDesync, _Expect
@@ -219,7 +220,7 @@ class ServerSide:
         if op.kind not in ("parse", "bind", "close"):
             return
         if op.kind == "parse":
-            self._parse_chars -= len(op.text)
+            self._parse_chars -= text_size(op.text)
         names = self._stmts if (op.kind == "parse" or (op.kind == "close" and op.ns == "S")) else self._portals
         ops = names.pending.get(op.name)
         if ops:
