@@ -4,11 +4,15 @@ before it runs, with its outcome (rows, duration, status) right after; identity 
 from __future__ import annotations
 
 import json
+import struct
 
 import pymysql
 import pytest
+from sdm_proxy.wire.mysql.messages import Status
 
+from tests.wire.mysql import mysql_raw as raw
 from tests.wire.mysql.mysql_stack import DATASOURCE
+from tests.wire.mysql.raw_client import command
 
 pytestmark = pytest.mark.mysql
 
@@ -112,3 +116,31 @@ def test_no_secret_in_the_audit_log_or_errors(mysql_gateway):
         assert login.password not in text
     for token in gw.tokens.values():
         assert token not in text
+
+
+def test_cursor_fetches_are_recorded_with_their_rows(mysql_gateway):
+    """Review: an EXECUTE that opens a cursor recorded 0 rows, and the rows (or an error) that
+    COM_STMT_FETCH brought were not recorded at all."""
+    gw = mysql_gateway
+    sock = raw.login(gw.host, gw.port, "read-only", gw.tokens["ann"])
+    caps = raw.CLIENT_CAPS
+    try:
+        scanner, _ = command(sock, b"\x16SELECT id FROM orders WHERE id <= ? /* cursor-fetch */", caps)
+        sid = scanner.prepared.statement_id
+        execute = b"\x17" + struct.pack("<IBI", sid, 1, 1) + b"\x00\x01\x08\x00" + struct.pack("<q", 10)
+        scanner, _ = command(sock, execute, caps)
+        assert scanner.rows == 0 and scanner.status & Status.CURSOR_EXISTS
+        fetched, fetches = 0, 0
+        while True:
+            scanner, _ = command(sock, b"\x1c" + struct.pack("<II", sid, 4), caps)
+            assert scanner.error is None
+            fetched, fetches = fetched + scanner.rows, fetches + 1
+            if scanner.status & Status.LAST_ROW_SENT:
+                break
+    finally:
+        sock.close()
+    assert fetched == 10
+    events = gw.query_events("cursor-fetch")
+    recorded = [e for e in events if (e.get("details") or {}).get("command") == "COM_STMT_FETCH"]
+    assert len(recorded) == fetches and all(e["details"]["prepared_statement"] == sid for e in recorded)
+    assert sum(gw.outcome(e)["rows"] or 0 for e in recorded) == 10

@@ -7,7 +7,7 @@ import time
 from ...audit import events as audit
 from ...audit.query_records import QueryRecords, StartedQuery
 from ..sqlcomment import client_fields
-from .commands import Command, Query, StmtExecute
+from .commands import Command, Query, StmtExecute, StmtFetch
 from .errors import ER_QUERY_INTERRUPTED
 from .responses import ResponseScanner
 
@@ -38,12 +38,14 @@ class SessionAudit:
                 datasource=cred.datasource.name, credential=cred.credential, db_user=cred.db_user,
                 protocol=PROTOCOL))
         if text is None:
-            if isinstance(cmd, StmtExecute):
+            if isinstance(cmd, (StmtExecute, StmtFetch)):
                 real = self.statements.resolve(cmd.statement_id)
                 text = self.statements.sql_for(cmd.statement_id)
                 if text is None:
                     text = f"<unknown prepared statement {cmd.statement_id}>"
                 details = {"prepared_statement": real if real is not None else cmd.statement_id}
+                if isinstance(cmd, StmtFetch):  # a cursor's next rows: its query.end counts them
+                    details["command"] = cmd.name
                 if self.statements.escaped(cmd.statement_id):
                     details["escaped"] = True
             else:

@@ -46,10 +46,11 @@ from .responses import ResponseScanner
 from .session_audit import QUERY_TEXT_LIMIT
 from .session_close import _Close, _message
 
-# Commands that run nothing worth a record of their own (their effect is audited elsewhere:
-# a prepared statement when it is executed, a cursor's rows with its execute).
+# Commands that run nothing worth a record of their own (their effect is audited elsewhere: a
+# prepared statement when it is executed). COM_STMT_FETCH is recorded: a cursor's rows come with it
+# (review: its execute recorded 0 rows and the fetched ones, or a fetch's error, went unrecorded).
 _NOT_AUDITED = frozenset({Com.PING, Com.STATISTICS, Com.SET_OPTION, Com.STMT_PREPARE, Com.STMT_CLOSE,
-                          Com.STMT_RESET, Com.STMT_SEND_LONG_DATA, Com.STMT_FETCH, Com.QUIT, Com.CHANGE_USER})
+                          Com.STMT_RESET, Com.STMT_SEND_LONG_DATA, Com.QUIT, Com.CHANGE_USER})
 
 _HANDLER_OF = {Com.STMT_EXECUTE: "mysqld_stmt_execute", Com.STMT_FETCH: "mysqld_stmt_fetch",
                Com.STMT_RESET: "mysqld_stmt_reset"}  # as the server names them in ER_UNKNOWN_STMT_HANDLER
