@@ -352,3 +352,38 @@ def test_statements_are_refused_when_the_audit_log_is_down(mysql_gateway):
     finally:
         audit.down = False
         gw.loop.run(listener.close())
+
+
+@pytest.mark.parametrize("command", [b"\x1f", b"\x0c\x01\x00\x00\x00"], ids=["COM_RESET_CONNECTION", "COM_PROCESS_KILL"])
+def test_a_rewritten_command_spanning_two_frames_is_refused_in_sequence(mysql_gateway, command):
+    """The gateway sends its own one-frame packet upstream for these; for a client packet of two
+    frames the database's answer came with sequence ids the client was not waiting for (review:
+    'packets out of order' and a dropped connection)."""
+    gw = mysql_gateway
+    sock = raw.login(gw.host, gw.port, "read-only", gw.tokens["ann"])
+    try:
+        sock.sendall(frame(command + b"\0" * 0xFFFFFF, 0))  # two frames: seq 0 and 1
+        [(seq, payload)] = read_packets_until_one(sock)
+        assert raw.err_code(payload) == 1047 and seq == 2, payload
+        sock.sendall(frame(b"\x03SELECT 7", 0))  # still in step
+        packets = read_packets_until_one(sock, until=lambda p: p[:1] in (b"\x00", b"\xfe", b"\xff") and len(p) < 12)
+        assert raw.err_code(packets[-1][1]) is None and any(p.endswith(b"\x017") for _, p in packets)
+    finally:
+        sock.close()
+
+
+def read_packets_until_one(sock, until=lambda payload: True):
+    """Packets up to the first one ``until`` accepts (a whole answer, not a hang-up)."""
+    from sdm_proxy.wire.mysql.packets import PacketReader
+
+    reader, out = PacketReader(limit=1 << 20, expect_seq=None), []
+    while True:
+        packet = reader.next_packet()
+        if packet is None:
+            data = sock.recv(65536)
+            assert data, f"closed after {out}"
+            reader.feed(data)
+            continue
+        out.append((packet.seq, packet.payload))
+        if until(packet.payload):
+            return out
