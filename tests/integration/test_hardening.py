@@ -23,6 +23,7 @@ def state(tmp_path):
     st.add_datasource("prod", credentials={"read-only": ("app_ro", "pw")})
     st.role_leasing("analysts", "prod", "read-only")
     st.ann = st.add_user("ann", roles_=("analysts",))
+    st.allow_secret_files(tmp_path)
     yield st
     st.close()
 
@@ -105,6 +106,41 @@ def test_file_references_may_not_read_a_master_key_file_kept_outside_the_home(st
     neighbour = outside.parent / "db-password"
     neighbour.write_text("pw\n")
     catalog.add_credential(state.cp, state.admin, "prod", "fine", username="x", secret_ref=f"file:{neighbour}")
+
+
+def test_file_references_read_only_the_directories_the_operator_listed(state, tmp_path):
+    """Review: outside $SDM_HOME, /proc and the key files, the gateway could still be made to read
+    ~/.aws/credentials or a service-account token and send it upstream as a "password". Only the
+    directories in config.json's secret_stores.file_roots are read; none is listed by default."""
+    allowed, elsewhere = tmp_path / "secrets", tmp_path / "elsewhere"
+    for d in (allowed, elsewhere):
+        d.mkdir()
+        (d / "pw").write_text("pw\n")
+    (allowed / "link").symlink_to(elsewhere / "pw")
+    state.home.set_config_value("secret_stores", {})
+    with pytest.raises(UsageError, match="file_roots \\(none is listed\\)"):
+        catalog.add_credential(state.cp, state.admin, "prod", "c0", username="x", secret_ref=f"file:{allowed / 'pw'}")
+    state.allow_secret_files(allowed)
+    for target in (elsewhere / "pw", allowed / "link"):  # the link resolves outside
+        with pytest.raises(UsageError, match="secret_stores.file_roots"):
+            catalog.add_credential(state.cp, state.admin, "prod", "c1", username="x", secret_ref=f"file:{target}")
+    catalog.add_credential(state.cp, state.admin, "prod", "c2", username="x", secret_ref=f"file:{allowed / 'pw'}")
+    state.home.set_config_value("secret_stores", {"file_roots": "/etc"})
+    with pytest.raises(UsageError, match="list of absolute directory paths"):
+        catalog.add_credential(state.cp, state.admin, "prod", "c3", username="x", secret_ref=f"file:{allowed / 'pw'}")
+
+
+def test_a_stored_reference_outside_the_listed_directories_is_refused_at_unlock(state, tmp_path):
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "pw").write_text("pw\n")
+    _point_reference(state, f"file:{outside / 'pw'}")
+    body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
+    with pytest.raises(UsageError, match="secret_stores.file_roots"):
+        unlock(state.cp, body)
+    state.allow_secret_files(outside)
+    body, *_ = signed(state.enrolled_proxy(), state.session_token(state.ann))
+    assert unlock(state.cp, body)["sealed_secret"]
 
 
 def test_a_stored_reference_into_proc_is_refused_at_unlock_too(state):

@@ -69,6 +69,7 @@ def test_unassign_and_unlease_take_effect_on_live_connections(state):
 def test_credentials_held_in_an_outside_store_are_not_rotated_here(state, tmp_path):
     secret_file = tmp_path / "pw"
     secret_file.write_text("from-file\n")
+    state.allow_secret_files(tmp_path)
     catalog.add_credential(state.cp, state.admin, "prod", "ext", username="x", secret_ref=f"file:{secret_file}")
     with pytest.raises(UsageError, match="rotate it in that store"):
         catalog.rotate_credential(state.cp, state.admin, "prod", "ext", secret=SecretValue(b"new"))

@@ -47,6 +47,10 @@ class GatewayState:
             catalog.add_credential(self.cp, self.admin, name, cred, username=username,
                                    secret=SecretValue(password.encode()))
 
+    def allow_secret_files(self, *directories) -> None:
+        """config.json's ``secret_stores.file_roots``: where ``file:`` references may read."""
+        self.home.set_config_value("secret_stores", {"file_roots": [str(d) for d in directories]})
+
     def add_user(self, name: str, *, roles_: tuple[str, ...] = ()) -> Actor:
         users.add_user(self.cp, self.admin, name)
         for role in roles_:

@@ -68,7 +68,9 @@ def credential() -> None:
 @click.argument("name")
 @click.option("--username", required=True, help="The database login name.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
-@click.option("--secret-ref", default=None, help="aws-sm:<id>[#key] or file:/path (the gateway reads it).")
+@click.option("--secret-ref", default=None,
+              help="aws-sm:<id>[#key] or file:/path (the gateway reads it; file: only in a directory "
+                   "listed in config.json's secret_stores.file_roots).")
 @json_option
 @click.pass_context
 def credential_add(ctx, datasource, name, username, password_stdin, secret_ref, as_json):

@@ -213,6 +213,24 @@ def _refuse_secret_file(cp: ControlPlane, target: Path, st: os.stat_result | Non
     if st is not None and (st.st_dev, st.st_ino) in _identities(_files_under(home)):
         raise UsageError("a file: secret reference may not point inside $SDM_HOME (this file is one of "
                          "its files under another name)")
+    # Outside the places above the gateway can still read cloud credentials, service-account
+    # tokens and the like (review): only directories the host's operator listed are read.
+    roots = secret_file_roots(cp.home.load_config())
+    if not any(target == root or root in target.parents for root in roots):
+        where = ", ".join(map(str, roots)) if roots else "none is listed"
+        raise UsageError(f"a file: secret reference must lie in a directory listed in config.json's "
+                         f"secret_stores.file_roots ({where})")
+
+
+def secret_file_roots(config: dict) -> tuple[Path, ...]:
+    """The directories ``file:`` references may read from (``secret_stores.file_roots``), resolved."""
+    stores = config.get("secret_stores") or {}
+    roots = stores.get("file_roots") if isinstance(stores, dict) else None
+    if roots is None:
+        return ()
+    if not isinstance(roots, list) or not all(isinstance(r, str) and r.startswith("/") for r in roots):
+        raise UsageError("config.json: secret_stores.file_roots must be a list of absolute directory paths")
+    return tuple(Path(r).resolve() for r in roots)
 
 
 _HOME_FILES_MAX = 10_000  # $SDM_HOME holds a few dozen files

@@ -29,16 +29,17 @@ from .unverified_denials import UnverifiedDenials
 log = logging.getLogger("sdm.control")
 
 
-SECRET_STORE_OPTIONS = ("region", "aws_endpoint_url")
+SECRET_STORE_OPTIONS = ("region", "aws_endpoint_url", "file_roots")
 
 
 def _secret_store_options(config: dict) -> dict:
+    """What ``resolve_secret_ref`` takes (``file_roots`` is read by the file guard, catalog.py)."""
     options = config.get("secret_stores") or {}
     unknown = sorted(set(options) - set(SECRET_STORE_OPTIONS)) if isinstance(options, dict) else ["?"]
     if unknown:
         raise StateError(f"config.json: secret_stores takes only {', '.join(SECRET_STORE_OPTIONS)} "
                          f"(found {', '.join(map(str, unknown))})")
-    return dict(options)
+    return {key: value for key, value in options.items() if key != "file_roots"}
 
 
 def _min_envelope_version(config: dict) -> int:
