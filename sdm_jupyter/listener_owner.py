@@ -25,6 +25,32 @@ LISTEN = "0A"
 def listener_uids(port: int) -> set[int] | None:
     """The uids owning a socket that listens on ``port`` and takes loopback connections (bound to
     a loopback or the wildcard address); None where the tables cannot be read."""
+    return _listeners(port, 7)
+
+
+def listener_inodes(port: int) -> set[int] | None:
+    """The socket inodes of those listeners (to match against a process's open files)."""
+    return _listeners(port, 9)
+
+
+def socket_inodes_of(pid: int) -> set[int] | None:
+    """The inodes of the sockets process ``pid`` holds open; None where /proc cannot tell."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    found: set[int] = set()
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:[") and target.endswith("]") and target[8:-1].isdigit():
+            found.add(int(target[8:-1]))
+    return found
+
+
+def _listeners(port: int, column: int) -> set[int] | None:
     found: set[int] = set()
     readable = False
     for table in PROC_TABLES:
@@ -36,7 +62,7 @@ def listener_uids(port: int) -> set[int] | None:
         readable = True
         for line in lines:
             fields = line.split()
-            if len(fields) < 8 or fields[3] != LISTEN:
+            if len(fields) < 10 or fields[3] != LISTEN:
                 continue
             address, _, hex_port = fields[1].rpartition(":")
             try:
@@ -44,7 +70,7 @@ def listener_uids(port: int) -> set[int] | None:
                     continue
                 ip = _address(address)
                 if ip.is_loopback or ip.is_unspecified:
-                    found.add(int(fields[7]))
+                    found.add(int(fields[column]))
             except ValueError:
                 continue
     return found if readable else None

@@ -12,8 +12,11 @@ import logging
 import signal
 import time
 from typing import Sequence
+from urllib.parse import urlsplit
 
 import httpx
+
+from ..listener_owner import listener_inodes, socket_inodes_of
 
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0  # seconds of uptime after which the back-off starts again from 1 s
@@ -61,14 +64,29 @@ class GatewaySupervisor:
                     self.log.error("sdm: cannot start the gateway (%s): is sdm-proxy installed?", exc)
 
     async def wait_healthy(self, timeout: float = 30.0) -> bool:
+        """True once the gateway this supervisor started answers. Not merely "something answers":
+        the health port's listener must be a socket of that very process (review: a gateway that
+        could not bind its port exits, and another local user's server there answered 200)."""
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2.0) as http:
             while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(self.health_url)).status_code == 200:
-                        return True
+                if self._child_listens():
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await http.get(self.health_url)).status_code == 200:
+                            return True
                 await asyncio.sleep(0.2)
         return False
+
+    def _child_listens(self) -> bool:
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return False
+        port = urlsplit(self.health_url).port
+        listening = listener_inodes(port) if port else None
+        held = socket_inodes_of(proc.pid)
+        if listening is None or held is None:  # not Linux: nothing to check beyond the child running
+            return True
+        return bool(listening & held)
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
