@@ -122,9 +122,25 @@ class SdmHome:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
+    def check_private(self, *, mode: bool = True) -> None:
+        """$SDM_HOME must be this user's and writable by no one else, as ssh insists for ~/.ssh:
+        whoever can write to the directory can replace config.json or a key in it (review: a home
+        another local user created first, or left group-writable)."""
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return  # missing: the caller says so
+        if st.st_uid != os.geteuid():
+            raise StateError(f"{self.root} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): "
+                             "use a home of your own (set SDM_HOME), or run sdm as its owner")
+        if mode and st.st_mode & 0o022:
+            raise StateError(f"{self.root} can be written by group or others (mode {st.st_mode & 0o777:o}): "
+                             f"run `chmod 700 {self.root}`")
+
     def load_config(self) -> dict[str, Any]:
         if not self.exists():
             raise StateError(f"no sdm state in {self.root}: run `sdm init` first (or set SDM_HOME)")
+        self.check_private()
         try:
             config = json.loads(self.config_path.read_text())
         except (OSError, ValueError) as exc:

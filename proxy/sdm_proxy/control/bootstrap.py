@@ -39,6 +39,8 @@ def init_home(home: SdmHome, *, database_url: str | None = None, kms_key_id: str
         raise UsageError("--database-url must be a sqlite:/// or postgresql+psycopg:// URL")
     check_name("user", admin_name)
     created_root = not home.root.exists()
+    if not created_root:
+        home.check_private(mode=False)  # someone else's directory: the chmod below would not make it ours
     before = None if created_root else _entries(home)
     home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home.root, 0o700)
