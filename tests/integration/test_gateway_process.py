@@ -111,6 +111,10 @@ def test_kill_9_loses_no_audit_event_of_a_statement_that_ran(running_gateway, re
     for conn in conns:
         conn.close()
     spooled = list((home / "audit-spool").glob("*.spool"))
+    # The killed gateway left gateway.json behind: `sdm connect` says so instead of printing a
+    # URL that leads nowhere.
+    stale = sdm(home, "connect", "pg", api_key=ann_key)
+    assert stale.rc == 1 and stale.stdout == "" and "left from one that stopped" in stale.stderr, stale.describe()
     (home / "gateway.json").unlink(missing_ok=True)
 
     restarted = _start_gateway(home, api, pg)

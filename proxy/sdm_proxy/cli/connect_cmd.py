@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 from urllib.parse import quote, urlencode
 
 import click
@@ -40,7 +41,21 @@ def _listener_address(home, kind: str) -> tuple[str, int]:
                          f"`sdm gateway`, or set SDM_GATEWAY_{kind.upper()}=HOST:PORT") from None
     if kind not in addresses:
         raise StateError(f"the running gateway has no {kind} listener")
-    return parse_host_port(addresses[kind])
+    host, port = parse_host_port(addresses[kind])
+    if is_loopback(host) and not _listening(host, port):
+        # A gateway removes gateway.json when it stops; one that was killed (kill -9, a crash)
+        # leaves it, and the settings printed would lead nowhere.
+        raise StateError(f"no gateway listens on {host}:{port} ({home.gateway_info_path} is left from one "
+                         "that stopped without removing it): start `sdm gateway`")
+    return host, port
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host.strip("[]"), port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
 
 
 @click.command()
