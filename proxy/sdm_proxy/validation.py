@@ -11,6 +11,7 @@ from datetime import timedelta
 from .errors import UsageError
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.@-]{0,62}$")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 _DURATION_PART = re.compile(r"([0-9]{1,9})([smhdw])")  # a year is 8 digits of seconds; int() of more is slow
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DURATION = timedelta(days=365)
@@ -38,6 +39,10 @@ def check_text(kind: str, value: str, max_length: int = 255) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise UsageError(f"invalid {kind}: it is not valid Unicode text") from None
+    if _CONTROL.search(value):
+        # No host, database, login name or path has one; stored, it would reach connection
+        # strings, the audit log and terminals (escape sequences).
+        raise UsageError(f"invalid {kind}: it contains a control character (a newline, tab or escape)")
     return value
 
 

@@ -98,6 +98,13 @@ CASES = [
     C("username-not-utf8", ("credential", "add", "prod-db", "c1", "--username", "u\udcff", "--password-stdin"), 2,
       "not valid unicode", stdin=PW),
     C("database-name-too-long", DS_ADD + " --database " + "d" * 300, 2, "1 to 255"),
+    # Control characters: no host, database or login name has one (an escape would reach terminals).
+    C("host-with-escape", ("datasource", "add", "newdb", "--type", "postgres", "--host", "h\x1b[31m", "--port",
+                           "5432"), 2, "control character"),
+    C("database-with-newline", ("datasource", "add", "newdb", "--type", "postgres", "--host", "h", "--port", "5432",
+                                "--database", "d\nb"), 2, "control character"),
+    C("username-with-bell", ("credential", "add", "prod-db", "c1", "--username", "u\x07", "--password-stdin"), 2,
+      "control character", stdin=PW),
     C("bad-datasource-name", "datasource add 1bad --type postgres --host h --port 5432", 2, "invalid datasource name"),
     C("bad-user-name", ("user", "add", "a b"), 2, "invalid user name"),
     C("tls-verify-full-without-ca-file", DS_ADD + " --tls verify-full", 2, "--ca-file"),
