@@ -102,6 +102,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
     hub = None  # a HubIdentity when the gateway takes JupyterHub tokens
     addresses = {"api": f"{'https' if api_tls else 'http'}://{config.api_host}:{config.api_port}"}
     api_socket = None
+    announced: dict = {}  # "written": this gateway wrote gateway.json
     try:
         # Bound first, by us: a port in use is a clear error before any listener starts.
         api_socket = bind_api_socket(config.api_host, config.api_port)
@@ -143,7 +144,7 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.handle_exit, sig, None)
-        announce = loop.create_task(_announce_when_up(server, cp, addresses))
+        announce = loop.create_task(_announce_when_up(server, cp, addresses, announced))
         try:
             await server.serve(sockets=[api_socket])
         finally:
@@ -151,7 +152,8 @@ async def serve(cp: ControlPlane, config: GatewayConfig, identity: ProxyIdentity
     finally:
         if api_socket is not None:
             api_socket.close()
-        cp.home.gateway_info_path.unlink(missing_ok=True)
+        if announced.get("written"):  # another gateway's file (one that failed to start) stays
+            cp.home.gateway_info_path.unlink(missing_ok=True)
         # Side by side: one listener's grace period must not hold the other's clients open.
         await asyncio.gather(*(listener.drain(timeout=config.drain_seconds) for listener in listeners))
         await audit.aclose()
@@ -183,12 +185,12 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
     """The control API's listening socket, bound here so that uvicorn's own bind failure (a log
     line and an exit) becomes a ListenError like the listeners'."""
     with listen_errors("the control API", "--api", host, port):
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # As uvicorn binds: IPv6 only for an address with a colon ("localhost" stays 127.0.0.1
+        # where /etc/hosts lists ::1 first).
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
+            sock.bind((host.strip("[]"), port))
             sock.listen(2048)
         except OSError:
             sock.close()
@@ -196,11 +198,12 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
         return sock
 
 
-async def _announce_when_up(server: uvicorn.Server, cp: ControlPlane, addresses: dict) -> None:
+async def _announce_when_up(server: uvicorn.Server, cp: ControlPlane, addresses: dict, announced: dict) -> None:
     """Write gateway.json only once the API accepts connections (clients read it to find us)."""
     while not server.started:
         await asyncio.sleep(0.01)
     write_private(cp.home.gateway_info_path, json.dumps(addresses).encode())
+    announced["written"] = True
     log.info("gateway up: %s", addresses)
 
 

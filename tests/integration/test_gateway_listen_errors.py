@@ -48,3 +48,27 @@ def test_an_unknown_listen_host_is_one_clear_error(home):
     assert res.rc == 1, res.describe()
     assert res.error_lines and "no-such-host.invalid:13306 for MySQL: the host is not known" in res.error_lines[0], \
         res.describe()
+
+
+def test_a_second_gateway_on_the_same_ports_leaves_the_first_ones_gateway_json(tmp_path):
+    """Review: the second one stopped with "the address is in use", and on its way out removed
+    gateway.json, which was the running gateway's: `sdm connect` then found no gateway."""
+    import httpx
+
+    from tests.support.cli import start_gateway
+
+    home = tmp_path / "home"
+    ok(home, "init")
+    api, pg = free_port(), free_port()
+    args = ("--api", f"localhost:{api}", "--postgres", f"127.0.0.1:{pg}", "--mysql", "off")
+    first = start_gateway(home, *args)
+    try:
+        written = (home / "gateway.json").read_bytes()
+        second = sdm(home, "gateway", *args, timeout=60)
+        assert second.rc == 1 and "in use" in second.stderr, second.describe()
+        assert (home / "gateway.json").read_bytes() == written
+        assert httpx.get(f"http://127.0.0.1:{api}/healthz", timeout=5).status_code == 200  # "localhost": IPv4 as before
+    finally:
+        first.terminate()
+        first.wait(timeout=60)
+    assert not (home / "gateway.json").exists()  # the first one removes its own on the way out
