@@ -30,13 +30,14 @@ TAG_PREFIX = "sdm_"
 TAG_KEYS = ("sdm_cell", "sdm_execution_count", "sdm_kernel", "sdm_notebook")
 _MAX_VALUE = 200  # characters of one value before encoding
 _KERNEL_FILE = re.compile(r"kernel-(.+)\.json\Z")
-_EXISTING = re.compile(r"/\*\s*sdm_[a-z_]+=")
 _TRAILING = re.compile(r"(\s*;?\s*)\Z")
 
 
 def encode_value(value: object) -> str:
     # sqlcommenter: URL-encode, then the result is safe inside '...' and inside /* */.
-    return quote(str(value)[:_MAX_VALUE], safe="")
+    # backslashreplace: a notebook path with bytes that are not UTF-8 (surrogate-escaped by the OS
+    # layer) made every statement fail with UnicodeEncodeError (review).
+    return quote(str(value)[:_MAX_VALUE], safe="", errors="backslashreplace")
 
 
 def format_comment(tags: Mapping[str, object]) -> str:
@@ -55,18 +56,16 @@ def parse_comment(sql: str) -> dict[str, str]:
     return {k: unquote(v) for k, v in re.findall(r"([a-z_]+)='([^']*)'", found[-1])}
 
 
-def has_tags(sql: str) -> bool:
-    return _EXISTING.search(sql) is not None
-
-
 def append_comment(sql: str, tags: Mapping[str, object], *, escape_percent: bool = False) -> str:
     """``sql`` with the tag comment added once, before a trailing semicolon.
+
+    Skipped only when the statement already ends with this very comment. A ``/*sdm_`` anywhere
+    else (a LIKE pattern, a hand-written comment naming another notebook) kept the real tags out
+    (review); the gateway records the last comment, so the appended one wins.
 
     ``escape_percent`` doubles ``%`` (the URL encoding's escapes) for drivers with ``format`` or
     ``pyformat`` parameters when the statement carries parameters.
     """
-    if has_tags(sql):
-        return sql
     comment = format_comment(tags)
     if not comment:
         return sql
@@ -74,6 +73,8 @@ def append_comment(sql: str, tags: Mapping[str, object], *, escape_percent: bool
         comment = comment.replace("%", "%%")
     match = _TRAILING.search(sql)
     body, tail = sql[: match.start()], sql[match.start():]
+    if body.endswith(comment):
+        return sql
     semicolon = ";" if ";" in tail else ""
     last_line = body.rsplit("\n", 1)[-1]
     sep = "\n" if "--" in last_line else " "  # a trailing -- comment would swallow ours

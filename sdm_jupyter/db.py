@@ -22,7 +22,9 @@ from .attribution import append_comment, attach_to_engine
 from .net import is_loopback
 from .errors import DatabaseError, GatewayUnreachable, InvalidRequest, NotFound, PermissionDenied, QueryCancelled
 
-_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # SQLAlchemy text()'s own rule for :name
+# SQLAlchemy text()'s own rule for :name (sqlalchemy.sql.elements.TextClause): `:since::date`
+# is no bind (review: the older lookahead asked for a variable `sinc`).
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?![:\w])", re.UNICODE)
 
 
 # ---- which credential -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from traitlets import Bool, Float, Integer, Unicode, observe
 from traitlets.config import Configurable
 
@@ -102,6 +102,10 @@ class SdmMagics(Magics, Configurable):
         return self._engines[key]
 
     # the magic ---------------------------------------------------------------------------------
+    # no_var_expand: IPython would otherwise format `{expr}` and `$name` into the line before we
+    # see it, so a namespace value became SQL text (review: `'{name}'` was an injection, and
+    # `$$...$$` or `'{1,2}'` were rewritten). Values go in only as `:name` bind parameters.
+    @no_var_expand
     @line_cell_magic
     def sdm(self, line: str, cell: str | None = None):
         """Query databases through the sdm gateway. See `%sdm help`."""

@@ -48,7 +48,29 @@ def test_cell_context_outside_a_kernel():
 
 
 def test_bind_names_follow_sqlalchemy_rules():
-    assert bind_names("SELECT :a, :b, :a, x::int, '\\:c' FROM t WHERE y = :b") == ["a", "b"]
+    from sqlalchemy import text
+
+    for statement in ("SELECT :a, :b, :a, x::int, '\\:c' FROM t WHERE y = :b", "SELECT :since::date",
+                      "SELECT :x::int + :y", "SELECT '{\"a\":1}'::jsonb"):
+        assert bind_names(statement) == list(dict.fromkeys(text(statement).compile().params)), statement
+
+
+def test_tags_are_appended_unless_ours_already_end_the_statement():
+    """Review: "/*sdm_" anywhere (a LIKE pattern, a hand-written comment naming another notebook)
+    kept the real tags out. The gateway records the last comment, so appending ours wins."""
+    like = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/*sdm_cell=%'"
+    assert parse_comment(append_comment(like, TAGS))["sdm_cell"] == "c1"
+    forged = "SELECT 1 /*sdm_notebook='someone-else%2Freport.ipynb',sdm_cell='x'*/"
+    assert parse_comment(append_comment(forged, TAGS))["sdm_notebook"] == "dir/my nb's.ipynb"
+    once = append_comment("SELECT 1", TAGS, escape_percent=True)
+    assert append_comment(once, TAGS, escape_percent=True) == once
+
+
+def test_a_notebook_path_that_is_not_utf8_still_tags():
+    import os
+
+    name = os.fsdecode(b"work/caf\xe9.ipynb")  # surrogate-escaped, as the OS layer hands it over
+    assert "caf" in parse_comment(append_comment("SELECT 1", {"sdm_notebook": name}))["sdm_notebook"]
 
 
 def test_sql_line_parsing_keeps_the_query_verbatim():

@@ -57,6 +57,17 @@ def test_bind_parameters_are_values_not_sql(kernel, gw):
     assert logged and all("OR '1'='1" not in e["query"] for e in logged)
 
 
+def test_the_line_form_is_not_formatted_with_the_namespace(kernel, gw):
+    """Review: IPython expanded `{expr}` and `$name` in the line before the magic saw it, so a
+    value became SQL text (and `$$...$$` or `'{1,2,3}'` were rewritten)."""
+    kernel.ok("name = \"x' OR '1'='1\"")
+    r = kernel.ok("c = %sdm sql prod SELECT count(*) AS n FROM customers WHERE name = '{name}'\nprint(c['n'][0])")
+    assert r.stdout.strip().endswith("0")
+    assert gw.query_events("WHERE name = '{name}'")  # the braces reached the database as written
+    r = kernel.ok("d = %sdm sql prod SELECT $$a b$$ AS s, '{1,2,3}'::int[] AS arr\nprint(d['s'][0], list(d['arr'][0]))")
+    assert "a b [1, 2, 3]" in r.stdout
+
+
 def test_refused_write_is_one_line_and_kernel_stays_usable(kernel):
     r = kernel.run("%sdm sql prod INSERT INTO orders (customer_id, amount, created_at) VALUES (1, 1, now())")
     assert r.status == "error" and r.reply["ename"] == "UsageError"
