@@ -49,9 +49,27 @@ def _home(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("SDM_HOME") or Path.home() / ".sdm").expanduser()
 
 
-def _home_config(home: Path) -> dict[str, Any]:
+def _check_home(home: Path) -> None:
+    """As the sdm CLI insists: a home another user owns, or that group or others may write to, is
+    not read (review: its config.json could send the API key from its admin.key elsewhere)."""
     try:
-        data = json.loads((home / "config.json").read_text())
+        st = home.stat()
+    except OSError:
+        return
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        raise NotConfigured(f"{home} (SDM_HOME) belongs to uid {st.st_uid}, not to you: its config.json and "
+                            "admin.key are not used; set SDM_HOME to a home of your own")
+    if st.st_mode & 0o022:
+        raise NotConfigured(f"{home} (SDM_HOME) can be written by group or others: its config.json and "
+                            f"admin.key are not used; run `chmod 700 {home}`")
+
+
+def _home_config(home: Path) -> dict[str, Any]:
+    path = home / "config.json"
+    if path.exists():
+        _check_home(home)
+    try:
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -134,6 +152,8 @@ class GatewayConfig:
             identity = Identity(env["JUPYTERHUB_API_TOKEN"].strip(), "JUPYTERHUB_API_TOKEN")
         else:
             key_file = home / "admin.key"
+            if key_file.exists():
+                _check_home(home)
             try:
                 key = key_file.read_text().strip()
             except OSError:
@@ -295,7 +315,7 @@ class GatewayClient:
               params: Mapping[str, Any] | None = None, who: str) -> Any:
         parts = urlsplit(self.config.url)
         if parts.scheme == "http":  # plain http is loopback only: nothing else says who listens
-            check_listener(parts.hostname or "", parts.port or 80)
+            check_listener(parts.hostname or "", parts.port or 80, default_owner=self._default_owner())
         try:
             response = self._http.request(method, path, json=json, params=params,
                                           headers={"Authorization": f"Bearer {bearer}"})
@@ -340,8 +360,13 @@ class GatewayClient:
         """Where the gateway's PostgreSQL listener is (see the module docstring for the order),
         checked to be the managed gateway's when the server exported ``SDM_GATEWAY_UID``."""
         host, port = self._postgres_address()
-        check_listener(host, port)
+        check_listener(host, port, default_owner=self._default_owner() if self.config.postgres is None else None)
         return host, port
+
+    def _default_owner(self) -> int | None:
+        """With no gateway configured, the default loopback one must be this user's own (review:
+        another user who bound 127.0.0.1:8471 first received the kernels' hub tokens)."""
+        return os.getuid() if self.config.url_source == "default" and hasattr(os, "getuid") else None
 
     def _postgres_address(self) -> tuple[str, int]:
         if self.config.postgres:

@@ -83,9 +83,13 @@ def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(b"".join(words))
 
 
-def check_listener(host: str, port: int, env: Mapping[str, str] | None = None) -> None:
-    """Raise GatewayError if ``SDM_GATEWAY_UID`` is set and another uid listens on ``host:port``."""
+def check_listener(host: str, port: int, env: Mapping[str, str] | None = None, *,
+                   default_owner: int | None = None) -> None:
+    """Raise GatewayError if ``SDM_GATEWAY_UID`` (else ``default_owner``, given for an address
+    nobody configured: the default one) is set and another uid listens on ``host:port``."""
     expected = (os.environ if env is None else env).get("SDM_GATEWAY_UID", "").strip()
+    if not expected and default_owner is not None:
+        expected = str(default_owner)
     if not expected or host.startswith("/") or not is_loopback(host):
         return
     if not expected.isdigit():

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from sdm_jupyter.errors import AuthenticationError, GatewayUnreachable, NotConfigured, PermissionDenied
-from sdm_jupyter.gateway_client import DEFAULT_GATEWAY_URL, DEFAULT_POSTGRES, GatewayClient, GatewayConfig
+from sdm_jupyter.gateway_client import DEFAULT_GATEWAY_URL, DEFAULT_POSTGRES, GatewayClient, GatewayConfig, Identity
 from tests.support.api_server import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.jupyter]
@@ -145,3 +145,54 @@ def test_credentials_go_only_to_a_loopback_listener_of_the_managed_gateways_user
             impostor.accept()  # nothing connected, so nothing was sent
     finally:
         impostor.close()
+
+
+def test_the_default_gateway_address_must_be_the_users_own(monkeypatch):
+    """Review: with no gateway configured, the kernel's JupyterHub token went to whatever listened
+    on the default 127.0.0.1:8471, another local user's server included."""
+    import os
+    import socket
+
+    from sdm_jupyter.errors import GatewayError
+
+    impostor = socket.create_server(("127.0.0.1", 0))
+    impostor.settimeout(0.5)
+    port = impostor.getsockname()[1]
+    monkeypatch.delenv("SDM_GATEWAY_UID", raising=False)
+    config = GatewayConfig(url=f"http://127.0.0.1:{port}", identity=Identity("hub-token-must-not-leave", "x"),
+                           url_source="default")
+    real_uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)  # the listener's owner is then someone else
+    client = GatewayClient(config)
+    try:
+        with pytest.raises(GatewayError, match="not the gateway"):
+            client.whoami()
+        with pytest.raises(TimeoutError):
+            impostor.accept()  # nothing was sent
+    finally:
+        client.close()
+        impostor.close()
+
+
+def test_a_home_others_may_write_to_is_not_read(tmp_path):
+    """Review: `sdm` refuses such a home, but the notebook side read its config.json (gateway_url)
+    and admin.key, so a planted config.json sent the admin's API key elsewhere."""
+    import json
+    import os
+
+    from sdm_jupyter.errors import NotConfigured
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "config.json").write_text(json.dumps({"gateway_url": "http://127.0.0.1:9/attacker"}))
+    (home / "admin.key").write_text("sdmk_victim_SECRET\n")
+    assert GatewayConfig.discover({"SDM_HOME": str(home)}).url.endswith("/attacker")  # private: read
+    os.chmod(home, 0o777)
+    with pytest.raises(NotConfigured, match="group or others") as info:
+        GatewayConfig.discover({"SDM_HOME": str(home)})
+    assert "SECRET" not in str(info.value)
+    if os.geteuid() == 0:
+        os.chmod(home, 0o700)
+        os.chown(home, 65534, -1)
+        with pytest.raises(NotConfigured, match="belongs to uid 65534"):
+            GatewayConfig.discover({"SDM_HOME": str(home)})
