@@ -127,6 +127,29 @@ def test_rotate_generate_on_mariadb_over_its_unix_socket(mysql_server, tmp_path)
 
 
 @pytest.mark.mysql
+def test_rotate_generate_under_strict_password_validation_says_what_to_do(mysql_server, tmp_path):
+    """Review: with a password validation plugin, MariaDB refuses a pre-hashed password (1290)."""
+    user, old = _mariadb_login(mysql_server)
+    root = pymysql.connect(**mysql_server.connect_kwargs("bootstrap"), autocommit=True)
+    try:
+        with root.cursor() as cur:
+            cur.execute("INSTALL SONAME 'simple_password_check'")
+        st = GatewayState.create(tmp_path / "home")
+        try:
+            st.add_datasource("my", type="mysql", host=str(mysql_server.socket_path), port=mysql_server.port,
+                              credentials={"rot": (user, old)})
+            with pytest.raises(UpstreamError, match="strict_password_validation.*--password-stdin"):
+                rotate_with_generated_password(st.cp, st.admin, "my", "rot")
+            assert [c["version"] for c in list_credentials(st.cp, st.admin)] == [1]
+        finally:
+            st.close()
+    finally:
+        with root.cursor() as cur:
+            cur.execute("UNINSTALL SONAME 'simple_password_check'")
+        root.close()
+
+
+@pytest.mark.mysql
 def test_rotate_generate_on_mariadb_refuses_an_account_it_cannot_set_without_logging(mysql_server, tmp_path):
     """An ed25519 (or any non-native) account: MariaDB would log the password; nothing is changed."""
     user, old = _mariadb_login(mysql_server)

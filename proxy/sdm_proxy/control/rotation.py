@@ -23,6 +23,7 @@ from .catalog import credential_view, encryption_context, get_credential, refuse
 from .context import Actor, ControlPlane
 
 SCRAM_ITERATIONS = 4096
+ER_OPTION_PREVENTS_STATEMENT = 1290  # "... is running with the --strict-password-validation option"
 
 
 def scram_sha256_verifier(password: bytes, salt: bytes | None = None,
@@ -118,6 +119,13 @@ def _set_password_mysql(ds, username: str, current: SecretValue, new: SecretValu
             conn.close()
     except pymysql.MySQLError as exc:
         code = exc.args[0] if exc.args else "?"
+        if code == ER_OPTION_PREVENTS_STATEMENT:
+            # A password validation plugin with strict_password_validation (MariaDB's default then)
+            # refuses a hash it cannot check; the plain password would reach the query logs.
+            raise UpstreamError(f"could not set the new password on {ds.name}: MariaDB refuses a pre-hashed "
+                                "password while strict_password_validation is on (a password validation "
+                                "plugin is loaded): set the password on the database yourself and store it "
+                                "with `sdm credential rotate --password-stdin`") from None
         raise UpstreamError(f"could not set the new password on {ds.name}: MySQL error {code}") from None
 
 
