@@ -96,3 +96,29 @@ def test_postgres_sessions_share_the_gateway_budget(monkeypatch):
 def test_the_gateway_budget_is_one_for_both_listeners():
     assert pg_tracker.GATEWAY is text_budget.GATEWAY
     assert StatementMap()._share.budget is text_budget.GATEWAY
+
+
+def test_postgres_portals_keep_their_text_counted(monkeypatch):
+    """Review: inside a transaction, each new unnamed Parse gave the old text back to the budget,
+    while the named portal bound to it kept the string alive: 40 portals held 40 MiB against a
+    counted 1 MiB."""
+    budget = TextBudget(limit=10_000)
+    monkeypatch.setattr(pg_tracker, "GATEWAY", budget)
+    t = StatementTracker()
+    text = "SELECT '" + "x" * 1990 + "'"
+    B = ord("B")
+    refused = None
+    for i in range(20):
+        parse = _cstr("") + _cstr(text) + b"\0\0"
+        bind = _cstr(f"p{i}") + _cstr("") + b"\0" * 6
+        refused = t.check_names(P, parse) or t.check_names(B, bind)
+        if refused is not None:
+            break
+        t.on_client(P, parse)
+        t.on_client(B, bind)
+        t.on_client(S, b"")
+        for mtype in (ord("1"), ord("2"), ord("Z")):
+            t.on_server(mtype, b"T" if mtype == ord("Z") else b"")  # still in the transaction
+    assert refused is not None and "for all sessions" in refused and refused.sqlstate == "54000"
+    assert budget.used <= budget.limit
+    assert i <= 5  # 2,000 characters each: the portals' texts count

@@ -71,8 +71,11 @@ class StatementTracker(ClientSide, ServerSide):
         self._clock = clock
         self._queue: deque[_Expect] = deque()
         self._seg = 0
-        self._stmts = _Names(text=TextMap(GATEWAY.share()))  # portals share these strings: not counted twice
-        self._portals = _Names()
+        # Portals hold their statement's text too, alive after the statement is replaced (review):
+        # both count, against one share of the gateway's budget.
+        share = GATEWAY.share()
+        self._stmts = _Names(text=TextMap(share))
+        self._portals = _Names(text=TextMap(share))
         self._portal_stmt: dict[str, str] = {}
         self._tainted = False  # SQL-level PREPARE/DECLARE may have created names we never saw
         self._copy_in = False  # the server takes COPY data now, until the client's CopyDone/CopyFail

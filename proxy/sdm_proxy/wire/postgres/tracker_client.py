@@ -114,22 +114,36 @@ class ClientSide:
             if len(raw) > MAX_NAME_BYTES:
                 return Refusal(f"statement or portal name longer than {MAX_NAME_BYTES} bytes ({len(raw)} bytes): "
                                "the gateway refuses it because PostgreSQL would truncate it")
-        if mtype == P_:
-            held = self._stmts.text
-            if held.size + self._parse_chars + len(payload) > MAX_TRACKED_TEXT:
-                return Refusal.limit(f"too much prepared statement text on this connection (at most "
-                                     f"{MAX_TRACKED_TEXT >> 20} MiB held for the audit): close (deallocate) "
-                                     "some first")
-            if held.share is not None and not held.share.budget.room_for(len(payload)):
-                return Refusal.limit(f"the gateway holds too much prepared statement text for all sessions "
-                                     f"(at most {held.share.budget.limit >> 20} MiB): try again later, or "
-                                     "close (deallocate) some")
+        if mtype in (P_, B):
+            refusal = self._text_room(mtype, payload, names)
+            if refusal is not None:
+                return refusal
         if mtype in (P_, B):
             ns, raw = names[0]
             name = raw.decode("utf-8", "surrogateescape")
             if name and name not in ns.text and len(ns.text) + len(ns.pending) >= MAX_TRACKED_NAMES:
                 return Refusal.limit(f"too many prepared statements or portals on this connection (at most "
                                      f"{MAX_TRACKED_NAMES})")
+        return None
+
+    def _text_room(self, mtype: int, payload: bytes, names) -> Refusal | None:
+        """A Parse adds its text, a Bind its statement's text again (a portal keeps it alive even
+        after the statement is replaced: review). Both count, per connection and gateway-wide."""
+        if mtype == P_:
+            adds = len(payload) if payload.isascii() else 4 * len(payload)  # text_size, before decoding
+        else:
+            text = self._stmts.text.get(names[1][1].decode("utf-8", "surrogateescape"))
+            adds = text_size(text) if text else 0
+        held = self._stmts.text.size + self._portals.text.size + self._parse_chars
+        if held + adds > MAX_TRACKED_TEXT:
+            return Refusal.limit(f"too much prepared statement text on this connection (at most "
+                                 f"{MAX_TRACKED_TEXT >> 20} MiB held for the audit): close (deallocate) "
+                                 "some first")
+        share = self._stmts.text.share
+        if share is not None and not share.budget.room_for(adds):
+            return Refusal.limit(f"the gateway holds too much prepared statement text for all sessions "
+                                 f"(at most {share.budget.limit >> 20} MiB): try again later, or "
+                                 "close (deallocate) some")
         return None
 
     def needs_barrier(self, mtype: int, payload: bytes) -> bool:
