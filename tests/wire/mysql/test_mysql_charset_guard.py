@@ -9,13 +9,18 @@ from __future__ import annotations
 import pymysql
 import pytest
 
-from sdm_proxy.wire.mysql.charset_guard import UNSAFE_COLLATION_IDS, CharsetRefused, check_statement
+from sdm_proxy.wire.mysql.charset_guard import UNSAFE_COLLATION_IDS, StatementRefused, check_statement
 
 ALLOWED = [
     "SELECT 1", "SET NAMES utf8mb4", "SET NAMES 'utf8mb4' COLLATE 'utf8mb4_unicode_ci'", "SET autocommit=0",
     "SET character_set_client = utf8mb4", "SET @@session.character_set_client := 'latin1', @a = 1",
     "EXECUTE s USING @a", "PREPARE s FROM 'SELECT ?'", "EXECUTE IMMEDIATE 'SELECT 1' USING 2",
     "SET @x = 'gbk'", "set names latin1;", "SELECT 'gbk'", "SET sql_mode = DEFAULT",
+    # mysqldump's header and wrappers (with --skip-set-charset for the restore of a variable).
+    "/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */", "/*!40101 SET NAMES utf8mb4 */;",
+    "/*!40101 SET @saved_cs_client     = @@character_set_client */", "/*!40101 SET character_set_client = utf8 */",
+    "SELECT @@character_set_client", "SHOW VARIABLES LIKE 'character_set_client'",
+    "SELECT * FROM t /* no kill here */ WHERE a = 1", "SELECT 'prepare x from y' AS s",
 ]
 REFUSED = [
     "SET NAMES gbk", "set names 'GBK'", "SET CHARACTER SET big5", "SET CHARSET sjis", "SET NAMES `cp932`",
@@ -27,19 +32,39 @@ REFUSED = [
     "PREPARE s FROM @q", "EXECUTE IMMEDIATE @q", "EXECUTE IMMEDIATE CONCAT('KI','LL 5')",
     "PREPARE s FROM 'SEL' 'ECT 1'", "PREPARE s FROM 'KILL 5'", "EXECUTE IMMEDIATE 'SET NAMES gbk'",
     "PREPARE s FROM 'SET NAMES \\G\\B\\K'", "EXECUTE IMMEDIATE 'EXECUTE IMMEDIATE @q'",
+    # Second review: glued variables, version comments, other backslash modes, KILL elsewhere.
+    "SET@@character_set_client=gbk", "SET@@session.character_set_client=@v", "SET @@`character_set_client` = @v",
+    "/*!99999 x */ SET NAMES gbk", "/*!99999 ' */ /*!10000 SET NAMES gbk */ /*!99999 ' */",
+    "SET @a='\\', character_set_client = gbk #'", "SET @a='\\', character_set_client = @v #'",
+    "PREPARE k FROM@k", "EXECUTE IMMEDIATE@q", "/*!99999 x */ EXECUTE IMMEDIATE @q",
+    "/*!50000 x*/ KILL 5", "SELECT 1 FROM t WHERE 0 = (KILL 5)", "BEGIN NOT ATOMIC SET NAMES gbk; END",
+    "BEGIN NOT ATOMIC EXECUTE IMMEDIATE @q; END", "SET character_set_client = @saved_cs_client",
+    "/*!40101 SET character_set_client = @saved_cs_client */",
 ]
 
 
 @pytest.mark.parametrize("sql", ALLOWED)
 def test_ordinary_statements_pass(sql):
-    check_statement(sql)
+    check_statement(sql.encode())
 
 
 @pytest.mark.parametrize("sql", REFUSED)
 def test_switches_and_unaudited_sources_are_refused(sql):
-    with pytest.raises(CharsetRefused) as info:
-        check_statement(sql)
+    with pytest.raises(StatementRefused) as info:
+        check_statement(sql.encode("utf-8", "surrogateescape"))
     assert info.value.code == 1235 and info.value.sqlstate == "42000"
+
+
+def test_a_kill_glued_to_its_variable_is_no_plain_kill():
+    """Review: `KILL@a` was read as one word, not a KILL, and relayed: it named an upstream thread."""
+    from sdm_proxy.wire.mysql.kill import UnsupportedKill, parse_kill
+
+    check_statement(b"KILL@a")  # a KILL of its own: kill.py decides
+    with pytest.raises(UnsupportedKill):
+        parse_kill("KILL@a")
+    # Review: `/*!99999 x*/ KILL 5` was read with the comment as code (not a KILL) and relayed, but
+    # no server runs version 99999: it is the plain KILL 5, mapped like any other.
+    assert parse_kill("/*!99999 x*/ KILL 5").thread_id == 5
 
 
 @pytest.mark.mysql
@@ -96,3 +121,39 @@ def test_text_bound_into_a_variable_cannot_be_executed(mysql_gateway):
     finally:
         conn.close()
     assert gw.query_events("EXECUTE IMMEDIATE 'SELECT 43'")
+
+
+@pytest.mark.mysql
+def test_the_second_reviews_bypasses_are_refused_through_the_gateway(mysql_gateway):
+    """Each of these switched the session to gbk, or ran text the audit did not hold, through the
+    first version of the guard (a superuser login: it may run anything it is not refused)."""
+    gw = mysql_gateway
+    conn = gw.connect("bob", "superuser", autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET @q = 'SELECT CURRENT_USER()'")
+            for sql in ("SET@@character_set_client=gbk", "/*!99999 x */ SET NAMES gbk", "PREPARE s FROM@q",
+                        "EXECUTE IMMEDIATE@q"):
+                with pytest.raises(pymysql.err.MySQLError) as info:
+                    cur.execute(sql)
+                assert info.value.args[0] == 1235, sql
+            cur.execute("SET sql_mode = 'NO_BACKSLASH_ESCAPES'")
+            with pytest.raises(pymysql.err.MySQLError) as info:
+                cur.execute("SET @a = '\\', character_set_client = gbk #'")
+            assert info.value.args[0] == 1235
+            cur.execute("SELECT @@character_set_client")
+            assert cur.fetchone()[0] == "utf8mb4"
+    finally:
+        conn.close()
+    # A latin1 client: the audit escapes the 0xFF byte (and doubles the backslash after it), which
+    # ended the first string earlier for the first guard than for the server.
+    conn = gw.connect("bob", "superuser", autocommit=True, charset="latin1")
+    try:
+        with conn.cursor() as cur:
+            with pytest.raises(pymysql.err.MySQLError) as info:
+                cur.execute("SET @a = '\xff\\', @b = ', character_set_client = gbk, @c = 'Y'")
+            assert info.value.args[0] == 1235
+            cur.execute("SELECT @@character_set_client")
+            assert cur.fetchone()[0] == "latin1"
+    finally:
+        conn.close()

@@ -125,7 +125,7 @@ def test_cursor_fetches_are_recorded_with_their_rows(mysql_gateway):
     sock = raw.login(gw.host, gw.port, "read-only", gw.tokens["ann"])
     caps = raw.CLIENT_CAPS
     try:
-        scanner, _ = command(sock, b"\x16SELECT id FROM orders WHERE id <= ? /* cursor-fetch */", caps)
+        scanner, _ = command(sock, b"\x16SELECT id AS fetched_id FROM orders WHERE id <= ? /* cursor-fetch */", caps)
         sid = scanner.prepared.statement_id
         execute = b"\x17" + struct.pack("<IBI", sid, 1, 1) + b"\x00\x01\x08\x00" + struct.pack("<q", 10)
         scanner, _ = command(sock, execute, caps)

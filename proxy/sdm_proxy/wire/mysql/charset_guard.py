@@ -1,29 +1,49 @@
-"""Keeps the client character set one whose characters never hold an ASCII byte.
+"""Statements the MySQL listener refuses because the audit could not say what they run.
 
-The audit reads statement text as UTF-8. In BIG5, CP932, GBK, GB18030 and SJIS the second byte of a
-character can be 0x5C (a backslash) or another ASCII byte, so the same bytes can close a string
-literal for the server and not for the audit (review: after ``SET NAMES gbk``, the bytes of
-``SELECT '中\\' , CURRENT_USER() -- '`` ran a call the audit showed inside a string). The gateway
-refuses those character sets at login and at COM_CHANGE_USER, and refuses statements that could
-switch to one: a SET naming one, or setting ``character_set_client`` to anything but a plain name.
-Text handed to the server to prepare (``PREPARE s FROM``, ``EXECUTE IMMEDIATE``) is checked when
-it is one string literal and refused otherwise: its text would not be in the audit at all.
+- **Client character sets whose characters can hold an ASCII byte** (BIG5, CP932, GB18030, GBK,
+  SJIS): the audit reads statement text as UTF-8, and in these a character's second byte can be a
+  backslash, so the same bytes close a string literal for the server and not for the audit
+  (review: after ``SET NAMES gbk``, ``SELECT '中\\' , CURRENT_USER() -- '`` ran a call the audit
+  showed inside a string). Refused at login and COM_CHANGE_USER, and in statements: any naming
+  one where a character set is set, and any setting ``character_set_client`` to anything but a
+  plain name (a variable, number, expression or DEFAULT could be one of them).
+- **Text prepared from a variable or an expression** (``PREPARE s FROM @q``, ``EXECUTE IMMEDIATE
+  CONCAT(...)``): what runs is not in the log. One string literal is taken, and checked as a
+  statement of its own.
+- **KILL anywhere but as a plain statement** the gateway maps (``kill.py``): relayed, it would
+  name an upstream thread, maybe another analyst's on the same login.
+
+The server's settings decide how it reads a statement (backslash escapes, ANSI quotes, which
+version comments run), so every statement that could matter is read each way it might be, and
+refused if any reading is refused (review: a first version read one way and was bypassed with
+``SET@@character_set_client=gbk``, ``/*!99999 x */ SET NAMES gbk``, NO_BACKSLASH_ESCAPES and
+latin1 bytes). Statements that mention none of the words involved cost one byte search.
 """
 
 from __future__ import annotations
 
+import re
+
 from .errors import ER_NOT_SUPPORTED_YET, SQLSTATE_SYNTAX_OR_ACCESS, CommandRefused, WireError
-from .kill import is_kill, sql_tokens
+from .sql_lexer import never_run, sql_tokens
 
 UNSAFE_CHARSETS = ("BIG5", "CP932", "GB18030", "GBK", "SJIS")
 # Their collation ids in MySQL 8 and MariaDB 10.x/11.x (information_schema.COLLATIONS).
 UNSAFE_COLLATION_IDS = frozenset({1, 13, 28, 84, 87, 88, 95, 96, 248, 249, 250,
                                   1025, 1037, 1052, 1108, 1111, 1112, 1119, 1120})
-_CHARSET_WORDS = ("NAMES", "CHARACTER", "CHARSET", "CHARACTER_SET_CLIENT")
-_DYNAMIC_WORDS = ("PREPARE", "EXECUTE")
-_MAX_TOKENS = 10_000  # a SET that long is not a client library's; refused rather than half read
-_REASON = ("its characters can hold a backslash, so the audit could not read statements as the server does; "
-           "use utf8mb4")
+_TRIGGERS = (b"names", b"charset", b"character", b"prepare", b"execute", b"kill")
+_SENSITIVE = frozenset({"NAMES", "CHARSET", "CHARACTER", "PREPARE", "EXECUTE", "KILL"})
+_SYSVAR = "CHARACTER_SET_CLIENT"
+_MAX_TOKENS = 100_000  # 1 MiB of text has fewer; past it the statement is refused, not half read
+# (quotes with backslash escapes): the default; NO_BACKSLASH_ESCAPES; ANSI_QUOTES with escapes.
+_READINGS = (frozenset("'\""), frozenset(), frozenset("'"))
+_VERSION_COMMENT = re.compile(r"/\*[Mm]?!")
+# Comments before the statement: plain ones, line comments, and those no server runs.
+_LEADING_COMMENTS = re.compile(r"\A(?:\s+|/\*(?![Mm]?!)(?:(?!\*/).)*\*/|/\*M?!(?:99999|999999)[ \\](?:(?!\*/).)*\*/"
+                               r"|(?:--[ \t]|#)[^\n]*(?:\n|\Z))+", re.DOTALL)
+# A version comment holding a quote or a comment opener: run or not, it moves what follows.
+_VERSION_COMMENT_QUOTES = re.compile(r"/\*[Mm]?!(?:(?!\*/).)*?(?:['\"`#]|--|/\*)", re.DOTALL)
+_REASON = "its characters can hold a backslash, so the audit could not read statements as the server does"
 
 
 class UnsafeCharsetLogin(WireError):
@@ -31,7 +51,7 @@ class UnsafeCharsetLogin(WireError):
     sqlstate = SQLSTATE_SYNTAX_OR_ACCESS
 
 
-class CharsetRefused(CommandRefused):
+class StatementRefused(CommandRefused):
     code = ER_NOT_SUPPORTED_YET
     sqlstate = SQLSTATE_SYNTAX_OR_ACCESS
 
@@ -39,79 +59,112 @@ class CharsetRefused(CommandRefused):
 def check_login_charset(collation_id: int | None) -> None:
     if collation_id in UNSAFE_COLLATION_IDS:
         raise UnsafeCharsetLogin(f"the gateway does not take client character set (collation {collation_id}): "
-                                 + _REASON)
+                                 f"{_REASON}; use utf8mb4")
 
 
-def check_statement(sql: str) -> None:
-    """Raise CharsetRefused for a statement that could switch the client character set to an
-    unsafe one, or prepare text the audit does not hold. Other statements cost one token."""
-    first = sql_tokens(sql, 1)
-    if not first:
+def check_statement(raw: bytes, *, nested: bool = False) -> None:
+    """Raise StatementRefused for a COM_QUERY / COM_STMT_PREPARE text (its bytes) the audit could
+    not vouch for. ``nested``: the text is a literal another statement prepares."""
+    lowered = raw.lower()
+    if not any(word in lowered for word in _TRIGGERS):
         return
-    if first[0] == "SET":
-        upper = sql.upper()
-        if any(word in upper for word in _CHARSET_WORDS):
-            _check_set(sql_tokens(sql, _MAX_TOKENS))
-    elif first[0] in _DYNAMIC_WORDS:
-        _check_dynamic(sql_tokens(sql, 5))  # up to the token after the source
+    text = _unwrapped(raw.decode("latin-1"))
+    versioned = any(not never_run(text, m.start()) for m in _VERSION_COMMENT.finditer(text))
+    readings = [sql_tokens(text, _MAX_TOKENS, backslash=quotes, exec_comments=code)
+                for quotes in _READINGS for code in ((True, False) if versioned else (True,))]
+    if any(len(tokens) >= _MAX_TOKENS for tokens in readings):
+        raise StatementRefused("statement refused: too long for the gateway to check what it sets or runs")
+    if versioned and (_VERSION_COMMENT_QUOTES.search(text) or any(
+            _SENSITIVE.intersection(tokens) or any(_is_sysvar(t) for t in tokens) for tokens in readings)):
+        # Which version comments a server runs differs between servers and versions, and a quote
+        # inside one can move every string boundary after it: with these words, not worth guessing.
+        raise StatementRefused("statement refused: version comments (/*!...*/) inside a statement that sets the "
+                               "character set, prepares text or kills are not taken through the gateway; "
+                               "run it without them")
+    for tokens in readings:
+        _check_reading(tokens, nested)
 
 
-def _check_set(tokens: list[str]) -> None:
-    if len(tokens) >= _MAX_TOKENS:
-        raise CharsetRefused("statement refused: a SET statement this long is not read through the gateway")
+def _unwrapped(text: str) -> str:
+    """One version comment around the whole statement, as mysqldump writes
+    ``/*!40101 SET NAMES utf8mb4 */``, taken off (after leading comments): with nothing outside it,
+    both readings agree."""
+    body = _LEADING_COMMENTS.sub("", text).strip().rstrip(";").rstrip()
+    for opener in ("/*!", "/*M!", "/*m!"):
+        if body.startswith(opener) and body.endswith("*/"):
+            inner = body[len(opener):-2]
+            if "*/" not in inner:
+                return inner.lstrip("0123456789")
+    return text
+
+
+def _check_reading(tokens: list[str], nested: bool) -> None:
+    sets_charset = any(t in ("NAMES", "CHARSET") or _is_sysvar(t) for t in tokens) or any(
+        t == "CHARACTER" and nxt == "SET" for t, nxt in zip(tokens, tokens[1:]))
     for i, token in enumerate(tokens):
-        for name in {token.upper(), _unquoted(token).upper()}:  # quoted or not, escapes or not
-            unsafe = name.lstrip("'\"`").startswith(UNSAFE_CHARSETS)
-            if unsafe or (name == "DEFAULT" and _after_charset_word(tokens, i)):
-                raise CharsetRefused(f"statement refused: the gateway does not switch the client character set "
-                                     f"to {name.strip(chr(39) + chr(34) + '`').lower()}: " + _REASON)
-        name = _unquoted(token).upper()
-        if name.endswith("CHARACTER_SET_CLIENT") and not _assigns_a_name(tokens, i):
-            raise CharsetRefused("statement refused: through the gateway, character_set_client is set to a "
-                                 "plain character set name (not a variable, number or expression)")
+        if sets_charset:
+            name = _unquoted(token).upper()
+            if name.startswith(UNSAFE_CHARSETS) or token.lstrip("'\"`").upper().startswith(UNSAFE_CHARSETS):
+                raise StatementRefused(f"statement refused: the gateway does not switch the client character set "
+                                       f"to {name.lower()}: {_REASON}; use utf8mb4")
+            if token == "DEFAULT" and i > 0 and tokens[i - 1] in ("=", "NAMES", "SET", "CHARSET"):
+                raise StatementRefused("statement refused: through the gateway the client character set is set "
+                                       "by name, not to DEFAULT")
+        if _is_sysvar(token) and not _assigns_a_name(tokens, i):
+            raise StatementRefused("statement refused: through the gateway, character_set_client is set to a "
+                                   "plain character set name (not a variable, number or expression); for "
+                                   "mysqldump files, dump with --skip-set-charset")
+        if token in ("PREPARE", "EXECUTE"):
+            _check_dynamic(tokens, i)
+        if token == "KILL" and (nested or i > 0):
+            raise StatementRefused("statement refused: through the gateway, KILL is a statement of its own "
+                                   "(KILL [QUERY] <connection id>), never prepared or inside another one")
 
 
-def _after_charset_word(tokens: list[str], i: int) -> bool:
-    """DEFAULT as a value (SET NAMES DEFAULT, character_set_client = DEFAULT): the server's default,
-    which a superuser can change with SET GLOBAL."""
-    return i > 0 and tokens[i - 1] in ("=", "NAMES", "SET", "CHARSET")
+def _is_sysvar(token: str) -> bool:
+    name = _unquoted(token).upper()
+    if name.startswith("@@"):
+        name = name[2:]
+        for scope in ("SESSION.", "LOCAL.", "GLOBAL."):
+            name = name.removeprefix(scope)
+        name = _unquoted(name).upper()
+    return name == _SYSVAR
 
 
 def _assigns_a_name(tokens: list[str], i: int) -> bool:
+    """``character_set_client = <name>`` (or ``:=``) with a plain name, or no assignment at all
+    (it is read: ``SET @old = @@character_set_client``, ``SELECT @@character_set_client``)."""
     j = i + 1
     if tokens[j:j + 2] == [":", "="]:
         j += 2
     elif tokens[j:j + 1] == ["="]:
         j += 1
     else:
-        return True  # `SET STATEMENT ... FOR`, a SHOW-like mention: nothing assigned here
-    value = tokens[j] if j < len(tokens) else ""
-    bare = _unquoted(value)
+        return True
+    value = _unquoted(tokens[j]) if j < len(tokens) else ""
     following = tokens[j + 1] if j + 1 < len(tokens) else ";"
-    return (bool(bare) and bare[0].isalpha() and bare.isascii() and bare.replace("_", "").isalnum()
-            and following in (",", ";", "FOR"))
+    return (bool(value) and value.isascii() and value[0].isalpha() and value.replace("_", "").isalnum()
+            and value.upper() != "DEFAULT" and following in (",", ";", "FOR"))
 
 
-def _check_dynamic(tokens: list[str]) -> None:
+def _check_dynamic(tokens: list[str], i: int) -> None:
     """PREPARE name FROM <source>; EXECUTE IMMEDIATE <source>: the source must be one literal."""
-    if tokens[0] == "PREPARE" and len(tokens) >= 4 and tokens[2] == "FROM":
-        at = 3
-    elif tokens[0] == "EXECUTE" and len(tokens) >= 3 and tokens[1] == "IMMEDIATE":
-        at = 2
+    if tokens[i] == "PREPARE" and i + 3 < len(tokens) and tokens[i + 2] == "FROM":
+        at = i + 3
+    elif tokens[i] == "EXECUTE" and tokens[i + 1:i + 2] == ["IMMEDIATE"]:
+        at = i + 2
     else:
-        return  # EXECUTE name [USING ...]: runs what an audited PREPARE prepared
-    source = tokens[at]
+        return  # EXECUTE name [USING ...] runs what an audited PREPARE prepared
+    source = tokens[at] if at < len(tokens) else ""
     after = tokens[at + 1] if at + 1 < len(tokens) else ";"
     # One literal: not 'a' 'b' (the server joins adjacent literals), a variable or an expression.
-    if source[:1] not in ("'", '"') or after not in (";", "USING"):
-        raise CharsetRefused("statement refused: through the gateway, PREPARE ... FROM and EXECUTE IMMEDIATE "
-                             "take one string literal (text from a variable or an expression would not be "
-                             "in the audit)")
+    if source[:1] not in ("'", '"') or len(source) < 2 or source[-1] != source[0] or after not in (";", "USING"):
+        raise StatementRefused("statement refused: through the gateway, PREPARE ... FROM and EXECUTE IMMEDIATE "
+                               "take one string literal (text from a variable or an expression would not be "
+                               "in the audit)")
     raw = source[1:-1]
-    for text in {raw, _unescaped(raw.replace(source[0] * 2, source[0]))}:  # either sql_mode's reading
-        check_statement(text)
-        if is_kill(text):
-            raise CharsetRefused("statement refused: KILL cannot be prepared through the gateway")
+    for body in {raw, _unescaped(raw.replace(source[0] * 2, source[0]))}:  # either backslash mode's text
+        check_statement(body.encode("latin-1", "replace"), nested=True)
 
 
 _ESCAPES = {"0": "\0", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a", "%": "\\%", "_": "\\_"}
@@ -125,8 +178,7 @@ def _unescaped(body: str) -> str:
     while i < n:
         c = body[i]
         if c == "\\" and i + 1 < n:
-            nxt = body[i + 1]
-            out.append(_ESCAPES.get(nxt, nxt))
+            out.append(_ESCAPES.get(body[i + 1], body[i + 1]))
             i += 2
         else:
             out.append(c)
@@ -135,7 +187,7 @@ def _unescaped(body: str) -> str:
 
 
 def _unquoted(token: str) -> str:
-    """A quoted token's content, else the token (for names: quotes never hide an escape there)."""
+    """A quoted token's content (escapes undone), else the token."""
     if len(token) >= 2 and token[0] in "'\"`" and token[-1] == token[0]:
         return _unescaped(token[1:-1].replace(token[0] * 2, token[0]))
     return token

@@ -124,9 +124,12 @@ class CommandPhase:
                 # The gateway sends its own one-frame packet upstream for these, so the answer's
                 # sequence ids would not be the ones this client waits for (review: a desync).
                 raise CommandRefused(f"{cmd.name} of {len(packet.payload)} bytes is not one the gateway takes")
+            kill = None
             if isinstance(cmd, (Query, StmtPrepare)):
-                check_statement(cmd.sql)  # no switch to a charset the audit cannot read; no unaudited text
-            kill = parse_kill(cmd.sql) if isinstance(cmd, (Query, StmtPrepare)) else None
+                # Read from the bytes the server reads (the audit's text escapes non-UTF-8 bytes).
+                text = packet.payload[1:]
+                check_statement(text)  # no switch to a charset the audit cannot read; no unaudited text
+                kill = parse_kill(text.decode("latin-1"))
             if kill is not None and isinstance(cmd, StmtPrepare):
                 raise CommandRefused("KILL cannot be prepared through the gateway")
             if isinstance(cmd, StmtPrepare):
