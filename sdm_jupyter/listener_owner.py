@@ -50,6 +50,32 @@ def socket_inodes_of(pid: int) -> set[int] | None:
     return found
 
 
+def descendants(pid: int, limit: int = 256) -> list[int]:
+    """``pid`` and the processes below it (a wrapper such as ``uv run`` or a shell script runs the
+    gateway as its child), from /proc's parent links; just ``[pid]`` where /proc cannot tell."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [pid]
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ")" ends it.
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo and len(found) < limit:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, ()))
+    return found
+
+
 def _listeners(port: int, column: int) -> set[int] | None:
     found: set[int] = set()
     readable = False

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..listener_owner import listener_inodes, socket_inodes_of
+from ..listener_owner import descendants, listener_inodes, socket_inodes_of
 
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0  # seconds of uptime after which the back-off starts again from 1 s
@@ -83,10 +83,10 @@ class GatewaySupervisor:
             return False
         port = urlsplit(self.health_url).port
         listening = listener_inodes(port) if port else None
-        held = socket_inodes_of(proc.pid)
-        if listening is None or held is None:  # not Linux: nothing to check beyond the child running
+        if listening is None or socket_inodes_of(proc.pid) is None:  # not Linux: the child runs, that is all
             return True
-        return bool(listening & held)
+        # The gateway itself, or under a wrapper (`uv run`, a shell script) one of its descendants.
+        return any(listening & (socket_inodes_of(pid) or set()) for pid in descendants(proc.pid))
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True

@@ -68,3 +68,11 @@ def test_a_child_that_could_not_bind_is_not_healthy(squatted_port):
 def test_the_childs_own_listener_is_healthy():
     port = free_port()
     assert _healthy([sys.executable, "-c", CHILD_SERVER, str(port)], port)
+
+
+def test_a_gateway_run_by_a_wrapper_is_found_below_it():
+    """Review: with `gateway_command` a wrapper that forks (a shell script, `uv run`), the direct
+    child holds no socket, and every start waited the full timeout."""
+    port = free_port()
+    script = f"{sys.executable} -c '{CHILD_SERVER.replace(chr(39), chr(34))}' {port}; true"
+    assert _healthy(["sh", "-c", script], port)
