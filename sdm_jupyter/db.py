@@ -213,7 +213,9 @@ def run_statement(engine: Engine, sql: str, values: Mapping[str, Any], *, tags: 
         conn.invalidate()
         raise QueryCancelled(f"{datasource}: query cancelled (interrupted); the database stopped it") from None
     except Exception as exc:  # noqa: BLE001
-        if _is_connection_broken(exc):
+        if _is_connection_broken(exc) or not _reusable(conn):
+            # Not back into the pool: its reset would fail there, with a traceback on stderr
+            # (review: after COPY ... TO STDOUT the connection is still busy).
             conn.invalidate()
         raise database_error(exc, datasource=datasource, address=address) from None
     finally:
@@ -303,6 +305,18 @@ def _stream(raw, statement, params, limit, fetch_size, progress) -> QueryResult:
             return QueryResult(None, status=status, rowcount=getattr(cur, "sdm_command_rows", None))
         columns = [d.name for d in cur.description] if cur.description is not None else []
         return QueryResult(columns, rows, truncated=truncated, rowcount=len(rows), status=status)
+
+
+def _reusable(conn) -> bool:
+    """The driver connection is open and idle (no statement or COPY still running on it)."""
+    from psycopg.pq import TransactionStatus
+
+    raw = getattr(getattr(conn, "connection", None), "driver_connection", None)
+    try:
+        return raw is not None and not raw.closed and not raw.broken and \
+            raw.info.transaction_status == TransactionStatus.IDLE
+    except Exception:  # noqa: BLE001 - an odd state is a reason not to reuse it
+        return False
 
 
 def _is_connection_broken(exc: BaseException) -> bool:

@@ -68,6 +68,15 @@ def test_the_line_form_is_not_formatted_with_the_namespace(kernel, gw):
     assert "a b [1, 2, 3]" in r.stdout
 
 
+def test_a_copy_to_stdout_is_one_line_without_a_traceback(kernel):
+    """Review: the failed statement's connection (a COPY still running on it) went back to the pool,
+    whose reset failed and printed SQLAlchemy's traceback next to the one-line error."""
+    r = kernel.run("%sdm sql prod COPY (SELECT 1) TO STDOUT")
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("UsageError: prod:") and "COPY" in lines[0], r.stderr
+    assert "1 row" in kernel.ok("%sdm sql prod SELECT 1 AS one").stdout
+
+
 def test_refused_write_is_one_line_and_kernel_stays_usable(kernel):
     r = kernel.run("%sdm sql prod INSERT INTO orders (customer_id, amount, created_at) VALUES (1, 1, now())")
     assert r.status == "error" and r.reply["ename"] == "UsageError"
