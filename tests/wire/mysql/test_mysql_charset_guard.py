@@ -37,7 +37,7 @@ REFUSED = [
     "/*!99999 x */ SET NAMES gbk", "/*!99999 ' */ /*!10000 SET NAMES gbk */ /*!99999 ' */",
     "SET @a='\\', character_set_client = gbk #'", "SET @a='\\', character_set_client = @v #'",
     "PREPARE k FROM@k", "EXECUTE IMMEDIATE@q", "/*!99999 x */ EXECUTE IMMEDIATE @q",
-    "/*!50000 x*/ KILL 5", "SELECT 1 FROM t WHERE 0 = (KILL 5)", "BEGIN NOT ATOMIC SET NAMES gbk; END",
+    "/*!50000 x*/ KILL 5", "lbl: BEGIN NOT ATOMIC KILL 5; END", "CREATE PROCEDURE p() KILL 5", "BEGIN NOT ATOMIC SET NAMES gbk; END",
     "BEGIN NOT ATOMIC EXECUTE IMMEDIATE @q; END", "SET character_set_client = @saved_cs_client",
     "/*!40101 SET character_set_client = @saved_cs_client */",
 ]
@@ -157,3 +157,14 @@ def test_the_second_reviews_bypasses_are_refused_through_the_gateway(mysql_gatew
             assert cur.fetchone()[0] == "latin1"
     finally:
         conn.close()
+
+
+def test_only_statements_that_can_set_prepare_or_kill_are_read_in_full():
+    """A 1 MiB INSERT with "names" in its data (pandas.to_sql, PyMySQL inlining values) is not
+    lexed (the first version refused it as too long); a SET or routine past 64 KiB is refused."""
+    from sdm_proxy.wire.mysql.charset_guard import MAX_CHECKED
+
+    rows = ",".join(f"({i}, 'the names of {i}', 'kill execute prepare')" for i in range(25_000))
+    check_statement(f"INSERT INTO t (id, names, notes) VALUES {rows}".encode())
+    with pytest.raises(StatementRefused, match="checked up to 64 KiB"):
+        check_statement(b"SET NAMES utf8mb4, @a = '" + b"x" * MAX_CHECKED + b"'")
