@@ -40,6 +40,14 @@ REFUSED = [
     "/*!50000 x*/ KILL 5", "lbl: BEGIN NOT ATOMIC KILL 5; END", "CREATE PROCEDURE p() KILL 5", "BEGIN NOT ATOMIC SET NAMES gbk; END",
     "BEGIN NOT ATOMIC EXECUTE IMMEDIATE @q; END", "SET character_set_client = @saved_cs_client",
     "/*!40101 SET character_set_client = @saved_cs_client */",
+    # Third review.
+    "/*M!99999 SET NAMES gbk */", "/*M!99999 PREPARE s FROM @q */",
+    "/*!99999 /* */ ' */ KILL 9 -- '", "/*!99999 /* */ ' */ SET NAMES big5 -- '",
+    "/*!50700 /* */ ' */ SET NAMES sjis -- '",
+    "BEGIN NOT ATOMIC DECLARE v VARCHAR(10) DEFAULT CONCAT('g','bk'); SET character_set_client = v; END",
+    "BEGIN NOT ATOMIC DECLARE q TEXT DEFAULT CONCAT('KI','LL 8'); PREPARE s FROM \"q\"; EXECUTE s; END",
+    "EXECUTE IMMEDIATE \"q\"", "PREPARE s FROM \"SELECT 1\"", "PREPARE \u00e9 FROM @q",
+    "SET GLOBAL init_connect = 'SET NAMES gbk'", "SET GLOBAL init_connect = CONCAT('SET NA', 'MES sjis')",
 ]
 
 
@@ -62,9 +70,13 @@ def test_a_kill_glued_to_its_variable_is_no_plain_kill():
     check_statement(b"KILL@a")  # a KILL of its own: kill.py decides
     with pytest.raises(UnsupportedKill):
         parse_kill("KILL@a")
-    # Review: `/*!99999 x*/ KILL 5` was read with the comment as code (not a KILL) and relayed, but
-    # no server runs version 99999: it is the plain KILL 5, mapped like any other.
-    assert parse_kill("/*!99999 x*/ KILL 5").thread_id == 5
+    # Review: `/*!99999 x*/ KILL 5` was read with the comment as code (not a KILL) and relayed;
+    # whether a server runs that comment depends on the server: refused. One version comment
+    # around the whole KILL, run (MariaDB runs /*M!99999) or not, is the plain KILL, mapped.
+    with pytest.raises(StatementRefused, match="version comments"):
+        check_statement(b"/*!99999 x*/ KILL 5")
+    check_statement(b"/*M!99999 KILL 9 */")
+    assert parse_kill("/*M!99999 KILL 9 */").thread_id == 9
 
 
 @pytest.mark.mysql

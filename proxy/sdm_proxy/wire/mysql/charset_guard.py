@@ -31,9 +31,12 @@ UNSAFE_CHARSETS = ("BIG5", "CP932", "GB18030", "GBK", "SJIS")
 # Their collation ids in MySQL 8 and MariaDB 10.x/11.x (information_schema.COLLATIONS).
 UNSAFE_COLLATION_IDS = frozenset({1, 13, 28, 84, 87, 88, 95, 96, 248, 249, 250,
                                   1025, 1037, 1052, 1108, 1111, 1112, 1119, 1120})
-_TRIGGERS = (b"names", b"charset", b"character", b"prepare", b"execute", b"kill")
+_TRIGGERS = (b"names", b"charset", b"character", b"prepare", b"execute", b"kill", b"init_connect")
 _SENSITIVE = frozenset({"NAMES", "CHARSET", "CHARACTER", "PREPARE", "EXECUTE", "KILL"})
 _SYSVAR = "CHARACTER_SET_CLIENT"
+_VERSIONED = ("statement refused: version comments (/*!...*/) inside a statement that sets the character set, "
+              "prepares text or kills are not taken through the gateway; run it without them")
+_COMPOUND = frozenset({"BEGIN", "IF", "WHILE", "LOOP", "REPEAT", "CASE", "FOR", "DECLARE"})
 # First keywords of statements that set, prepare or kill, or hold statements that may.
 _HOLDING = frozenset({"SET", "PREPARE", "EXECUTE", "KILL", "BEGIN", "IF", "WHILE", "LOOP", "REPEAT", "CASE",
                       "FOR", "DECLARE"})
@@ -47,7 +50,7 @@ MAX_CHECKED = 64 << 10
 _READINGS = (frozenset("'\""), frozenset(), frozenset("'"))
 _VERSION_COMMENT = re.compile(r"/\*[Mm]?!")
 # Comments before the statement: plain ones, line comments, and those no server runs.
-_LEADING_COMMENTS = re.compile(r"\A(?:\s+|/\*(?![Mm]?!)(?:(?!\*/).)*\*/|/\*M?!(?:99999|999999)[ \\](?:(?!\*/).)*\*/"
+_LEADING_COMMENTS = re.compile(r"\A(?:\s+|/\*(?![Mm]?!)(?:(?!\*/|/\*).)*\*/|/\*[Mm]!999999[ \\](?:(?!\*/|/\*).)*\*/"
                                r"|(?:--[ \t]|#)[^\n]*(?:\n|\Z))+", re.DOTALL)
 # A version comment holding a quote or a comment opener: run or not, it moves what follows.
 _VERSION_COMMENT_QUOTES = re.compile(r"/\*[Mm]?!(?:(?!\*/).)*?(?:['\"`#]|--|/\*)", re.DOTALL)
@@ -78,6 +81,11 @@ def check_statement(raw: bytes, *, nested: bool = False) -> None:
         return
     text = _unwrapped(raw.decode("latin-1"))
     versioned = any(not never_run(text, m.start()) for m in _VERSION_COMMENT.finditer(text))
+    if versioned and _VERSION_COMMENT_QUOTES.search(text):
+        # A server that skips a version comment allows one comment nested in it, and a quote in
+        # one moves every string boundary after it (review: `/*!50700 /* */ ' */ SET NAMES sjis
+        # -- '`). With these words about, not worth guessing: before any other reading.
+        raise StatementRefused(_VERSIONED)
     quote_modes = _READINGS if "\\" in text else _READINGS[:1]  # without a backslash they read alike
     ways = [(quotes, code) for quotes in quote_modes for code in ((True, False) if versioned else (True,))]
     if not nested and not any(_holds_statements(sql_tokens(text, _HEAD, backslash=q, exec_comments=c))
@@ -87,14 +95,18 @@ def check_statement(raw: bytes, *, nested: bool = False) -> None:
         raise StatementRefused(f"statement refused: a statement that may set the character set, prepare text or "
                                f"kill is checked up to {MAX_CHECKED >> 10} KiB; this one is longer")
     readings = [sql_tokens(text, len(text) + 1, backslash=q, exec_comments=c) for q, c in ways]
-    if versioned and (_VERSION_COMMENT_QUOTES.search(text) or any(
-            _SENSITIVE.intersection(tokens) or any(_is_sysvar(t) for t in tokens) for tokens in readings)):
-        # Which version comments a server runs differs between servers and versions, and a quote
-        # inside one can move every string boundary after it: with these words, not worth guessing.
-        raise StatementRefused("statement refused: version comments (/*!...*/) inside a statement that sets the "
-                               "character set, prepares text or kills are not taken through the gateway; "
-                               "run it without them")
+    if versioned and any(_SENSITIVE.intersection(tokens) or any(_is_sysvar(t) for t in tokens)
+                         for tokens in readings):
+        # Which version comments a server runs differs between servers and versions.
+        raise StatementRefused(_VERSIONED)
     for tokens in readings:
+        if tokens and (tokens[0] in _COMPOUND or tokens[1:2] == [":"] or tokens[0] in ("CREATE", "ALTER")):
+            # Inside compound statements and routine bodies a bare name is a local variable
+            # (review: `DECLARE v ... DEFAULT CONCAT('g','bk'); SET character_set_client = v`),
+            # and what runs later is not this statement: with these words, refused.
+            raise StatementRefused("statement refused: compound statements (BEGIN NOT ATOMIC, IF, WHILE...) and "
+                                   "routine, trigger or event definitions that set the character set, prepare "
+                                   "text or kill are not taken through the gateway")
         _check_reading(tokens, nested)
 
 
@@ -134,10 +146,12 @@ def _check_reading(tokens: list[str], nested: bool) -> None:
             if token == "DEFAULT" and i > 0 and tokens[i - 1] in ("=", "NAMES", "SET", "CHARSET"):
                 raise StatementRefused("statement refused: through the gateway the client character set is set "
                                        "by name, not to DEFAULT")
+        if _bare(token) == "INIT_CONNECT":
+            # Run at every later login of other users (review): through the gateway, not set.
+            raise StatementRefused("statement refused: init_connect is not set through the gateway")
         if _is_sysvar(token) and not _assigns_a_name(tokens, i):
             raise StatementRefused("statement refused: through the gateway, character_set_client is set to a "
-                                   "plain character set name (not a variable, number or expression); for "
-                                   "mysqldump files, dump with --skip-set-charset")
+                                   "plain character set name (not a variable, number or expression)")
         if token in ("PREPARE", "EXECUTE"):
             _check_dynamic(tokens, i)
         if token == "KILL" and (nested or i > 0):
@@ -145,14 +159,19 @@ def _check_reading(tokens: list[str], nested: bool) -> None:
                                    "(KILL [QUERY] <connection id>), never prepared or inside another one")
 
 
-def _is_sysvar(token: str) -> bool:
+def _bare(token: str) -> str:
+    """A system variable's name without @@, scope and quotes (any token: its unquoted text)."""
     name = _unquoted(token).upper()
     if name.startswith("@@"):
         name = name[2:]
         for scope in ("SESSION.", "LOCAL.", "GLOBAL."):
             name = name.removeprefix(scope)
         name = _unquoted(name).upper()
-    return name == _SYSVAR
+    return name
+
+
+def _is_sysvar(token: str) -> bool:
+    return _bare(token) == _SYSVAR
 
 
 def _assigns_a_name(tokens: list[str], i: int) -> bool:
@@ -173,16 +192,17 @@ def _assigns_a_name(tokens: list[str], i: int) -> bool:
 
 def _check_dynamic(tokens: list[str], i: int) -> None:
     """PREPARE name FROM <source>; EXECUTE IMMEDIATE <source>: the source must be one literal."""
-    if tokens[i] == "PREPARE" and i + 3 < len(tokens) and tokens[i + 2] == "FROM":
-        at = i + 3
+    if tokens[i] == "PREPARE":
+        at = tokens.index("FROM", i) + 1 if "FROM" in tokens[i:] else len(tokens)  # no FROM: refused
     elif tokens[i] == "EXECUTE" and tokens[i + 1:i + 2] == ["IMMEDIATE"]:
         at = i + 2
     else:
         return  # EXECUTE name [USING ...] runs what an audited PREPARE prepared
     source = tokens[at] if at < len(tokens) else ""
     after = tokens[at + 1] if at + 1 < len(tokens) else ";"
-    # One literal: not 'a' 'b' (the server joins adjacent literals), a variable or an expression.
-    if source[:1] not in ("'", '"') or len(source) < 2 or source[-1] != source[0] or after not in (";", "USING"):
+    # One '...' literal: not 'a' 'b' (the server joins adjacent literals), a variable, an expression,
+    # or "..." (under ANSI_QUOTES an identifier: a local variable in a compound statement, review).
+    if source[:1] != "'" or len(source) < 2 or source[-1] != "'" or after not in (";", "USING"):
         raise StatementRefused("statement refused: through the gateway, PREPARE ... FROM and EXECUTE IMMEDIATE "
                                "take one string literal (text from a variable or an expression would not be "
                                "in the audit)")

@@ -46,10 +46,11 @@ def _quoted_end(sql: str, i: int, backslash: frozenset) -> int:
 
 
 def never_run(sql: str, i: int) -> bool:
-    """``/*!99999`` and ``/*M!999999``: versions no MySQL or MariaDB has, comments to every server
-    (mariadb-dump's first line is ``/*M!999999\\- enable the sandbox mode */``)."""
-    at = i + (3 if sql.startswith("/*!", i) else 4)
-    return sql.startswith(("99999 ", "999999 ", "99999\\", "999999\\"), at)
+    """``/*M!999999``: a MariaDB version none has (MySQL takes ``/*M!`` as a plain comment), so a
+    comment to every server; mariadb-dump's first line is ``/*M!999999\\- enable the sandbox
+    mode */``. Nothing else: MariaDB runs ``/*M!99999`` (review), and what a server does with
+    ``/*!99999`` depends on its version."""
+    return sql.startswith(("/*M!999999", "/*m!999999"), i) and sql[i + 10:i + 11] in (" ", "\\")
 
 
 def sql_tokens(sql: str, limit: int = 8, *, backslash: frozenset = BACKSLASH_ALL,
@@ -101,13 +102,15 @@ def sql_tokens(sql: str, limit: int = 8, *, backslash: frozenset = BACKSLASH_ALL
             if j < n and sql[j] in "'\"`":
                 j = _quoted_end(sql, j, backslash)
             else:
-                while j < n and (sql[j].isalnum() or sql[j] in "_$."):
+                while j < n and (sql[j].isalnum() or sql[j] in "_$." or sql[j] > "\x7f"):
                     j += 1
             out.append(sql[i:j].upper())
             i = j
-        elif c.isalnum() or c in "_$":
+        elif c.isalnum() or c in "_$" or c > "\x7f":
+            # Bytes from 0x80 are parts of identifiers (UTF-8 letters, decoded here as latin-1):
+            # split at a byte `isalnum` rejects (0xA9), `PREPARE é FROM @q` hid its FROM (review).
             j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] in "_$."):
+            while j < n and (sql[j].isalnum() or sql[j] in "_$." or sql[j] > "\x7f"):
                 j += 1
             out.append(sql[i:j].upper())
             i = j
