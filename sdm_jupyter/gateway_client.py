@@ -22,13 +22,11 @@ session token, which is renewed shortly before it expires. Neither is printed, l
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -37,56 +35,13 @@ import httpx
 from . import __version__
 from .errors import (AuthenticationError, GatewayError, GatewayUnreachable, InvalidRequest, NotConfigured,
                      NotFound, PermissionDenied, SdmClientError)
+from .home_files import admin_key, gateway_ca, home_config, sdm_home
 from .listener_owner import check_listener
 from .net import is_loopback
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8471"
 DEFAULT_POSTGRES = ("127.0.0.1", 15432)
 REDACTED = "<redacted>"
-
-
-def _home(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get("SDM_HOME") or Path.home() / ".sdm").expanduser()
-
-
-def _check_home(home: Path) -> None:
-    """As the sdm CLI insists: a home another user owns, or that group or others may write to, is
-    not read (review: its config.json could send the API key from its admin.key elsewhere)."""
-    try:
-        st = home.stat()
-    except OSError:
-        return
-    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-        raise NotConfigured(f"{home} (SDM_HOME) belongs to uid {st.st_uid}, not to you: its config.json and "
-                            "admin.key are not used; set SDM_HOME to a home of your own")
-    if st.st_mode & 0o022:
-        raise NotConfigured(f"{home} (SDM_HOME) can be written by group or others: its config.json and "
-                            f"admin.key are not used; run `chmod 700 {home}`")
-
-
-def _home_config(home: Path) -> dict[str, Any]:
-    path = home / "config.json"
-    if path.exists():
-        _check_home(home)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _gateway_ca(env: Mapping[str, str], home: Path, config: dict[str, Any]) -> str | None:
-    """The gateway's CA file. One that is named but missing is an error: silently not verifying
-    would be worse than not connecting."""
-    if env.get("SDM_GATEWAY_CA", "").strip():
-        path, source = Path(env["SDM_GATEWAY_CA"].strip()).expanduser(), "SDM_GATEWAY_CA"
-    elif isinstance(config.get("gateway_ca"), str):
-        path, source = Path(config["gateway_ca"]).expanduser(), f"gateway_ca in {home}/config.json"
-    else:
-        return None
-    if not path.is_file():
-        raise NotConfigured(f"the gateway CA file {str(path)!r} (from {source}) does not exist")
-    return str(path)
 
 
 def parse_address(text: str, what: str = "address") -> tuple[str, int]:
@@ -121,8 +76,8 @@ class GatewayConfig:
     def discover(cls, environ: Mapping[str, str] | None = None, *, url: str | None = None,
                  api_key: str | None = None) -> "GatewayConfig":
         env = os.environ if environ is None else environ
-        home = _home(env)
-        config = _home_config(home)
+        home = sdm_home(env)
+        config = home_config(home)
 
         if url:
             gw_url, url_source = url, "argument"
@@ -151,13 +106,7 @@ class GatewayConfig:
         elif env.get("JUPYTERHUB_API_TOKEN", "").strip():
             identity = Identity(env["JUPYTERHUB_API_TOKEN"].strip(), "JUPYTERHUB_API_TOKEN")
         else:
-            key_file = home / "admin.key"
-            if key_file.exists():
-                _check_home(home)
-            try:
-                key = key_file.read_text().strip()
-            except OSError:
-                key = ""
+            key_file, key = admin_key(home)
             if key:
                 identity = Identity(key, str(key_file))
 
@@ -166,7 +115,7 @@ class GatewayConfig:
             postgres = parse_address(env["SDM_GATEWAY_POSTGRES"], "SDM_GATEWAY_POSTGRES")
         elif isinstance(config.get("gateway_postgres"), str):
             postgres = parse_address(config["gateway_postgres"], "gateway_postgres in config.json")
-        return cls(gw_url, identity, postgres, url_source, _gateway_ca(env, home, config))
+        return cls(gw_url, identity, postgres, url_source, gateway_ca(env, home, config))
 
 
 @dataclass(frozen=True)
