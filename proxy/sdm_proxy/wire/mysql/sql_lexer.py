@@ -25,8 +25,14 @@ _BYTE_ESCAPE = re.compile(r"\\x[0-9a-f]{2}")  # a byte that was not UTF-8, as co
 _VAR_PREFIX = re.compile(r"@@?(?:(?:session|local|global)\.)?", re.IGNORECASE)
 
 
-def _comment_after_dashes(sql: str, i: int) -> bool:
-    return i >= len(sql) or sql[i].isspace() or sql[i] < " " or sql[i] == "\x7f"
+def _comment_after_dashes(sql: str, i: int, high_space: bool) -> bool:
+    """``--`` starts a comment before a space or a control character, in the session's charset:
+    a byte from 0x80 is one only where ``high_space`` reads it so (review: Python's isspace took
+    0x85 and 0xA0 for spaces, where cp866 has letters)."""
+    if i >= len(sql):
+        return True
+    c = sql[i]
+    return c <= " " or c == "\x7f" or (high_space and c > "\x7f")
 
 
 def _quoted_end(sql: str, i: int, backslash: frozenset) -> int:
@@ -54,20 +60,23 @@ def never_run(sql: str, i: int) -> bool:
 
 
 def sql_tokens(sql: str, limit: int = 8, *, backslash: frozenset = BACKSLASH_ALL,
-               exec_comments: bool = True) -> list[str]:
-    """Up to ``limit`` code tokens of ``sql`` (see the module docstring)."""
+               exec_comments: bool = True, high_space: bool = False) -> list[str]:
+    """Up to ``limit`` code tokens of ``sql`` (see the module docstring). ``high_space``: bytes
+    from 0x80 separate words (single-byte charsets have spaces there: latin1's 0xA0, cp866's
+    0xFF), instead of being parts of identifiers (UTF-8 letters)."""
     out: list[str] = []
     i, n = 0, len(sql)
     in_exec_comment = False
     while i < n and len(out) < limit:
         c = sql[i]
-        if c.isspace():
+        if c <= " " or (high_space and c > "\x7f"):
             i += 1
         elif not out and (c > "\x7f" or (c == "\\" and _BYTE_ESCAPE.match(sql, i))):
             # Before the first word: a character some charset's lexer skips as a space (latin1's
             # 0xA0, recorded as "\xa0" when not UTF-8). Nothing valid starts with one.
             i += 1 if c != "\\" else 4
-        elif c == "#" or (c == "-" and sql.startswith("--", i) and (not out or _comment_after_dashes(sql, i + 2))):
+        elif c == "#" or (c == "-" and sql.startswith("--", i)
+                          and (not out or _comment_after_dashes(sql, i + 2, high_space))):
             # The server takes "--" as a comment before a space or a control character (0x01
             # included); MariaDB's sql_mode=ORACLE before anything. Before the first word, any "--"
             # counts (nothing valid starts with "--x"); after it, "--5" is "- -5", refused as an
@@ -102,15 +111,18 @@ def sql_tokens(sql: str, limit: int = 8, *, backslash: frozenset = BACKSLASH_ALL
             if j < n and sql[j] in "'\"`":
                 j = _quoted_end(sql, j, backslash)
             else:
-                while j < n and (sql[j].isalnum() or sql[j] in "_$." or sql[j] > "\x7f"):
+                while j < n and (sql[j].isascii() and (sql[j].isalnum() or sql[j] in "_$.")
+                                 or (sql[j] > "\x7f" and not high_space)):
                     j += 1
             out.append(sql[i:j].upper())
             i = j
         elif c.isalnum() or c in "_$" or c > "\x7f":
             # Bytes from 0x80 are parts of identifiers (UTF-8 letters, decoded here as latin-1):
             # split at a byte `isalnum` rejects (0xA9), `PREPARE é FROM @q` hid its FROM (review).
+            # With high_space they end the word instead (handled above).
             j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] in "_$." or sql[j] > "\x7f"):
+            while j < n and (sql[j].isascii() and (sql[j].isalnum() or sql[j] in "_$.")
+                             or (sql[j] > "\x7f" and not high_space)):
                 j += 1
             out.append(sql[i:j].upper())
             i = j
