@@ -6,6 +6,8 @@ bound as a parameter into ``@q`` ran through ``EXECUTE IMMEDIATE @q`` with no tr
 
 from __future__ import annotations
 
+import json
+
 import pymysql
 import pytest
 
@@ -206,3 +208,30 @@ def test_single_byte_charsets_spaces_do_not_hide_statements(mysql_gateway):
                 assert cur.fetchone()[0] == charset
         finally:
             conn.close()
+
+
+@pytest.mark.mysql
+def test_a_switch_the_guard_misses_still_ends_the_session(mysql_gateway, monkeypatch):
+    """Defence in depth: after a statement that mentions a character set, the gateway asks the
+    server which client character set the session has; an unsafe one ends the session before its
+    next statement, whatever the guard read. Here the guard is switched off to play a bypass."""
+    from sdm_proxy.wire.mysql import session_commands
+
+    monkeypatch.setattr(session_commands, "check_statement", lambda raw: None)
+    gw = mysql_gateway
+    conn = gw.connect("bob", "superuser", autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET NAMES latin1")  # an allowed switch: the session goes on
+            cur.execute("SELECT @@character_set_client /* after latin1 */")
+            assert cur.fetchone()[0] == "latin1"
+            cur.execute("SET NAMES gbk")  # ran: the guard is off
+            with pytest.raises(pymysql.err.MySQLError) as info:
+                cur.execute("SELECT CURRENT_USER() /* after gbk */")
+            assert info.value.args[0] == 1927 and "character set became gbk" in info.value.args[1]
+    finally:
+        conn.close()
+    assert not gw.query_events("after gbk")  # the next statement never ran
+    ends = gw.wait_for(lambda: [e for e in gw.events("session.end")
+                                if "character set became gbk" in json.dumps(e)], what="session.end")
+    assert ends[0]["user"] == "bob", ends

@@ -218,6 +218,7 @@ class UpstreamChannel(asyncio.Protocol):
         self.closed = False
         self.unsolicited = b""  # what the server sent while no command was in flight
         self.on_idle_close: Callable[[], None] | None = None  # the database hung up between commands
+        self._keep: bytearray | None = None  # the gateway's own query: its answer, kept here
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -253,9 +254,10 @@ class UpstreamChannel(asyncio.Protocol):
             self._drain_waiters.append(fut)
             await fut
 
-    def expect(self, scanner: ResponseScanner) -> None:
+    def expect(self, scanner: ResponseScanner, *, keep: bytearray | None = None) -> None:
         """Follow ``scanner``'s response from now on: call before sending the command (the answer
-        may arrive before the sender gets to ``relay``)."""
+        may arrive before the sender gets to ``relay``). ``keep``: the response goes there, not to
+        the client (the gateway's own query)."""
         if self.closed:
             raise ConnectionLost("the database closed the connection")
         if self.unsolicited:
@@ -263,6 +265,7 @@ class UpstreamChannel(asyncio.Protocol):
             raise ServerProtocolError("upstream sent data between commands")
         self.scanner = scanner
         self.forwarded = 0
+        self._keep = keep
         self._waiter = self.loop.create_future()
 
     async def relay(self) -> None:
@@ -298,8 +301,12 @@ class UpstreamChannel(asyncio.Protocol):
             waiter.set_exception(exc)
             return
         if used:
-            self.client.write(data if used == len(data) else data[:used])
-            self.forwarded += used
+            chunk = data if used == len(data) else data[:used]
+            if self._keep is not None:
+                self._keep += chunk
+            else:
+                self.client.write(chunk)
+                self.forwarded += used
         if used < len(data):
             waiter.set_exception(ServerProtocolError("upstream sent data after the end of a response"))
             return

@@ -36,6 +36,13 @@ _SENSITIVE = frozenset({"NAMES", "CHARSET", "CHARACTER", "PREPARE", "EXECUTE", "
 _SYSVAR = "CHARACTER_SET_CLIENT"
 _VERSIONED = ("statement refused: version comments (/*!...*/) inside a statement that sets the character set, "
               "prepares text or kills are not taken through the gateway; run it without them")
+_CHARSET_TRIGGERS = (b"names", b"charset", b"character", b"init_connect")
+# Statements that cannot change the session's character set (no statement runs inside them;
+# stored functions they call restore it).
+_CANNOT_SWITCH = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES", "TABLE",
+                            "SHOW", "DESC", "DESCRIBE", "EXPLAIN", "CREATE", "ALTER", "DROP", "TRUNCATE",
+                            "RENAME", "LOAD", "ANALYZE", "OPTIMIZE", "CHECK", "GRANT", "REVOKE", "COMMIT",
+                            "ROLLBACK", "START", "LOCK", "UNLOCK", "USE", "HELP", "CALL"})
 _KILL_ALONE = ("statement refused: through the gateway, KILL is a statement of its own (KILL [QUERY] "
                "<connection id>, words separated by ASCII spaces), never prepared or inside another one")
 _COMPOUND = frozenset({"BEGIN", "IF", "WHILE", "LOOP", "REPEAT", "CASE", "FOR", "DECLARE"})
@@ -118,6 +125,25 @@ def check_statement(raw: bytes, *, nested: bool = False) -> None:
                                    "routine, trigger or event definitions that set the character set, prepare "
                                    "text or kill are not taken through the gateway")
         _check_reading(tokens, nested)
+
+
+def may_switch_charset(text: bytes) -> bool:
+    """Whether the client character set should be read back from the server after this statement
+    ran: it mentions a character set and is not, read every way, a statement that cannot change
+    one (SELECT, INSERT...). The guard above reads statements; this asks the server, so a reading
+    the guard got wrong still cannot leave a session in a charset the audit cannot read."""
+    lowered = text.lower()
+    if not any(word in lowered for word in _CHARSET_TRIGGERS):
+        return False
+    sql = text.decode("latin-1")
+    quote_modes = _READINGS if "\\" in sql else _READINGS[:1]
+    heads = [sql_tokens(sql, 1, backslash=q, exec_comments=c, high_space=h)
+             for q in quote_modes for c in (True, False) for h in ((False, True) if not sql.isascii() else (False,))]
+    return not all(head and head[0] in _CANNOT_SWITCH for head in heads)
+
+
+def unsafe_charset_name(name: str) -> bool:
+    return name.upper().startswith(UNSAFE_CHARSETS)
 
 
 def _holds_statements(head: list[str]) -> bool:

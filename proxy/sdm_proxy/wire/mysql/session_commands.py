@@ -38,10 +38,10 @@ from .errors import (
     ConnectionEnded,
     ServerProtocolError,
 )
-from .charset_guard import check_statement
+from .charset_guard import check_statement, may_switch_charset, unsafe_charset_name
 from .kill import parse_kill
 from .machine import CommandReceived, LoginRequest
-from .packets import Packet, frame
+from .packets import Packet, PacketReader, frame
 from .responses import ResponseScanner
 from .session_audit import QUERY_TEXT_LIMIT
 from .session_close import _Close, _message
@@ -172,7 +172,39 @@ class CommandPhase:
             if not await self._audit_or_refuse(event, packet):
                 return True
         await self._relay(packet, cmd, payload, event)
+        if self._may_switch_charset(cmd, packet):
+            await self._read_back_charset()
         return True
+
+    def _may_switch_charset(self, cmd: Command, packet: Packet) -> bool:
+        if isinstance(cmd, Query):
+            return may_switch_charset(packet.payload[1:])
+        if isinstance(cmd, StmtExecute):
+            text = self.statements.sql_for(cmd.statement_id)
+            return text is not None and may_switch_charset(text.encode("utf-8", "surrogateescape"))
+        return False
+
+    async def _read_back_charset(self) -> None:
+        """Ask the server which client character set the session has now (charset_guard reads
+        statements; this does not depend on reading them right). One the audit cannot read ends
+        the session before its next statement."""
+        up = self.up
+        if up is None or self._ended is not None:
+            return
+        answer = bytearray()
+        try:
+            up.expect(ResponseScanner(ResponseKind.RESULT, capabilities=self.front.capabilities, seq=1),
+                      keep=answer)
+            up.send(frame(b"\x03SELECT @@character_set_client", 0))
+            await up.drain()
+            await up.relay()
+        except (ConnectionLost, ServerProtocolError) as exc:
+            up.reset()
+            raise self._lost(exc) from None
+        name = first_text_value(bytes(answer))
+        if name is None or unsafe_charset_name(name):
+            self._end_access(f"the client character set became {name or 'unknown'}, which the audit cannot read "
+                             "as the server does", status=audit.ERROR)
 
     async def _audit_or_refuse(self, event: StartedQuery, packet: Packet) -> bool:
         """Write the record before the statement runs; if the log is down, refuse it (fail closed)."""
@@ -240,3 +272,18 @@ class CommandPhase:
             return _Close(exc)
         return _Close(ConnectionEnded("lost the connection to the database", code=CR_SERVER_LOST,
                                       sqlstate=SQLSTATE_GENERAL), reason="the database closed the connection")
+
+
+def first_text_value(answer: bytes) -> str | None:
+    """The first column of the one row of a text result (``SELECT @@x``), or None."""
+    reader = PacketReader(limit=1 << 20, error=ServerProtocolError, expect_seq=None)
+    reader.feed(answer)
+    packets = []
+    while (p := reader.next_packet()) is not None:
+        packets.append(p.payload)
+    if len(packets) < 4 or packets[0][:1] == b"\xff":
+        return None
+    row = packets[-2]  # [count, column, (EOF,) row, EOF/OK]
+    if not row or row[0] >= 0xFB:  # NULL, or not a short string
+        return None
+    return row[1:1 + row[0]].decode("ascii", "replace")
