@@ -18,6 +18,10 @@ version comments run), so every statement that could matter is read each way it 
 refused if any reading is refused (review: a first version read one way and was bypassed with
 ``SET@@character_set_client=gbk``, ``/*!99999 x */ SET NAMES gbk``, NO_BACKSLASH_ESCAPES and
 latin1 bytes). Statements that mention none of the words involved cost one byte search.
+
+Reading statements is the first line; ``may_switch_charset`` decides when the session asks the
+server afterwards which client character set it has (the second line, for what a reading here
+gets wrong: session_commands.py).
 """
 
 from __future__ import annotations
