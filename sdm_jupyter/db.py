@@ -146,6 +146,7 @@ class QueryResult:
     truncated: bool = False  # --limit reached; the rest was cancelled on the server
     rowcount: int | None = None
     status: str | None = None
+    fetched_whole: bool = False  # several statements: libpq took the whole result before the limit cut it
 
     def frame(self):
         import pandas as pd
@@ -207,7 +208,7 @@ def run_statement(engine: Engine, sql: str, values: Mapping[str, Any], *, tags: 
             columns = [d.name for d in cur.description]
             rows = cur.fetchmany(limit) if limit else cur.fetchall()
             return QueryResult(columns, rows, truncated=bool(limit) and (cur.rowcount or 0) > limit,
-                               rowcount=cur.rowcount, status=cur.statusmessage)
+                               rowcount=cur.rowcount, status=cur.statusmessage, fetched_whole=True)
     except KeyboardInterrupt:
         # psycopg already sent a CancelRequest (through the gateway) and drained the reply.
         conn.invalidate()

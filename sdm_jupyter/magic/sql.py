@@ -68,7 +68,11 @@ def run(magics, line: str, cell: str | None):
         namespace[parsed.options["output"]] = frame
     if magics.summary:
         rows, cols = frame.shape
-        what = f"first {rows:,} rows (limit {limit:,} reached; the rest was not fetched)" if result.truncated \
+        # Several statements in one cell go through libpq whole (review: the line said the rest
+        # was not fetched while all of it had been, and held in memory).
+        rest = "the whole result was fetched: several statements" if getattr(result, "fetched_whole", False) \
+            else "the rest was not fetched"
+        what = f"first {rows:,} rows (limit {limit:,} reached; {rest})" if result.truncated \
             else f"{rows:,} row{'s' if rows != 1 else ''}"
         saved = f", saved as {parsed.options['output']}" if parsed.options.get("output") else ""
         print(f"{what} × {cols} column{'s' if cols != 1 else ''} from {datasource} as {credential}{saved}")

@@ -40,6 +40,15 @@ def test_cell_magic_output_and_limit(kernel):
     assert "first 3 rows" in kernel.ok("%sdm sql prod SELECT id FROM orders").stdout
 
 
+def test_limit_with_several_statements_says_the_whole_result_was_fetched(kernel):
+    """Review: with several statements libpq fetches the last result whole before --limit cuts it;
+    the line said the rest was not fetched."""
+    r = kernel.ok("%%sdm sql prod --limit 5\nSET search_path TO public; SELECT id FROM orders ORDER BY id")
+    assert "first 5 rows (limit 5 reached; the whole result was fetched: several statements)" in r.stdout
+    single = kernel.ok("%sdm sql prod --limit 5 SELECT id FROM orders ORDER BY id")
+    assert "the rest was not fetched" in single.stdout
+
+
 def test_empty_result_keeps_columns(kernel):
     r = kernel.ok("e = %sdm sql prod SELECT id, amount FROM orders WHERE id < 0\nprint(list(e.columns), len(e))")
     assert "['id', 'amount'] 0" in r.stdout and "0 rows × 2 columns" in r.stdout
