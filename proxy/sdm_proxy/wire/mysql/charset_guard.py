@@ -35,12 +35,12 @@ UNSAFE_CHARSETS = ("BIG5", "CP932", "GB18030", "GBK", "SJIS")
 # Their collation ids in MySQL 8 and MariaDB 10.x/11.x (information_schema.COLLATIONS).
 UNSAFE_COLLATION_IDS = frozenset({1, 13, 28, 84, 87, 88, 95, 96, 248, 249, 250,
                                   1025, 1037, 1052, 1108, 1111, 1112, 1119, 1120})
-_TRIGGERS = (b"names", b"charset", b"character", b"prepare", b"execute", b"kill", b"init_connect")
 _SENSITIVE = frozenset({"NAMES", "CHARSET", "CHARACTER", "PREPARE", "EXECUTE", "KILL"})
 _SYSVAR = "CHARACTER_SET_CLIENT"
 _VERSIONED = ("statement refused: version comments (/*!...*/) inside a statement that sets the character set, "
               "prepares text or kills are not taken through the gateway; run it without them")
 _CHARSET_TRIGGERS = (b"names", b"charset", b"character", b"init_connect")
+_TRIGGERS = (*_CHARSET_TRIGGERS, b"prepare", b"execute", b"kill")
 # Statements that cannot change the session's character set (no statement runs inside them;
 # stored functions they call restore it).
 _CANNOT_SWITCH = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES", "TABLE",
@@ -51,8 +51,7 @@ _KILL_ALONE = ("statement refused: through the gateway, KILL is a statement of i
                "<connection id>, words separated by ASCII spaces), never prepared or inside another one")
 _COMPOUND = frozenset({"BEGIN", "IF", "WHILE", "LOOP", "REPEAT", "CASE", "FOR", "DECLARE"})
 # First keywords of statements that set, prepare or kill, or hold statements that may.
-_HOLDING = frozenset({"SET", "PREPARE", "EXECUTE", "KILL", "BEGIN", "IF", "WHILE", "LOOP", "REPEAT", "CASE",
-                      "FOR", "DECLARE"})
+_HOLDING = frozenset({"SET", "PREPARE", "EXECUTE", "KILL"}) | _COMPOUND
 _ROUTINES = frozenset({"PROCEDURE", "FUNCTION", "TRIGGER", "EVENT", "PACKAGE"})
 _HEAD = 16  # tokens read to tell (CREATE DEFINER=`u`@`h` PROCEDURE ... fits)
 # Such statements are read in full, up to twelve ways: at up to 4 ms a KiB per reading (a SET of
@@ -99,12 +98,7 @@ def check_statement(raw: bytes, *, nested: bool = False) -> None:
         # one moves every string boundary after it (review: `/*!50700 /* */ ' */ SET NAMES sjis
         # -- '`). With these words about, not worth guessing: before any other reading.
         raise StatementRefused(_VERSIONED)
-    quote_modes = _READINGS if "\\" in text else _READINGS[:1]  # without a backslash they read alike
-    # Bytes from 0x80: letters of a multi-byte character, or in a single-byte charset maybe spaces
-    # (review: `SET\xa0NAMES gbk` under latin1, `--\x85` not a comment under cp866): both readings.
-    high_modes = (False, True) if not text.isascii() else (False,)
-    ways = [(quotes, code, high) for quotes in quote_modes for code in ((True, False) if versioned else (True,))
-            for high in high_modes]
+    ways = _ways(text, versioned)
     heads = [sql_tokens(text, _HEAD, backslash=q, exec_comments=c, high_space=h) for q, c, h in ways]
     kill_first = [head[:1] == ["KILL"] for head in heads]
     if any(kill_first) and not all(kill_first):
@@ -140,10 +134,19 @@ def may_switch_charset(text: bytes) -> bool:
     if not any(word in lowered for word in _CHARSET_TRIGGERS):
         return False
     sql = text.decode("latin-1")
-    quote_modes = _READINGS if "\\" in sql else _READINGS[:1]
-    heads = [sql_tokens(sql, 1, backslash=q, exec_comments=c, high_space=h)
-             for q in quote_modes for c in (True, False) for h in ((False, True) if not sql.isascii() else (False,))]
+    heads = [sql_tokens(sql, 1, backslash=q, exec_comments=c, high_space=h) for q, c, h in _ways(sql, True)]
     return not all(head and head[0] in _CANNOT_SWITCH for head in heads)
+
+
+def _ways(text: str, versioned: bool) -> list[tuple[frozenset, bool, bool]]:
+    """Every (backslash quotes, version comments run, high bytes are spaces) a server may read
+    ``text`` with; settings that cannot matter for this text are left out."""
+    quote_modes = _READINGS if "\\" in text else _READINGS[:1]  # without a backslash they read alike
+    # Bytes from 0x80: letters of a multi-byte character, or in a single-byte charset maybe spaces
+    # (review: `SET\xa0NAMES gbk` under latin1, `--\x85` not a comment under cp866): both readings.
+    high_modes = (False, True) if not text.isascii() else (False,)
+    code_modes = (True, False) if versioned else (True,)
+    return [(q, c, h) for q in quote_modes for c in code_modes for h in high_modes]
 
 
 def unsafe_charset_name(name: str) -> bool:
